@@ -1,0 +1,35 @@
+//! pointlock-core: the runtime-agnostic heart of pointlock.
+//!
+//! A per-user point wallet (balance + history) whose concurrency is correct by
+//! construction:
+//!
+//! - [`domain`]: [`UserId`], [`Amount`], [`UserPoint`], [`PointHistory`].
+//! - [`policy`]: the wallet rules (positive amounts, maximum balance, no overdraft),
+//!   with checked arithmetic.
+//! - [`lock`]: [`KeyedLock`], an async mutex per key: FIFO per key, cancel safe,
+//!   owned `Send + 'static` guards, an entry only while a key is held or awaited.
+//! - [`store`]: the [`PointStore`] trait (atomic commit of balance + history row)
+//!   and the in-memory [`MemoryStore`] modelled on the course template's tables.
+//! - [`service`]: [`PointService`]; its mutations demand a guard of that user's lock.
+//!
+//! The crate has no async runtime and does no I/O: time comes from an injected
+//! [`Clock`], sleeping from an injected [`store::Sleeper`], and lock timeouts from a
+//! future the caller supplies. It builds for `wasm32-unknown-unknown`.
+
+pub mod clock;
+pub mod domain;
+pub mod error;
+pub mod lock;
+pub mod policy;
+pub mod service;
+pub mod store;
+mod sync;
+
+pub use clock::{Clock, ManualClock};
+pub use domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
+pub use error::{PointError, StoreError};
+pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut};
+pub use policy::Policy;
+pub use service::PointService;
+pub use store::{memory::MemoryStore, BoxFuture, Change, Committed, PointStore};
+pub use sync::{MaybeSend, MaybeSync};

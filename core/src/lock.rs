@@ -1,0 +1,882 @@
+//! [`KeyedLock`]: an asynchronous mutex per key.
+//!
+//! One `KeyedLock<K>` stands for a lazily created mutex per key. Locking key `a`
+//! never waits for key `b`. Entries live in a sharded table and exist **only while a
+//! key is held or awaited**: the last guard or waiter to leave removes its entry, so a
+//! million distinct keys touched once leave nothing behind.
+//!
+//! # Fairness
+//!
+//! Strictly FIFO per key. The position in the queue is taken when [`KeyedLock::lock`]
+//! is **called**, not when the returned future is first polled, so two calls made one
+//! after the other are granted in that order whatever the scheduler does next. On
+//! release the lock is *handed off* to the waiter at the head of the queue: it stays
+//! held through the hand-off, so no late arrival can barge in between.
+//!
+//! # Cancel safety
+//!
+//! [`Acquire`] is cancel safe. Dropping it anywhere in the queue removes it from
+//! the queue and never strands the next waiter; dropping it after the lock was
+//! handed to it (but before it was polled to completion) passes the lock on to the
+//! next waiter, or frees the key. Using it in a `select!` with a timer is how
+//! timeouts work: see [`KeyedLock::lock_timeout`].
+//!
+//! # Guards
+//!
+//! [`KeyGuard`] is owned (`'static`, `Send` when `K` is): it can be moved into a
+//! spawned task or kept in a response future. The key is released when it drops.
+//!
+//! # Runtime
+//!
+//! None. Wake-ups go through the standard [`Waker`]; the caller brings the timer.
+//!
+//! # Example
+//!
+//! ```
+//! # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     let mut f = std::pin::pin!(f);
+//! #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+//! #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+//! # }
+//! use pointlock_core::KeyedLock;
+//!
+//! let lock = KeyedLock::new();
+//! block_on(async {
+//!     let guard = lock.lock(7_u64).await;
+//!     assert!(lock.try_lock(7).is_none()); // held
+//!     assert!(lock.try_lock(8).is_some()); // other keys are independent
+//!     drop(guard);
+//!     assert_eq!(lock.len(), 0); // nothing left behind
+//! });
+//! ```
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use serde::Serialize;
+
+use crate::clock::Clock;
+
+/// Independent tables, so unrelated keys rarely touch the same mutex.
+const SHARD_COUNT: usize = 64;
+
+/// Upper bounds (inclusive, microseconds) of the wait-time histogram's buckets; a
+/// last bucket counts everything longer.
+pub const WAIT_BUCKETS_MICROS: [u64; 7] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000];
+
+/// An asynchronous mutex per key. Cheap to clone: clones share the same table.
+///
+/// See the [module docs](self) for fairness, cancel safety and an example.
+pub struct KeyedLock<K> {
+    inner: Arc<Inner<K>>,
+}
+
+struct Inner<K> {
+    shards: Box<[Mutex<HashMap<K, Entry>>]>,
+    hasher: RandomState,
+    /// No mutual exclusion at all: for negative controls only.
+    unsynchronized: bool,
+    clock: Option<Arc<dyn Clock>>,
+    waiter_id_next: AtomicU64,
+    counters: Counters,
+}
+
+/// A held key. Invariant: the entry exists iff the key is held by a guard, is being
+/// handed to a waiter (`handoff`), or both; waiters queue only behind a holder.
+#[derive(Default)]
+struct Entry {
+    queue: VecDeque<Waiter>,
+    /// The waiter the lock has been handed to, until it collects the guard.
+    handoff: Option<u64>,
+}
+
+struct Waiter {
+    id: u64,
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+struct Counters {
+    acquisitions: AtomicU64,
+    contended: AtomicU64,
+    timeouts: AtomicU64,
+    cancelled: AtomicU64,
+    wait_nanos_total: AtomicU64,
+    wait_nanos_max: AtomicU64,
+    wait_buckets: [AtomicU64; WAIT_BUCKETS_MICROS.len() + 1],
+}
+
+/// A snapshot of a lock's gauges and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockMetrics {
+    /// Keys currently held or awaited (entries in the table).
+    pub keys: usize,
+    /// Futures currently queued behind a holder.
+    pub waiters: usize,
+    /// Guards granted since creation.
+    pub acquisitions: u64,
+    /// Guards granted after waiting in a queue.
+    pub contended: u64,
+    /// Waits abandoned because the caller's timeout fired.
+    pub timeouts: u64,
+    /// Waits abandoned by dropping the future (timeouts included).
+    pub cancelled: u64,
+    /// Total time contended acquisitions spent queued (0 without a clock).
+    pub wait_nanos_total: u64,
+    /// Longest single wait (0 without a clock).
+    pub wait_nanos_max: u64,
+    /// Contended waits per bucket of [`WAIT_BUCKETS_MICROS`], then the overflow bucket.
+    pub wait_histogram: Vec<u64>,
+}
+
+/// The caller's timeout fired before the key was acquired. Nothing is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockTimedOut;
+
+impl fmt::Display for LockTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("timed out waiting for the key's lock")
+    }
+}
+
+impl std::error::Error for LockTimedOut {}
+
+impl<K> Clone for KeyedLock<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedLock<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLock")
+            .field("unsynchronized", &self.inner.unsynchronized)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq + Clone> Default for KeyedLock<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq + Clone> KeyedLock<K> {
+    /// A lock that does not measure wait times.
+    pub fn new() -> Self {
+        Self::build(None, false)
+    }
+
+    /// A lock that measures wait times with `clock`'s monotonic reading.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::build(Some(clock), false)
+    }
+
+    /// A "lock" that grants every request at once and excludes nothing.
+    ///
+    /// It exists for negative controls: tests that show what goes wrong without the
+    /// lock, to prove that they could fail. Never use it to protect anything.
+    pub fn unsynchronized() -> Self {
+        Self::build(None, true)
+    }
+
+    fn build(clock: Option<Arc<dyn Clock>>, unsynchronized: bool) -> Self {
+        let shards = (0..SHARD_COUNT).map(|_| Mutex::default()).collect();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                hasher: RandomState::new(),
+                unsynchronized,
+                clock,
+                waiter_id_next: AtomicU64::new(1),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Acquire `key`, waiting behind the current holder and earlier waiters.
+    ///
+    /// The place in the queue is taken now, by this call; the returned future only
+    /// waits for its turn. It is cancel safe (see the [module docs](self)).
+    pub fn lock(&self, key: K) -> Acquire<K> {
+        let state = if self.inner.unsynchronized {
+            AcquireState::Granted
+        } else {
+            let mut shard = self.inner.shard(&key);
+            match shard.get_mut(&key) {
+                None => {
+                    shard.insert(key.clone(), Entry::default());
+                    AcquireState::Granted
+                }
+                Some(entry) => {
+                    let id = self.inner.waiter_id_next.fetch_add(1, Relaxed);
+                    entry.queue.push_back(Waiter { id, waker: None });
+                    AcquireState::Queued {
+                        id,
+                        since_nanos: self.inner.now_nanos(),
+                    }
+                }
+            }
+        };
+        if matches!(state, AcquireState::Granted) {
+            self.inner.counters.acquisitions.fetch_add(1, Relaxed);
+        }
+        Acquire {
+            lock: self.clone(),
+            key,
+            state,
+        }
+    }
+
+    /// Acquire `key` unless `timeout` completes first.
+    ///
+    /// `timeout` is any future: `tokio::time::sleep(d)` on tokio, a `setTimeout`
+    /// promise in a browser. On timeout the wait is abandoned (cancel safe) and
+    /// counted in [`LockMetrics::timeouts`]. The queue position is taken by this call.
+    pub fn lock_timeout<T: Future>(
+        &self,
+        key: K,
+        timeout: T,
+    ) -> impl Future<Output = Result<KeyGuard<K>, LockTimedOut>> {
+        let acquire = self.lock(key);
+        async move {
+            let mut acquire = Some(acquire);
+            let mut timeout = std::pin::pin!(timeout);
+            std::future::poll_fn(|cx| {
+                let Some(pending) = acquire.as_mut() else {
+                    return Poll::Ready(Err(LockTimedOut));
+                };
+                if let Poll::Ready(guard) = Pin::new(pending).poll(cx) {
+                    return Poll::Ready(Ok(guard));
+                }
+                if timeout.as_mut().poll(cx).is_ready() {
+                    if let Some(abandoned) = acquire.take() {
+                        abandoned.abandon_timed_out();
+                    }
+                    return Poll::Ready(Err(LockTimedOut));
+                }
+                Poll::Pending
+            })
+            .await
+        }
+    }
+
+    /// Acquire `key` if it is free right now.
+    pub fn try_lock(&self, key: K) -> Option<KeyGuard<K>> {
+        if !self.inner.unsynchronized {
+            let mut shard = self.inner.shard(&key);
+            if shard.contains_key(&key) {
+                return None;
+            }
+            shard.insert(key.clone(), Entry::default());
+        }
+        self.inner.counters.acquisitions.fetch_add(1, Relaxed);
+        Some(KeyGuard {
+            lock: self.clone(),
+            key,
+        })
+    }
+
+    /// The number of keys held or awaited: the size of the table.
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| lock_shard(s).len()).sum()
+    }
+
+    /// Whether no key is held or awaited.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The number of futures queued behind holders, over all keys.
+    pub fn waiters(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock_shard(s).values().map(|e| e.queue.len()).sum::<usize>())
+            .sum()
+    }
+
+    /// A snapshot of the gauges and counters.
+    pub fn metrics(&self) -> LockMetrics {
+        let c = &self.inner.counters;
+        LockMetrics {
+            keys: self.len(),
+            waiters: self.waiters(),
+            acquisitions: c.acquisitions.load(Relaxed),
+            contended: c.contended.load(Relaxed),
+            timeouts: c.timeouts.load(Relaxed),
+            cancelled: c.cancelled.load(Relaxed),
+            wait_nanos_total: c.wait_nanos_total.load(Relaxed),
+            wait_nanos_max: c.wait_nanos_max.load(Relaxed),
+            wait_histogram: c.wait_buckets.iter().map(|b| b.load(Relaxed)).collect(),
+        }
+    }
+
+    /// Whether this lock hands out no exclusion (see [`KeyedLock::unsynchronized`]).
+    pub fn is_unsynchronized(&self) -> bool {
+        self.inner.unsynchronized
+    }
+}
+
+impl<K: Hash + Eq + Clone> Inner<K> {
+    fn shard(&self, key: &K) -> MutexGuard<'_, HashMap<K, Entry>> {
+        // The high bits pick the shard; the map inside uses the whole hash.
+        let hash = self.hasher.hash_one(key);
+        let index = (hash >> 58) as usize % SHARD_COUNT;
+        lock_shard(&self.shards[index])
+    }
+
+    fn now_nanos(&self) -> u64 {
+        self.clock.as_ref().map_or(0, |c| c.monotonic_nanos())
+    }
+
+    /// Give up a held key: hand it to the next waiter or remove the entry.
+    fn release(&self, key: &K) {
+        if self.unsynchronized {
+            return;
+        }
+        let waker = {
+            let mut shard = self.shard(key);
+            hand_off(&mut shard, key)
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn record_contended(&self, since_nanos: u64) {
+        let c = &self.counters;
+        c.acquisitions.fetch_add(1, Relaxed);
+        c.contended.fetch_add(1, Relaxed);
+        if self.clock.is_none() {
+            return;
+        }
+        let waited = self.now_nanos().saturating_sub(since_nanos);
+        c.wait_nanos_total.fetch_add(waited, Relaxed);
+        c.wait_nanos_max.fetch_max(waited, Relaxed);
+        let micros = waited / 1_000;
+        let bucket = WAIT_BUCKETS_MICROS
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(WAIT_BUCKETS_MICROS.len());
+        c.wait_buckets[bucket].fetch_add(1, Relaxed);
+    }
+}
+
+/// The shard's table; a panic elsewhere never leaves it inconsistent (every
+/// critical section is a few infallible map operations), so poisoning is ignored.
+fn lock_shard<K>(shard: &Mutex<HashMap<K, Entry>>) -> MutexGuard<'_, HashMap<K, Entry>> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Pass the held `key` to its next waiter (returning the waker to call once the
+/// shard is unlocked), or remove its entry when nobody waits.
+fn hand_off<K: Hash + Eq>(shard: &mut HashMap<K, Entry>, key: &K) -> Option<Waker> {
+    let entry = shard
+        .get_mut(key)
+        .expect("KeyedLock invariant: a released key has an entry");
+    match entry.queue.pop_front() {
+        Some(next) => {
+            entry.handoff = Some(next.id);
+            next.waker
+        }
+        None => {
+            shard.remove(key);
+            None
+        }
+    }
+}
+
+/// The future returned by [`KeyedLock::lock`]: resolves to the key's guard.
+///
+/// Cancel safe: dropping it leaves the queue (or, if the lock was already handed to
+/// it, passes the lock on). It has already taken its place in the queue.
+#[must_use = "the queue position is given up when this future is dropped"]
+pub struct Acquire<K: Hash + Eq + Clone> {
+    lock: KeyedLock<K>,
+    key: K,
+    state: AcquireState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcquireState {
+    /// Held by this future; the guard has not been handed out yet.
+    Granted,
+    /// Queued with this id since the given monotonic time.
+    Queued { id: u64, since_nanos: u64 },
+    /// The guard was handed out; nothing left to do.
+    Done,
+}
+
+// `Acquire` is never structurally pinned: all its fields move freely.
+impl<K: Hash + Eq + Clone> Unpin for Acquire<K> {}
+
+impl<K: Hash + Eq + Clone> Acquire<K> {
+    /// The key this future waits for.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// Whether the lock is already held by this future (poll it to collect the guard).
+    pub fn is_granted(&self) -> bool {
+        match self.state {
+            AcquireState::Granted => true,
+            AcquireState::Queued { id, .. } => {
+                let shard = self.lock.inner.shard(&self.key);
+                shard.get(&self.key).and_then(|e| e.handoff) == Some(id)
+            }
+            AcquireState::Done => false,
+        }
+    }
+
+    /// Drop this wait because the caller's timeout fired, counting the timeout.
+    pub fn abandon_timed_out(self) {
+        self.lock.inner.counters.timeouts.fetch_add(1, Relaxed);
+        drop(self);
+    }
+
+    fn guard(&mut self) -> KeyGuard<K> {
+        self.state = AcquireState::Done;
+        KeyGuard {
+            lock: self.lock.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Future for Acquire<K> {
+    type Output = KeyGuard<K>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<KeyGuard<K>> {
+        let this = self.get_mut();
+        match this.state {
+            AcquireState::Granted => Poll::Ready(this.guard()),
+            AcquireState::Queued { id, since_nanos } => {
+                let inner = &this.lock.inner;
+                let mut shard = inner.shard(&this.key);
+                let entry = shard
+                    .get_mut(&this.key)
+                    .expect("KeyedLock invariant: a queued waiter's key has an entry");
+                if entry.handoff == Some(id) {
+                    entry.handoff = None;
+                    drop(shard);
+                    inner.record_contended(since_nanos);
+                    return Poll::Ready(this.guard());
+                }
+                let waiter = entry
+                    .queue
+                    .iter_mut()
+                    .find(|w| w.id == id)
+                    .expect("KeyedLock invariant: a queued waiter is in its queue");
+                match &mut waiter.waker {
+                    Some(waker) => waker.clone_from(cx.waker()),
+                    empty => *empty = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            AcquireState::Done => panic!("`Acquire` polled after it returned its guard"),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Acquire<K> {
+    fn drop(&mut self) {
+        let inner = &self.lock.inner;
+        match self.state {
+            AcquireState::Done => {}
+            AcquireState::Granted => inner.release(&self.key),
+            AcquireState::Queued { id, .. } => {
+                inner.counters.cancelled.fetch_add(1, Relaxed);
+                let waker = {
+                    let mut shard = inner.shard(&self.key);
+                    let entry = shard
+                        .get_mut(&self.key)
+                        .expect("KeyedLock invariant: a queued waiter's key has an entry");
+                    if entry.handoff == Some(id) {
+                        // Handed to us but never collected: pass it on.
+                        entry.handoff = None;
+                        hand_off(&mut shard, &self.key)
+                    } else {
+                        entry.queue.retain(|w| w.id != id);
+                        None
+                    }
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + fmt::Debug> fmt::Debug for Acquire<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("key", &self.key)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+/// Proof that a key is held. Owned: it may be moved into another task. Dropping
+/// it releases the key to the next waiter in FIFO order.
+#[must_use = "the key is released as soon as the guard is dropped"]
+pub struct KeyGuard<K: Hash + Eq + Clone> {
+    lock: KeyedLock<K>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> KeyGuard<K> {
+    /// The held key.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// Whether this guard was granted by `lock` (or a clone of it).
+    pub fn is_from(&self, lock: &KeyedLock<K>) -> bool {
+        Arc::ptr_eq(&self.lock.inner, &lock.inner)
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for KeyGuard<K> {
+    fn drop(&mut self) {
+        self.lock.inner.release(&self.key);
+    }
+}
+
+impl<K: Hash + Eq + Clone + fmt::Debug> fmt::Debug for KeyGuard<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyGuard").field("key", &self.key).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// A waker that records whether it was woken.
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn take(&self) -> bool {
+            self.0.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    /// A queued acquire with its own waker.
+    struct Probe {
+        acquire: Acquire<u64>,
+        flag: Arc<Flag>,
+    }
+
+    impl Probe {
+        fn new(lock: &KeyedLock<u64>, key: u64) -> Self {
+            Self {
+                acquire: lock.lock(key),
+                flag: Arc::default(),
+            }
+        }
+
+        fn poll(&mut self) -> Poll<KeyGuard<u64>> {
+            let waker = Waker::from(Arc::clone(&self.flag));
+            Pin::new(&mut self.acquire).poll(&mut Context::from_waker(&waker))
+        }
+
+        fn pending(&mut self) -> bool {
+            self.poll().is_pending()
+        }
+
+        fn ready(&mut self) -> KeyGuard<u64> {
+            match self.poll() {
+                Poll::Ready(guard) => guard,
+                Poll::Pending => panic!("expected the lock to be granted"),
+            }
+        }
+    }
+
+    fn ready_now<F: Future + Unpin>(mut fut: F) -> F::Output {
+        match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(out) => out,
+            Poll::Pending => panic!("expected the future to be ready"),
+        }
+    }
+
+    #[test]
+    fn uncontended_lock_is_granted_at_once_and_leaves_nothing() {
+        let lock = KeyedLock::new();
+        let guard = ready_now(lock.lock(1));
+        assert_eq!(guard.key(), &1);
+        assert_eq!(lock.len(), 1);
+        drop(guard);
+        assert_eq!(lock.len(), 0);
+        assert_eq!(lock.metrics().acquisitions, 1);
+        assert_eq!(lock.metrics().contended, 0);
+    }
+
+    #[test]
+    fn fifo_with_four_waiters_and_wakes_only_the_head() {
+        let lock = KeyedLock::new();
+        let holder = ready_now(lock.lock(1));
+        let mut waiters: Vec<Probe> = (0..4).map(|_| Probe::new(&lock, 1)).collect();
+        for w in &mut waiters {
+            assert!(w.pending());
+        }
+        assert_eq!(lock.waiters(), 4);
+
+        drop(holder);
+        let mut held = None;
+        for i in 0..4 {
+            // Only the head was woken, and only it can take the lock.
+            assert!(waiters[i].flag.take(), "waiter {i} must be woken");
+            for later in &mut waiters[i + 1..] {
+                assert!(!later.flag.take());
+                assert!(later.pending());
+            }
+            drop(held.take());
+            held = Some(waiters[i].ready());
+            if i + 1 < 4 {
+                assert!(!waiters[i + 1].flag.take(), "not woken before the release");
+            }
+            drop(held.take());
+        }
+        assert_eq!(lock.len(), 0);
+        assert_eq!(lock.metrics().contended, 4);
+    }
+
+    #[test]
+    fn queue_position_is_taken_by_the_call_not_the_first_poll() {
+        let lock = KeyedLock::new();
+        let holder = ready_now(lock.lock(1));
+        let mut first = Probe::new(&lock, 1);
+        let mut second = Probe::new(&lock, 1);
+        // Poll in the opposite order: the second caller must still wait.
+        assert!(second.pending());
+        assert!(first.pending());
+        drop(holder);
+        assert!(second.pending());
+        let g = first.ready();
+        drop(g);
+        drop(second.ready());
+        assert!(lock.is_empty());
+    }
+
+    #[test]
+    fn a_waiter_dropped_mid_queue_does_not_strand_the_next() {
+        let lock = KeyedLock::new();
+        let holder = ready_now(lock.lock(1));
+        let mut a = Probe::new(&lock, 1);
+        let b = Probe::new(&lock, 1);
+        let mut c = Probe::new(&lock, 1);
+        assert!(a.pending() && c.pending());
+        drop(b);
+        assert_eq!(lock.waiters(), 2);
+        drop(holder);
+        let ga = a.ready();
+        assert!(c.pending());
+        drop(ga);
+        assert!(c.flag.take(), "c is woken when a releases");
+        drop(c.ready());
+        assert!(lock.is_empty());
+        assert_eq!(lock.metrics().cancelled, 1);
+    }
+
+    #[test]
+    fn a_waiter_dropped_after_the_handoff_passes_the_lock_on() {
+        let lock = KeyedLock::new();
+        let holder = ready_now(lock.lock(1));
+        let mut a = Probe::new(&lock, 1);
+        let mut b = Probe::new(&lock, 1);
+        assert!(a.pending() && b.pending());
+        drop(holder);
+        assert!(a.acquire.is_granted(), "handed to a");
+        drop(a); // cancelled before collecting its guard
+        assert!(b.flag.take(), "the hand-off moves on to b");
+        drop(b.ready());
+        assert!(lock.is_empty());
+    }
+
+    #[test]
+    fn a_granted_but_never_polled_acquire_releases_on_drop() {
+        let lock = KeyedLock::new();
+        let a = lock.lock(1);
+        assert!(a.is_granted());
+        let mut b = Probe::new(&lock, 1);
+        assert!(b.pending());
+        drop(a);
+        drop(b.ready());
+        assert!(lock.is_empty());
+    }
+
+    #[test]
+    fn churn_with_cancelled_waiters_leaves_an_empty_table() {
+        let lock = KeyedLock::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..200_u64 {
+            let keys = 1 + round % 5;
+            let mut guards = Vec::new();
+            let mut probes = Vec::new();
+            for key in 0..keys {
+                guards.push(ready_now(lock.lock(key)));
+                for _ in 0..rng.usize(0..6) {
+                    let mut p = Probe::new(&lock, key);
+                    if rng.bool() {
+                        assert!(p.pending());
+                    }
+                    probes.push(p);
+                }
+            }
+            // Cancel a random half of the waiters, release holders, then drain.
+            rng.shuffle(&mut probes);
+            probes.truncate(probes.len() / 2);
+            guards.clear();
+            while !probes.is_empty() {
+                let mut progressed = false;
+                probes.retain_mut(|p| match p.poll() {
+                    Poll::Ready(g) => {
+                        drop(g);
+                        progressed = true;
+                        false
+                    }
+                    Poll::Pending => true,
+                });
+                assert!(progressed, "a waiter was stranded");
+            }
+            assert_eq!(lock.len(), 0, "round {round}");
+            assert_eq!(lock.waiters(), 0);
+        }
+    }
+
+    /// A timeout future the test fires by hand.
+    #[derive(Clone, Default)]
+    struct Trigger(Arc<AtomicBool>);
+
+    impl Future for Trigger {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if self.0.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn timeout_gives_up_cleanly_and_counts() {
+        let lock = KeyedLock::new();
+        let holder = ready_now(lock.lock(1));
+        let trigger = Trigger::default();
+        let mut timed = Box::pin(lock.lock_timeout(1, trigger.clone()));
+        let mut behind = Probe::new(&lock, 1);
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(timed.as_mut().poll(cx).is_pending());
+        trigger.0.store(true, Ordering::SeqCst);
+        assert_eq!(
+            timed.as_mut().poll(cx).map(|r| r.err()),
+            Poll::Ready(Some(LockTimedOut))
+        );
+        assert_eq!(lock.waiters(), 1, "the timed-out waiter left the queue");
+        assert_eq!(lock.metrics().timeouts, 1);
+        drop(holder);
+        drop(behind.ready());
+        assert!(lock.is_empty());
+    }
+
+    #[test]
+    fn timeout_loses_to_an_available_lock() {
+        let lock = KeyedLock::new();
+        let fired = Trigger(Arc::new(AtomicBool::new(true)));
+        let mut timed = Box::pin(lock.lock_timeout(1, fired));
+        let cx = &mut Context::from_waker(Waker::noop());
+        match timed.as_mut().poll(cx) {
+            Poll::Ready(Ok(guard)) => drop(guard),
+            other => panic!("expected the guard, got {:?}", other.map(|r| r.is_ok())),
+        }
+        assert_eq!(lock.metrics().timeouts, 0);
+    }
+
+    #[test]
+    fn different_keys_never_block_each_other() {
+        let lock = KeyedLock::new();
+        let guards: Vec<_> = (0..1_000).map(|k| ready_now(lock.lock(k))).collect();
+        assert_eq!(lock.len(), 1_000);
+        assert_eq!(lock.waiters(), 0);
+        drop(guards);
+        assert!(lock.is_empty());
+    }
+
+    #[test]
+    fn try_lock_fails_only_while_held() {
+        let lock = KeyedLock::new();
+        let g = lock.try_lock(1).expect("free");
+        assert!(lock.try_lock(1).is_none());
+        assert!(lock.try_lock(2).is_some());
+        drop(g);
+        assert!(lock.try_lock(1).is_some());
+        assert!(lock.is_empty());
+    }
+
+    #[test]
+    fn guard_moves_to_another_thread_and_releases_there() {
+        fn assert_send_static<T: Send + 'static>(_: &T) {}
+        let lock = KeyedLock::new();
+        let guard = ready_now(lock.lock(1));
+        assert_send_static(&guard);
+        let mut waiter = Probe::new(&lock, 1);
+        assert!(waiter.pending());
+        std::thread::spawn(move || drop(guard))
+            .join()
+            .expect("thread");
+        assert!(waiter.flag.take());
+        drop(waiter.ready());
+        assert!(lock.is_empty());
+    }
+
+    #[test]
+    fn wait_time_is_measured_with_the_clock() {
+        let clock = Arc::new(ManualClock::new(0));
+        let lock = KeyedLock::with_clock(clock.clone());
+        let holder = ready_now(lock.lock(1));
+        let mut w = Probe::new(&lock, 1);
+        assert!(w.pending());
+        clock.advance_millis(5);
+        drop(holder);
+        drop(w.ready());
+        let m = lock.metrics();
+        assert_eq!(m.wait_nanos_total, 5_000_000);
+        assert_eq!(m.wait_nanos_max, 5_000_000);
+        // 5 ms falls in the "<= 10 ms" bucket.
+        assert_eq!(m.wait_histogram[4], 1);
+    }
+
+    #[test]
+    fn unsynchronized_lock_excludes_nothing() {
+        let lock = KeyedLock::unsynchronized();
+        let a = ready_now(lock.lock(1));
+        let b = ready_now(lock.lock(1));
+        assert!(lock.try_lock(1).is_some());
+        assert!(lock.is_empty());
+        drop((a, b));
+    }
+}

@@ -1,0 +1,11 @@
+//! `pointlock`: a per-user point wallet whose concurrency is correct by construction.
+//!
+//! This root crate only re-exports the workspace crates and owns the cross-crate
+//! integration tests (`tests/`) and benchmarks (`benches/`).
+//!
+//! - [`core`]: domain, policies, the FIFO [`core::KeyedLock`], the store trait, the
+//!   in-memory store and the [`core::PointService`]. Runtime-agnostic; builds for wasm32.
+//! - [`server`]: the hyper + tower HTTP server and its [`server::layer::UserLockLayer`].
+
+pub use pointlock_core as core;
+pub use pointlock_server as server;
