@@ -1,1 +1,17 @@
+//! pointlock-server: the HTTP face of pointlock.
+//!
+//! hyper 1 + tower + tower-http, with [`layer::UserLockLayer`] holding each user's
+//! lock for the life of that user's request. See `ARCHITECTURE.md` for the layer
+//! stack and `README.md` for the API.
 
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod layer;
+pub mod routes;
+
+pub use app::{build_app, serve, App, AppOptions};
+pub use config::{Config, StoreSpec};
+pub use error::ApiError;
+pub use layer::{HeldLock, UserLockLayer};

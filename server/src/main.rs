@@ -1,1 +1,102 @@
-fn main() {}
+//! The `pointlock` binary. Logs go to stderr (`RUST_LOG` filters them).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use pointlock_core::store::Sleeper;
+use pointlock_core::{KeyedLock, MemoryStore, PointStore, Policy};
+use pointlock_server::app::{build_app, serve, service};
+use pointlock_server::clock::SystemClock;
+use pointlock_server::{Config, StoreSpec};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(message) = config.validate() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let store: Arc<dyn PointStore> = match config.store {
+        StoreSpec::Memory => {
+            let sleep: Sleeper = Arc::new(|d| Box::pin(tokio::time::sleep(d)));
+            Arc::new(MemoryStore::with_latency(
+                config.simulate_latency_ms,
+                sleep,
+                std::process::id().into(),
+            ))
+        }
+    };
+    let clock = Arc::new(SystemClock::default());
+    let lock = KeyedLock::with_clock(clock.clone());
+    let service = service(store, Policy::new(config.max_balance), clock, lock);
+    let app = build_app(service, &config.app_options());
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        %addr,
+        store = ?config.store,
+        max_balance = config.max_balance,
+        lock_timeout_ms = config.lock_timeout_ms,
+        simulate_latency_ms = config.simulate_latency_ms,
+        "pointlock listening on http://{addr}"
+    );
+    serve(listener, app, shutdown_signal(), Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,245 @@
+//! The full middleware stack and the hyper accept loop.
+//!
+//! Layers, outermost first:
+//!
+//! 1. `SetRequestId` (`x-request-id`, kept when the client sends one)
+//! 2. `Trace` (a span per request, with the request id)
+//! 3. `PropagateRequestId` (echo `x-request-id` on the response)
+//! 4. error normalisation (middleware answers such as 408 and 413 become JSON)
+//! 5. `Timeout` (the whole request, default 10 s; longer than the lock timeout)
+//! 6. `RequestBodyLimit` (default 4 KiB)
+//! 7. [`UserLockLayer`] (per-user FIFO lock for the life of the request)
+//! 8. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
+//! 9. the [`Router`]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use pointlock_core::{Clock, KeyedLock, PointService, PointStore, Policy, UserId};
+use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::layer::UserLockLayer;
+use crate::routes::{Router, SharedService};
+
+/// The boxed error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body of the whole stack.
+pub type AppBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The whole stack as one cloneable service.
+pub type App = BoxCloneSyncService<Request<Incoming>, Response<AppBody>, Infallible>;
+
+/// How to assemble the stack.
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    /// The longest a request waits for its user's lock before a 503.
+    pub lock_timeout: Duration,
+    /// The longest a whole request may take before a 408.
+    pub request_timeout: Duration,
+    /// The largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// Whether to install [`UserLockLayer`]. Only negative-control tests turn it off.
+    pub lock_layer: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_millis(3_000),
+            request_timeout: Duration::from_millis(10_000),
+            body_limit_bytes: 4 * 1024,
+            lock_layer: true,
+        }
+    }
+}
+
+/// A `PointService` over `store` sharing `lock` with the layer.
+pub fn service(
+    store: Arc<dyn PointStore>,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    lock: KeyedLock<UserId>,
+) -> SharedService {
+    Arc::new(PointService::with_lock(store, policy, clock, lock))
+}
+
+/// Request ids from a process-wide counter: cheap and unique per process.
+#[derive(Clone, Default)]
+struct CounterRequestId(Arc<AtomicU64>);
+
+impl MakeRequestId for CounterRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        HeaderValue::from_str(&n.to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// The stack below the body limit, boxed so both variants share one type.
+type Inner = BoxCloneSyncService<
+    Request<tower_http::body::Limited<Incoming>>,
+    Response<AppBody>,
+    Infallible,
+>;
+
+/// Build the middleware stack around the router for `service`.
+pub fn build_app(service: SharedService, options: &AppOptions) -> App {
+    let limit = options.body_limit_bytes;
+    let router = Router::new(Arc::clone(&service), options.lock_timeout, limit);
+    let catch_panic = CatchPanicLayer::custom(panic_response);
+    let inner: Inner = if options.lock_layer {
+        BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_response(box_body)
+                .layer(UserLockLayer::new(
+                    service.lock().clone(),
+                    options.lock_timeout,
+                ))
+                .layer(catch_panic)
+                .service(router),
+        )
+    } else {
+        BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_response(box_body)
+                .layer(catch_panic)
+                .service(router),
+        )
+    };
+    let stack = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(CounterRequestId::default()))
+        .map_response(move |res| normalize_error(res, limit))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            options.request_timeout,
+        ))
+        .layer(RequestBodyLimitLayer::new(limit))
+        .service(inner);
+    BoxCloneSyncService::new(stack)
+}
+
+fn box_body<B>(res: Response<B>) -> Response<AppBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    res.map(|b| b.map_err(Into::into).boxed_unsync())
+}
+
+/// A panic in a handler: 500 JSON (the panic message goes to the log only).
+fn panic_response(
+    panic: Box<dyn std::any::Any + Send + 'static>,
+) -> Response<http_body_util::Full<Bytes>> {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %detail, "handler panicked");
+    ApiError::Internal("the request failed unexpectedly".into()).into_response()
+}
+
+/// Box the body; turn the non-JSON answers of tower-http middleware (408 from the
+/// timeout, 413 from the body limit) into this API's JSON errors.
+fn normalize_error<B>(res: Response<B>, limit_bytes: usize) -> Response<AppBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let error = match res.status() {
+        _ if is_json => None,
+        StatusCode::REQUEST_TIMEOUT => Some(ApiError::RequestTimeout),
+        StatusCode::PAYLOAD_TOO_LARGE => Some(ApiError::PayloadTooLarge { limit_bytes }),
+        _ => None,
+    };
+    match error {
+        Some(error) => {
+            let (parts, _) = res.into_parts();
+            let mut fresh = error.into_response();
+            for (name, value) in parts.headers.iter() {
+                if name != CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+                    fresh.headers_mut().append(name, value.clone());
+                }
+            }
+            fresh.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+        }
+        None => box_body(res),
+    }
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves, then stop accepting and
+/// wait (up to `drain`) for in-flight requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> io::Result<()> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain, "in-flight requests did not finish in time");
+    }
+    Ok(())
+}

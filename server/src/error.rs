@@ -1,0 +1,152 @@
+//! HTTP errors: the one place where failures become status codes and JSON bodies.
+//!
+//! Every error answers `{"code":"…","message":"…"}` with `content-type:
+//! application/json`. Codes are stable; messages are for people.
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use pointlock_core::PointError;
+use serde::Serialize;
+use thiserror::Error;
+
+/// Everything an HTTP request can fail with.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// A wallet error: invalid id or amount, a policy conflict, a lock timeout, a store failure.
+    #[error(transparent)]
+    Point(#[from] PointError),
+
+    /// The body is not JSON.
+    #[error("request body must be JSON like {{\"amount\": 100}} or a bare number: {0}")]
+    InvalidJson(String),
+
+    /// The body could not be read (the client broke off).
+    #[error("could not read the request body: {0}")]
+    BadBody(String),
+
+    /// No such route.
+    #[error("no route for {method} {path}")]
+    NotFound {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+    },
+
+    /// The route exists with other methods.
+    #[error("method {method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The request method.
+        method: String,
+        /// The methods the route takes.
+        allow: &'static str,
+    },
+
+    /// The body is larger than the limit.
+    #[error("request body is larger than the limit of {limit_bytes} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit_bytes: usize,
+    },
+
+    /// The whole request took longer than the request timeout. A change may or may
+    /// not have been applied: read the history to find out.
+    #[error("the request did not finish within the request timeout")]
+    RequestTimeout,
+
+    /// A bug or a panic; details are in the server log.
+    #[error("internal server error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Point(e) => match e {
+                PointError::InvalidUserId | PointError::InvalidAmount => StatusCode::BAD_REQUEST,
+                PointError::InsufficientBalance { .. } | PointError::MaxBalanceExceeded { .. } => {
+                    StatusCode::CONFLICT
+                }
+                PointError::LockTimeout => StatusCode::SERVICE_UNAVAILABLE,
+                PointError::ForeignGuard | PointError::Store(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+            Self::InvalidJson(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Point(e) => e.code(),
+            Self::InvalidJson(_) => "INVALID_JSON",
+            Self::BadBody(_) => "BAD_BODY",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The JSON error response, with `Allow` or `Retry-After` where they apply.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+        };
+        let mut response = json_response(status, &body);
+        let headers = response.headers_mut();
+        match self {
+            Self::MethodNotAllowed { allow, .. } => {
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Point(PointError::LockTimeout) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// `value` as a JSON response with `status`.
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut response = Response::new(Full::new(Bytes::from(bytes)));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        // Our response types serialize infallibly; keep a JSON answer regardless.
+        Err(_) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(
+                br#"{"code":"INTERNAL","message":"response encoding failed"}"#,
+            )));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+    }
+}

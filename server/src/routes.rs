@@ -1,0 +1,331 @@
+//! The routes and their JSON, compatible with the course's NestJS and Spring templates.
+//!
+//! | route                      | body                                  |
+//! |----------------------------|---------------------------------------|
+//! | `GET /point/{id}`          | –                                     |
+//! | `GET /point/{id}/histories`| –                                     |
+//! | `PATCH /point/{id}/charge` | `{"amount": 100}` or a bare `100`     |
+//! | `PATCH /point/{id}/use`    | same                                  |
+//! | `GET /health`, `GET /stats`| – (liveness; lock metrics)            |
+//!
+//! Mutating handlers take the user's guard from the request's [`HeldLock`]
+//! extension, put there by [`UserLockLayer`](crate::layer::UserLockLayer). Mounted
+//! without the layer, they acquire the lock themselves (with the same timeout), so
+//! the router alone is never unsafe.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError};
+use pointlock_core::{Amount, BoxFuture, KeyGuard, PointError, PointService, PointStore, UserId};
+use serde::Serialize;
+use tower_service::Service;
+
+use crate::error::{json_response, ApiError};
+use crate::layer::HeldLock;
+
+/// The service type the server runs: any store behind an `Arc`.
+pub type SharedService = Arc<PointService<Arc<dyn PointStore>>>;
+
+/// A parsed wallet route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /point/{id}`
+    Point,
+    /// `GET /point/{id}/histories`
+    Histories,
+    /// `PATCH /point/{id}/charge`
+    Charge,
+    /// `PATCH /point/{id}/use`
+    Use,
+}
+
+impl Route {
+    fn method(self) -> (Method, &'static str) {
+        match self {
+            Self::Point | Self::Histories => (Method::GET, "GET"),
+            Self::Charge | Self::Use => (Method::PATCH, "PATCH"),
+        }
+    }
+}
+
+/// The raw `{id}` segment of `/point/{id}` or `/point/{id}/...`, if `path` is one.
+pub fn user_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/point/")?;
+    Some(rest.split_once('/').map_or(rest, |(id, _)| id))
+}
+
+/// Split a wallet path into its id segment and route; `None` when no route matches.
+fn wallet_route(path: &str) -> Option<(&str, Route)> {
+    let rest = path.strip_prefix("/point/")?;
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let route = match tail {
+        "" if !rest.ends_with('/') => Route::Point,
+        "histories" => Route::Histories,
+        "charge" => Route::Charge,
+        "use" => Route::Use,
+        _ => return None,
+    };
+    Some((id, route))
+}
+
+/// The router: a tower [`Service`] answering every request with JSON.
+#[derive(Clone)]
+pub struct Router {
+    service: SharedService,
+    lock_timeout: Duration,
+    body_limit_bytes: usize,
+}
+
+impl Router {
+    /// A router over `service`; `lock_timeout` applies when it must lock by itself,
+    /// `body_limit_bytes` names the limit in 413 messages.
+    pub fn new(service: SharedService, lock_timeout: Duration, body_limit_bytes: usize) -> Self {
+        Self {
+            service,
+            lock_timeout,
+            body_limit_bytes,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Router
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let router = self.clone();
+        Box::pin(async move {
+            Ok(match router.handle(req).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            })
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct Stats {
+    lock: pointlock_core::LockMetrics,
+}
+
+impl Router {
+    async fn handle<B>(&self, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        let Some((raw_id, route)) = wallet_route(path) else {
+            return match path {
+                "/health" => get_only(&parts.method, || {
+                    json_response(StatusCode::OK, &Health { status: "ok" })
+                }),
+                "/stats" => get_only(&parts.method, || {
+                    let lock = self.service.lock().metrics();
+                    json_response(StatusCode::OK, &Stats { lock })
+                }),
+                _ => Err(ApiError::NotFound {
+                    method: parts.method.to_string(),
+                    path: path.to_owned(),
+                }),
+            };
+        };
+        let id: UserId = raw_id.parse()?;
+        let (method, allow) = route.method();
+        if parts.method != method {
+            return Err(ApiError::MethodNotAllowed {
+                method: parts.method.to_string(),
+                allow,
+            });
+        }
+        let svc = &self.service;
+        let response = match route {
+            Route::Point => json_response(StatusCode::OK, &svc.point(id).await?),
+            Route::Histories => json_response(StatusCode::OK, &svc.histories(id).await?),
+            Route::Charge | Route::Use => {
+                let from_layer = parts.extensions.get::<HeldLock>().cloned();
+                let held = self.held(from_layer, id).await?;
+                let amount = read_amount(body, self.body_limit_bytes).await?;
+                let updated = if route == Route::Charge {
+                    svc.charge(&held, amount).await?
+                } else {
+                    svc.use_points(&held, amount).await?
+                };
+                json_response(StatusCode::OK, &updated)
+            }
+        };
+        Ok(response)
+    }
+
+    /// The user's guard: from the lock layer, or acquired here when mounted without it.
+    async fn held(
+        &self,
+        from_layer: Option<HeldLock>,
+        id: UserId,
+    ) -> Result<Arc<KeyGuard<UserId>>, ApiError> {
+        if let Some(HeldLock(guard)) = from_layer {
+            if *guard.key() == id {
+                return Ok(guard);
+            }
+        }
+        let acquire = self
+            .service
+            .lock()
+            .lock_timeout(id, tokio::time::sleep(self.lock_timeout));
+        match acquire.await {
+            Ok(guard) => Ok(Arc::new(guard)),
+            Err(_) => Err(PointError::LockTimeout.into()),
+        }
+    }
+}
+
+fn get_only(
+    method: &Method,
+    respond: impl FnOnce() -> Response<Full<Bytes>>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if method == Method::GET {
+        Ok(respond())
+    } else {
+        Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            allow: "GET",
+        })
+    }
+}
+
+/// Read the body (within the limit) and parse the amount.
+async fn read_amount<B>(body: B, limit_bytes: usize) -> Result<Amount, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            let error = error.into();
+            return Err(if error.downcast_ref::<LengthLimitError>().is_some() {
+                ApiError::PayloadTooLarge { limit_bytes }
+            } else {
+                ApiError::BadBody(error.to_string())
+            });
+        }
+    };
+    parse_amount(&bytes)
+}
+
+/// `{"amount": n}` (NestJS template) or a bare `n` (Spring template), where `n` is a
+/// JSON integer in `1..=2^63-1`. Fractions, exponents, strings, null, booleans,
+/// arrays, a missing field and numbers out of range are all `INVALID_AMOUNT`;
+/// anything that is not JSON is `INVALID_JSON`.
+pub fn parse_amount(bytes: &[u8]) -> Result<Amount, ApiError> {
+    use serde_json::Value;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidJson("the body is empty".into()));
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let number = match &value {
+        Value::Number(n) => n,
+        Value::Object(fields) => match fields.get("amount") {
+            Some(Value::Number(n)) => n,
+            _ => return Err(PointError::InvalidAmount.into()),
+        },
+        _ => return Err(PointError::InvalidAmount.into()),
+    };
+    // Only integers parse as u64; fractions, exponents and negatives do not.
+    let raw = number.as_u64().ok_or(PointError::InvalidAmount)?;
+    Ok(Amount::new(raw)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_segment_finds_the_id() {
+        assert_eq!(user_segment("/point/12"), Some("12"));
+        assert_eq!(user_segment("/point/12/charge"), Some("12"));
+        assert_eq!(user_segment("/point/abc/x/y"), Some("abc"));
+        assert_eq!(user_segment("/point/"), Some(""));
+        assert_eq!(user_segment("/points/1"), None);
+        assert_eq!(user_segment("/health"), None);
+    }
+
+    #[test]
+    fn wallet_routes_match_exactly() {
+        assert_eq!(wallet_route("/point/1"), Some(("1", Route::Point)));
+        assert_eq!(
+            wallet_route("/point/1/histories"),
+            Some(("1", Route::Histories))
+        );
+        assert_eq!(wallet_route("/point/1/charge"), Some(("1", Route::Charge)));
+        assert_eq!(wallet_route("/point/1/use"), Some(("1", Route::Use)));
+        assert_eq!(wallet_route("/point/1/"), None);
+        assert_eq!(wallet_route("/point/1/charge/x"), None);
+        assert_eq!(wallet_route("/point/1/unknown"), None);
+    }
+
+    fn amount(body: &str) -> Result<u64, &'static str> {
+        parse_amount(body.as_bytes())
+            .map(Amount::get)
+            .map_err(|e| e.code())
+    }
+
+    #[test]
+    fn amount_bodies_of_both_templates_parse() {
+        assert_eq!(amount(r#"{"amount":100}"#), Ok(100));
+        assert_eq!(amount(r#" { "amount" : 7 , "note": "x" } "#), Ok(7));
+        assert_eq!(amount("100"), Ok(100));
+        assert_eq!(amount("9223372036854775807"), Ok(9_223_372_036_854_775_807));
+    }
+
+    #[test]
+    fn bad_amount_bodies_are_rejected_with_codes() {
+        for (body, code) in [
+            ("", "INVALID_JSON"),
+            ("  ", "INVALID_JSON"),
+            ("{", "INVALID_JSON"),
+            ("amount=1", "INVALID_JSON"),
+            (r#"{"amount":0}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":-1}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":1.5}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":1.0}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":1e2}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":"100"}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":null}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":true}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":[1]}"#, "INVALID_AMOUNT"),
+            (r#"{}"#, "INVALID_AMOUNT"),
+            (r#"{"amt":1}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":9223372036854775808}"#, "INVALID_AMOUNT"),
+            (r#"{"amount":99999999999999999999999}"#, "INVALID_AMOUNT"),
+            ("null", "INVALID_AMOUNT"),
+            (r#""100""#, "INVALID_AMOUNT"),
+            ("[100]", "INVALID_AMOUNT"),
+            ("-5", "INVALID_AMOUNT"),
+        ] {
+            assert_eq!(amount(body), Err(code), "{body:?}");
+        }
+    }
+}
