@@ -260,7 +260,9 @@ where
                     future, polling, ..
                 } => {
                     *polling = true;
-                    let output = ready!(future.as_mut().poll(cx));
+                    let poll = future.as_mut().poll(cx);
+                    *polling = false;
+                    let output = ready!(poll);
                     // Releases the guard (if the handler kept no clone): after the response.
                     this.state = State::Done;
                     return Poll::Ready(output.map(|res| res.map(Either::Left)));
@@ -320,5 +322,252 @@ where
             });
         }
         Err(_) => tracing::warn!("response dropped without a runtime; in-flight work abandoned"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// An inner service whose every response waits for the test to open its gate.
+    /// It records each request it is called with and whether it carried the guard.
+    #[derive(Clone, Default)]
+    struct Gated {
+        gates: Arc<Mutex<VecDeque<oneshot::Receiver<()>>>>,
+        calls: Arc<Mutex<Vec<(String, bool)>>>,
+        finished: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Gated {
+        fn gate(&self) -> oneshot::Sender<()> {
+            let (open, gate) = oneshot::channel();
+            self.gates.lock().unwrap().push_back(gate);
+            open
+        }
+
+        fn calls(&self) -> Vec<(String, bool)> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Service<Request<()>> for Gated {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            let path = req.uri().path().to_owned();
+            let held = req.extensions().get::<HeldLock>().is_some();
+            self.calls.lock().unwrap().push((path.clone(), held));
+            let gate = self.gates.lock().unwrap().pop_front();
+            let finished = Arc::clone(&self.finished);
+            Box::pin(async move {
+                assert!(!path.ends_with("/panic"), "inner service panicked");
+                if let Some(gate) = gate {
+                    let _ = gate.await;
+                }
+                finished.lock().unwrap().push(path);
+                Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            })
+        }
+    }
+
+    type Fut = ResponseFuture<Gated, ()>;
+
+    fn setup(timeout_ms: u64) -> (UserLock<Gated>, Gated, KeyedLock<UserId>) {
+        let lock = KeyedLock::new();
+        let inner = Gated::default();
+        let svc = UserLockLayer::new(lock.clone(), Duration::from_millis(timeout_ms))
+            .layer(inner.clone());
+        (svc, inner, lock)
+    }
+
+    fn request(path: &str) -> Request<()> {
+        Request::builder().uri(path).body(()).unwrap()
+    }
+
+    async fn poll_once(
+        fut: &mut Fut,
+    ) -> Poll<Result<Response<UserLockBody<Full<Bytes>>>, Infallible>> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
+    }
+
+    async fn body_json(res: Response<UserLockBody<Full<Bytes>>>) -> serde_json::Value {
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn user(raw: u64) -> UserId {
+        UserId::new(raw).unwrap()
+    }
+
+    #[tokio::test]
+    async fn driving_to_ready_does_not_take_the_lock() {
+        let (mut svc, _, lock) = setup(1_000);
+        std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+        assert!(lock.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_lock_is_held_until_the_response_resolves_then_handed_on() {
+        let (mut svc, inner, lock) = setup(1_000);
+        let open_first = inner.gate();
+        let open_second = inner.gate();
+
+        let mut first = svc.call(request("/point/1/charge"));
+        let mut second = svc.call(request("/point/1/use"));
+        // Both took their places in `call`; nothing ran yet.
+        assert_eq!(lock.len(), 1);
+        assert_eq!(lock.waiters(), 1);
+        assert!(inner.calls().is_empty());
+
+        assert!(poll_once(&mut second).await.is_pending());
+        assert!(poll_once(&mut first).await.is_pending());
+        assert_eq!(inner.calls(), vec![("/point/1/charge".into(), true)]);
+
+        // The second is still queued: its inner service has not been called.
+        assert!(poll_once(&mut second).await.is_pending());
+        assert_eq!(inner.calls().len(), 1);
+
+        open_first.send(()).unwrap();
+        assert!(poll_once(&mut first).await.is_ready());
+        drop(first);
+        // Handed off, not released: the key is still held.
+        assert_eq!(lock.len(), 1);
+        assert!(poll_once(&mut second).await.is_pending());
+        assert_eq!(inner.calls()[1], ("/point/1/use".into(), true));
+        open_second.send(()).unwrap();
+        assert!(poll_once(&mut second).await.is_ready());
+        drop(second);
+        assert!(lock.is_empty());
+    }
+
+    #[tokio::test]
+    async fn other_users_are_not_blocked() {
+        let (mut svc, inner, lock) = setup(1_000);
+        let _hold_user_1 = inner.gate();
+        let mut one = svc.call(request("/point/1"));
+        assert!(poll_once(&mut one).await.is_pending());
+        let mut two = svc.call(request("/point/2"));
+        assert!(poll_once(&mut two).await.is_ready());
+        assert_eq!(lock.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_id_is_rejected_without_locking_or_calling_inner() {
+        let (mut svc, inner, lock) = setup(1_000);
+        for path in [
+            "/point/abc",
+            "/point/0/charge",
+            "/point/-1",
+            "/point/",
+            "/point/9223372036854775808",
+        ] {
+            let mut fut = svc.call(request(path));
+            assert!(lock.is_empty());
+            let Poll::Ready(Ok(res)) = poll_once(&mut fut).await else {
+                panic!("{path}: expected an immediate answer");
+            };
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(body_json(res).await["code"], "INVALID_USER_ID");
+        }
+        assert!(inner.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn other_paths_pass_through_without_locking() {
+        let (mut svc, inner, lock) = setup(1_000);
+        let _gate = inner.gate();
+        let mut fut = svc.call(request("/health"));
+        assert!(poll_once(&mut fut).await.is_pending());
+        assert!(lock.is_empty());
+        assert_eq!(inner.calls(), vec![("/health".into(), false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_timeout_answers_503_with_retry_after_and_never_calls_inner() {
+        let (mut svc, inner, lock) = setup(100);
+        let holder = lock.try_lock(user(1)).unwrap();
+        let mut fut = svc.call(request("/point/1/charge"));
+        assert!(poll_once(&mut fut).await.is_pending());
+        tokio::time::advance(Duration::from_millis(101)).await;
+        let Poll::Ready(Ok(res)) = poll_once(&mut fut).await else {
+            panic!("expected the timeout answer");
+        };
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert_eq!(body_json(res).await["code"], "LOCK_TIMEOUT");
+        assert!(inner.calls().is_empty());
+        assert_eq!(lock.waiters(), 0);
+        assert_eq!(lock.metrics().timeouts, 1);
+        drop(holder);
+        assert!(lock.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_mid_flight_finishes_its_work_before_releasing() {
+        let (mut svc, inner, lock) = setup(1_000);
+        let open = inner.gate();
+        let mut fut = svc.call(request("/point/1/charge"));
+        assert!(poll_once(&mut fut).await.is_pending());
+        let mut queued = svc.call(request("/point/1/use"));
+        drop(fut); // the client went away mid-request
+        assert_eq!(lock.len(), 1, "still held by the detached work");
+        assert!(poll_once(&mut queued).await.is_pending());
+        assert_eq!(inner.calls().len(), 1, "the queued request waits");
+        assert!(inner.finished.lock().unwrap().is_empty());
+        open.send(()).unwrap();
+        // The queued request gets the lock only after the detached work finished.
+        let res = std::future::poll_fn(|cx| Pin::new(&mut queued).poll(cx)).await;
+        assert!(res.is_ok());
+        assert_eq!(
+            *inner.finished.lock().unwrap(),
+            vec!["/point/1/charge".to_owned(), "/point/1/use".to_owned()]
+        );
+        drop(queued);
+        assert!(lock.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_while_queued_leaves_the_queue() {
+        let (mut svc, inner, lock) = setup(1_000);
+        let open = inner.gate();
+        let mut first = svc.call(request("/point/1/charge"));
+        assert!(poll_once(&mut first).await.is_pending());
+        let mut gone = svc.call(request("/point/1/use"));
+        assert!(poll_once(&mut gone).await.is_pending());
+        drop(gone);
+        assert_eq!(lock.waiters(), 0);
+        open.send(()).unwrap();
+        assert!(poll_once(&mut first).await.is_ready());
+        drop(first);
+        assert!(lock.is_empty());
+        assert_eq!(inner.calls().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_inner_future_is_dropped_not_resumed_and_releases() {
+        let (mut svc, inner, lock) = setup(1_000);
+        let mut fut = svc.call(request("/point/1/panic"));
+        let waker = std::task::Waker::noop();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = Pin::new(&mut fut).poll(&mut Context::from_waker(waker));
+        }));
+        assert!(panicked.is_err());
+        drop(fut);
+        assert!(lock.is_empty(), "released, not detached");
+        assert!(inner.finished.lock().unwrap().is_empty());
     }
 }
