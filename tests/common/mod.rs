@@ -1,0 +1,273 @@
+//! Shared harness: an in-process server on a loopback port over an instrumented store.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pointlock::core::store::Sleeper;
+use pointlock::core::{
+    BoxFuture, Change, Committed, KeyedLock, MemoryStore, PointHistory, PointStore, Policy,
+    StoreError, UserId, UserPoint,
+};
+use pointlock::server::app::{build_app, serve, service};
+use pointlock::server::clock::SystemClock;
+use pointlock::server::AppOptions;
+use serde_json::Value;
+use tokio::sync::{mpsc, Barrier, Semaphore};
+
+/// A memory store (optionally slow) that measures how many commits run at once and
+/// can hold commits at a gate or a barrier, so tests wait on signals, not on time.
+pub struct ProbeStore {
+    inner: MemoryStore,
+    in_flight: AtomicUsize,
+    in_flight_max: AtomicUsize,
+    gate: Option<Arc<Semaphore>>,
+    barrier: Option<(Arc<Barrier>, Duration)>,
+    entered: Mutex<Option<mpsc::UnboundedSender<UserId>>>,
+    /// One global lock around every commit: the shape of a "global mutex" design.
+    global: Option<tokio::sync::Mutex<()>>,
+}
+
+impl ProbeStore {
+    pub fn new(latency_ms: u64) -> Self {
+        let sleep: Sleeper = Arc::new(|d| Box::pin(tokio::time::sleep(d)));
+        Self {
+            inner: MemoryStore::with_latency(latency_ms, sleep, 42),
+            in_flight: AtomicUsize::new(0),
+            in_flight_max: AtomicUsize::new(0),
+            gate: None,
+            barrier: None,
+            entered: Mutex::new(None),
+            global: None,
+        }
+    }
+
+    /// Serialize every commit of every user behind one global lock (negative control).
+    pub fn serialize_all(mut self) -> Self {
+        self.global = Some(tokio::sync::Mutex::new(()));
+        self
+    }
+
+    /// Every commit waits for a permit of `gate` (the test adds permits).
+    pub fn with_gate(mut self, gate: Arc<Semaphore>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Every commit waits at `barrier`; one that waits longer than `patience` fails.
+    pub fn with_barrier(mut self, barrier: Arc<Barrier>, patience: Duration) -> Self {
+        self.barrier = Some((barrier, patience));
+        self
+    }
+
+    /// Report each commit's user as it enters the store.
+    pub fn entered(&self) -> mpsc::UnboundedReceiver<UserId> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.entered.lock().unwrap() = Some(tx);
+        rx
+    }
+
+    /// The most commits ever in progress at once.
+    pub fn in_flight_max(&self) -> usize {
+        self.in_flight_max.load(Ordering::SeqCst)
+    }
+}
+
+impl PointStore for ProbeStore {
+    fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
+        self.inner.user_point(id)
+    }
+
+    fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        self.inner.histories(id)
+    }
+
+    fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            // (Counted on entry: the gauge measures commits the service issued at once.)
+            self.in_flight_max.fetch_max(now, Ordering::SeqCst);
+            if let Some(tx) = self.entered.lock().unwrap().as_ref() {
+                let _ = tx.send(change.user_id);
+            }
+            let result = async {
+                let _global = match &self.global {
+                    Some(global) => Some(global.lock().await),
+                    None => None,
+                };
+                if let Some(gate) = &self.gate {
+                    gate.acquire().await.expect("gate open").forget();
+                }
+                if let Some((barrier, patience)) = &self.barrier {
+                    tokio::time::timeout(*patience, barrier.wait())
+                        .await
+                        .map_err(|_| StoreError::new("barrier: other users never arrived"))?;
+                }
+                self.inner.commit(change).await
+            }
+            .await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            result
+        })
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub lock: KeyedLock<UserId>,
+    pub store: Arc<ProbeStore>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: Value,
+}
+
+impl TestServer {
+    /// A server with the lock layer and a real lock.
+    pub async fn start(store: ProbeStore, options: AppOptions) -> Self {
+        Self::start_with_lock(store, options, KeyedLock::new()).await
+    }
+
+    pub async fn start_with_lock(
+        store: ProbeStore,
+        options: AppOptions,
+        lock: KeyedLock<UserId>,
+    ) -> Self {
+        let store = Arc::new(store);
+        let svc = service(
+            store.clone(),
+            Policy::default(),
+            Arc::new(SystemClock::default()),
+            lock.clone(),
+        );
+        let app = build_app(svc, &options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            serve(listener, app, shutdown, Duration::from_secs(5))
+                .await
+                .unwrap();
+        });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build_http();
+        Self {
+            addr,
+            lock,
+            store,
+            client,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub async fn send(&self, method: Method, path: &str, body: Option<&str>) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+            .unwrap();
+        let res = self.client.request(req).await.expect("request failed");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("non-JSON body {bytes:?}: {e}"));
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn charge(&self, user: u64, amount: u64) -> Reply {
+        let body = format!("{{\"amount\":{amount}}}");
+        self.send(Method::PATCH, &format!("/point/{user}/charge"), Some(&body))
+            .await
+    }
+
+    pub async fn use_points(&self, user: u64, amount: u64) -> Reply {
+        let body = format!("{{\"amount\":{amount}}}");
+        self.send(Method::PATCH, &format!("/point/{user}/use"), Some(&body))
+            .await
+    }
+
+    pub async fn balance(&self, user: u64) -> u64 {
+        let reply = self.get(&format!("/point/{user}")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.json["point"].as_u64().unwrap()
+    }
+
+    pub async fn history(&self, user: u64) -> Vec<Value> {
+        let reply = self.get(&format!("/point/{user}/histories")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.json.as_array().unwrap().clone()
+    }
+
+    /// Invariant 1: the balance equals the replayed history, and never dipped below 0.
+    pub async fn assert_history_replays(&self, user: u64) -> u64 {
+        let mut running: i128 = 0;
+        for row in self.history(user).await {
+            let amount = i128::from(row["amount"].as_u64().unwrap());
+            match row["type"].as_str().unwrap() {
+                "CHARGE" => running += amount,
+                "USE" => running -= amount,
+                other => panic!("unknown type {other}"),
+            }
+            assert!(running >= 0, "history goes negative");
+        }
+        let balance = self.balance(user).await;
+        assert_eq!(i128::from(balance), running, "balance != replayed history");
+        balance
+    }
+
+    /// Wait (bounded) until `condition` holds on the lock: a deterministic signal.
+    pub async fn wait_for_lock(&self, what: &str, condition: impl Fn(&KeyedLock<UserId>) -> bool) {
+        for _ in 0..10_000 {
+            if condition(&self.lock) {
+                return;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Options for concurrency tests: a generous lock timeout so 100 queued requests
+/// over a slow store never time out.
+pub fn patient() -> AppOptions {
+    AppOptions {
+        lock_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(60),
+        ..AppOptions::default()
+    }
+}

@@ -1,0 +1,361 @@
+//! Concurrency over real loopback HTTP, against an in-process server whose memory
+//! store has simulated latency (the race window the lock must close).
+//!
+//! Every scenario that could pass by luck has a signal instead of a sleep: commits
+//! held at a gate, users meeting at a barrier, the lock's own queue gauges. The
+//! negative control at the end runs the first scenario without the lock and asserts
+//! that updates ARE lost, proving the scenario can fail.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{patient, ProbeStore, TestServer};
+use http::StatusCode;
+use pointlock::core::KeyedLock;
+use pointlock::server::AppOptions;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Barrier, Semaphore};
+
+/// Simulated store latency per call: 0..=LATENCY_MS ms.
+const LATENCY_MS: u64 = 10;
+
+async fn hundred_concurrent_charges(server: &Arc<TestServer>) -> (u64, BTreeSet<u64>) {
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let server = Arc::clone(server);
+            tokio::spawn(async move { server.charge(1, 10).await })
+        })
+        .collect();
+    let mut balances = BTreeSet::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+        balances.insert(reply.json["point"].as_u64().unwrap());
+    }
+    (server.balance(1).await, balances)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_charges_sum_exactly_with_distinct_running_balances() {
+    let server = Arc::new(TestServer::start(ProbeStore::new(LATENCY_MS), patient()).await);
+    let (balance, running) = hundred_concurrent_charges(&server).await;
+    assert_eq!(balance, 1_000);
+    let expected: BTreeSet<u64> = (1..=100).map(|i| i * 10).collect();
+    assert_eq!(
+        running, expected,
+        "each response saw a distinct running balance"
+    );
+    assert_eq!(server.history(1).await.len(), 100);
+    server.assert_history_replays(1).await;
+    assert!(server.lock.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_without_lock_loses_updates() {
+    let options = AppOptions {
+        lock_layer: false,
+        ..patient()
+    };
+    // No layer, and the service's lock replaced by one that excludes nothing.
+    let server = Arc::new(
+        TestServer::start_with_lock(
+            ProbeStore::new(LATENCY_MS),
+            options,
+            KeyedLock::unsynchronized(),
+        )
+        .await,
+    );
+    let (balance, running) = hundred_concurrent_charges(&server).await;
+    assert_eq!(
+        server.history(1).await.len(),
+        100,
+        "every charge was recorded"
+    );
+    assert!(
+        balance < 1_000,
+        "without the lock the race must lose updates, but the balance is {balance}"
+    );
+    assert!(running.len() < 100, "some responses saw the same balance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staggered_charges_over_two_seconds_sum_exactly() {
+    // 100 arrivals every 20 ms; each charge spends 0..=60 ms in the store, so
+    // arrivals overlap in-flight charges all along (without the lock they race).
+    let server = Arc::new(TestServer::start(ProbeStore::new(30), patient()).await);
+    let tasks: Vec<_> = (0..100_u64)
+        .map(|i| {
+            let server = Arc::clone(&server);
+            tokio::spawn(async move {
+                // Arrivals spread over ~2 s: the workload, not a synchronisation.
+                tokio::time::sleep(Duration::from_millis(i * 20)).await;
+                server.charge(1, i + 1).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(server.balance(1).await, (1..=100).sum::<u64>());
+    server.assert_history_replays(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_charge_and_use_conserve_total_and_replay_history() {
+    let server = Arc::new(TestServer::start(ProbeStore::new(LATENCY_MS), patient()).await);
+    assert_eq!(server.charge(1, 300).await.status, StatusCode::OK);
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let server = Arc::clone(&server);
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    (true, server.charge(1, 7).await)
+                } else {
+                    (false, server.use_points(1, 11).await)
+                }
+            })
+        })
+        .collect();
+    let (mut charged, mut used) = (0, 0);
+    for task in tasks {
+        let (is_charge, reply) = task.await.unwrap();
+        match reply.status {
+            StatusCode::OK => {
+                if is_charge {
+                    charged += 7;
+                } else {
+                    used += 11;
+                }
+            }
+            StatusCode::CONFLICT => {
+                assert!(!is_charge, "only uses may be refused here");
+                assert_eq!(reply.json["code"], "INSUFFICIENT_BALANCE");
+            }
+            other => panic!("unexpected {other}: {}", reply.json),
+        }
+    }
+    let balance = server.assert_history_replays(1).await;
+    assert_eq!(balance, 300 + charged - used, "total conserved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_does_not_fail_those_queued_behind_it() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ProbeStore::new(LATENCY_MS).with_gate(gate.clone());
+    let server = Arc::new(TestServer::start(store, patient()).await);
+    // Hold the lock with a commit at the gate, then queue: a use that must fail,
+    // a malformed body, then ten charges.
+    let first = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.charge(1, 5).await })
+    };
+    server
+        .wait_for_lock("first holds the lock", |l| l.len() == 1)
+        .await;
+    let mut queued = Vec::new();
+    let doomed = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.use_points(1, 1_000).await })
+    };
+    server
+        .wait_for_lock("use queued", |l| l.waiters() == 1)
+        .await;
+    let malformed = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            server
+                .send(http::Method::PATCH, "/point/1/charge", Some("{not json"))
+                .await
+        })
+    };
+    server
+        .wait_for_lock("bad body queued", |l| l.waiters() == 2)
+        .await;
+    for i in 0..10 {
+        let server2 = Arc::clone(&server);
+        queued.push(tokio::spawn(async move { server2.charge(1, 10).await }));
+        server
+            .wait_for_lock("charge queued", |l| l.waiters() == 3 + i)
+            .await;
+    }
+    gate.add_permits(1_000);
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    let doomed = doomed.await.unwrap();
+    assert_eq!(doomed.status, StatusCode::CONFLICT);
+    assert_eq!(doomed.json["code"], "INSUFFICIENT_BALANCE");
+    assert_eq!(malformed.await.unwrap().status, StatusCode::BAD_REQUEST);
+    for task in queued {
+        assert_eq!(task.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(server.assert_history_replays(1).await, 105);
+    assert!(server.lock.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_user_requests_apply_in_arrival_order() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ProbeStore::new(LATENCY_MS).with_gate(gate.clone());
+    let server = Arc::new(TestServer::start(store, patient()).await);
+    let mut tasks = Vec::new();
+    for i in 0..20_u64 {
+        let s = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            if i % 5 == 4 {
+                s.use_points(1, 1).await
+            } else {
+                s.charge(1, i + 1).await
+            }
+        }));
+        // Request i has reached the server and taken its place before i+1 is sent.
+        let waiting = usize::try_from(i).unwrap();
+        server
+            .wait_for_lock("request queued", |l| l.len() == 1 && l.waiters() == waiting)
+            .await;
+    }
+    gate.add_permits(1_000);
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, StatusCode::OK);
+    }
+    let order: Vec<(String, u64)> = server
+        .history(1)
+        .await
+        .iter()
+        .map(|h| {
+            (
+                h["type"].as_str().unwrap().to_owned(),
+                h["amount"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = (0..20_u64)
+        .map(|i| {
+            if i % 5 == 4 {
+                ("USE".to_owned(), 1)
+            } else {
+                ("CHARGE".to_owned(), i + 1)
+            }
+        })
+        .collect();
+    assert_eq!(order, expected, "history is in arrival order");
+}
+
+async fn users_meeting_at_a_barrier(serialize_all: bool) -> Vec<StatusCode> {
+    const USERS: usize = 8;
+    // Every commit waits until all USERS commits are in the store at once. Were
+    // users serialized by anything, the barrier could never fill and the commits
+    // would fail once the patience runs out.
+    let barrier = Arc::new(Barrier::new(USERS));
+    let patience = if serialize_all { 300 } else { 10_000 };
+    let mut store = ProbeStore::new(0).with_barrier(barrier, Duration::from_millis(patience));
+    if serialize_all {
+        store = store.serialize_all();
+    }
+    let server = Arc::new(TestServer::start(store, patient()).await);
+    let tasks: Vec<_> = (1..=USERS as u64)
+        .map(|user| {
+            let server = Arc::clone(&server);
+            tokio::spawn(async move { server.charge(user, 100).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    if !serialize_all {
+        assert_eq!(server.store.in_flight_max(), USERS);
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_users_run_concurrently() {
+    let statuses = users_meeting_at_a_barrier(false).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_global_serialisation_fails_the_barrier() {
+    // The same scenario with one global lock around every commit: the barrier
+    // test must notice (commits fail), or it could not detect serialisation.
+    let statuses = users_meeting_at_a_barrier(true).await;
+    assert!(
+        statuses.contains(&StatusCode::INTERNAL_SERVER_ERROR),
+        "a globally serialised store must fail the barrier: {statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_mid_request_leaves_consistent_state() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ProbeStore::new(LATENCY_MS).with_gate(gate.clone());
+    let mut entered = store.entered();
+    let server = Arc::new(TestServer::start(store, patient()).await);
+
+    // A raw client sends a charge and hangs up while the commit is in flight.
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let body = r#"{"amount":70}"#;
+    let request = format!(
+        "PATCH /point/1/charge HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(entered.recv().await.unwrap().get(), 1, "commit started");
+    // A second request queues behind it.
+    let second = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.charge(1, 30).await })
+    };
+    server
+        .wait_for_lock("second queued", |l| l.waiters() == 1)
+        .await;
+    drop(raw);
+    // The disconnected change still owns the lock: the second has not started.
+    assert_eq!(server.lock.waiters(), 1);
+    gate.add_permits(1_000);
+    let second = second.await.unwrap();
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(
+        second.json["point"], 100,
+        "the second ran after the whole first change"
+    );
+    assert_eq!(server.assert_history_replays(1).await, 100);
+    assert_eq!(server.history(1).await.len(), 2);
+    server
+        .wait_for_lock("lock table empty", |l| l.is_empty())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_timeout_answers_503_and_changes_nothing() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ProbeStore::new(0).with_gate(gate.clone());
+    let options = AppOptions {
+        lock_timeout: Duration::from_millis(200),
+        ..AppOptions::default()
+    };
+    let server = Arc::new(TestServer::start(store, options).await);
+    let first = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.charge(1, 10).await })
+    };
+    server.wait_for_lock("first holds", |l| l.len() == 1).await;
+    let timed_out = server.charge(1, 20).await;
+    assert_eq!(timed_out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(timed_out.json["code"], "LOCK_TIMEOUT");
+    assert_eq!(timed_out.headers["retry-after"], "1");
+    assert_eq!(server.lock.metrics().timeouts, 1);
+    gate.add_permits(1_000);
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        server.assert_history_replays(1).await,
+        10,
+        "the 503 changed nothing"
+    );
+    assert_eq!(server.history(1).await.len(), 1);
+}
