@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run every check and test pointlock has, installing what is missing first.
+# Used as-is by CI (.ci/run). Safe to re-run: installed tools are skipped.
+set -euo pipefail
+exec 2>&1 # one stream: CI reads cargo's summary from stdout
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: rustfmt, clippy, wasm32 target"
+if ! rustup component list --installed | grep -q '^rustfmt'; then rustup component add rustfmt; fi
+if ! rustup component list --installed | grep -q '^clippy'; then rustup component add clippy; fi
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "core stays runtime-free: no tokio/hyper in pointlock-core's dependencies"
+if cargo tree -p pointlock-core -e normal --prefix none --locked | grep -E '^(tokio|hyper|mio) '; then
+  echo "pointlock-core must not depend on an async runtime or I/O" >&2
+  exit 1
+fi
+
+step "core builds for wasm32-unknown-unknown"
+cargo build -p pointlock-core --target wasm32-unknown-unknown --locked
+
+step "cargo test --workspace"
+cargo test --workspace --locked
+
+echo
+echo "all checks passed"
