@@ -249,3 +249,18 @@ async fn health_and_stats_report_an_empty_lock_table_after_work() {
     assert_eq!(stats["lock"]["waiters"], 0);
     assert_eq!(stats["lock"]["acquisitions"], 5);
 }
+
+#[tokio::test]
+async fn http2_cleartext_is_served_with_the_same_contract() {
+    let s = server().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::patch(format!("http://{}/point/5/charge", s.addr))
+        .body(Full::new(Bytes::from_static(b"{\"amount\":25}")))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(s.balance(5).await, 25);
+}

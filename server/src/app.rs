@@ -1,14 +1,21 @@
 //! The full middleware stack and the hyper accept loop.
 //!
-//! Layers, outermost first:
+//! Layers as [`build_app`] assembles them, outermost first:
 //!
-//! 1. `SetRequestId` (`x-request-id`, kept when the client sends one)
-//! 2. `Trace` (a span per request, with the request id)
-//! 3. `PropagateRequestId` (echo `x-request-id` on the response)
-//! 4. error normalisation (middleware answers such as 408 and 413 become JSON)
-//! 5. `Timeout` (the whole request, default 10 s; longer than the lock timeout)
-//! 6. `RequestBodyLimit` (default 4 KiB)
-//! 7. [`UserLockLayer`] (per-user FIFO lock for the life of the request)
+//! 1. `SetRequestId` (`x-request-id`, kept when the client sends one, otherwise a
+//!    process-wide counter)
+//! 2. error normalisation (`map_response`): boxes the body into [`AppBody`] and turns
+//!    the non-JSON 408 and 413 of tower-http's middleware into this API's JSON
+//!    errors, copying the response's headers (not its content type or length) so
+//!    `x-request-id` survives. It produces the stack's final body type, so it sits
+//!    outside every layer that wraps the body: outermost but one. `Trace`, inside
+//!    it, therefore logs the raw 408/413 (the same status code).
+//! 3. `Trace` (a span per request)
+//! 4. `PropagateRequestId` (echo `x-request-id` on the response)
+//! 5. `Timeout` (408 for the whole request, default 10 s; longer than the lock timeout)
+//! 6. `RequestBodyLimit` (413, default 4 KiB)
+//! 7. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
+//!    only when [`AppOptions::lock_layer`] is false, for negative-control tests)
 //! 8. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
 //! 9. the [`Router`]
 
@@ -242,4 +249,54 @@ pub async fn serve(
         tracing::warn!(?drain, "in-flight requests did not finish in time");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{Empty, Full};
+
+    use super::*;
+
+    async fn json(res: Response<AppBody>) -> serde_json::Value {
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_a_500_json_error() {
+        let res = panic_response(Box::new("boom"));
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let res = box_body(res);
+        let body = json(res).await;
+        assert_eq!(body["code"], "INTERNAL");
+        assert!(
+            !body["message"].as_str().unwrap().contains("boom"),
+            "no panic text to clients"
+        );
+    }
+
+    #[tokio::test]
+    async fn middleware_408_and_413_become_json_and_keep_headers() {
+        for (status, code) in [
+            (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
+            (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+        ] {
+            let mut raw = Response::new(Empty::<Bytes>::new());
+            *raw.status_mut() = status;
+            raw.headers_mut()
+                .insert("x-request-id", HeaderValue::from_static("7"));
+            let res = normalize_error(raw, 4096);
+            assert_eq!(res.status(), status);
+            assert_eq!(res.headers()["x-request-id"], "7");
+            assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
+            assert_eq!(json(res).await["code"], code);
+        }
+    }
+
+    #[tokio::test]
+    async fn json_answers_pass_through_untouched() {
+        let res = ApiError::Point(pointlock_core::PointError::InvalidAmount).into_response();
+        let res = normalize_error(res.map(|b: Full<Bytes>| b), 4096);
+        assert_eq!(json(res).await["code"], "INVALID_AMOUNT");
+    }
 }
