@@ -3,8 +3,8 @@
 //!
 //! Every scenario that could pass by luck has a signal instead of a sleep: commits
 //! held at a gate, users meeting at a barrier, the lock's own queue gauges. The
-//! negative control at the end runs the first scenario without the lock and asserts
-//! that updates ARE lost, proving the scenario can fail.
+//! negative controls run the first scenario without the lock (asserting that updates
+//! ARE lost) and the barrier scenario against a globally serialised store.
 
 mod common;
 
@@ -358,4 +358,45 @@ async fn lock_timeout_answers_503_and_changes_nothing() {
         "the 503 changed nothing"
     );
     assert_eq!(server.history(1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline() {
+    let options = AppOptions {
+        body_timeout: Duration::from_millis(300),
+        ..patient()
+    };
+    let server = Arc::new(TestServer::start(ProbeStore::new(0), options).await);
+    // Headers promise 13 body bytes; only 5 ever come.
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(
+        b"PATCH /point/1/charge HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 13\r\n\r\n{\"amo",
+    )
+    .await
+    .unwrap();
+    server
+        .wait_for_lock("uploader holds user 1", |l| l.len() == 1)
+        .await;
+    let queued = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.charge(1, 10).await })
+    };
+    server
+        .wait_for_lock("charge queued", |l| l.waiters() == 1)
+        .await;
+    // Other users never notice.
+    assert_eq!(server.charge(2, 5).await.status, StatusCode::OK);
+
+    // The server answers without reading the rest; it may keep the socket open.
+    let response = common::read_until(&mut raw, "}").await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains(r#""code":"BODY_TIMEOUT""#), "{response}");
+    let queued = queued.await.unwrap();
+    assert_eq!(queued.status, StatusCode::OK, "{}", queued.json);
+    assert_eq!(queued.json["point"], 10);
+    assert_eq!(
+        server.history(1).await.len(),
+        1,
+        "the stalled upload changed nothing"
+    );
 }

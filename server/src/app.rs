@@ -16,8 +16,10 @@
 //! 6. `RequestBodyLimit` (413, default 4 KiB)
 //! 7. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
 //!    only when [`AppOptions::lock_layer`] is false, for negative-control tests)
-//! 8. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
-//! 9. the [`Router`]
+//! 8. `RequestBodyDeadline` (408 `BODY_TIMEOUT`, default 2 s, counted from when the
+//!    user's lock is held: a slow uploader holds its user no longer than this)
+//! 9. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
+//! 10. the [`Router`]
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,7 +48,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -69,6 +71,9 @@ pub struct AppOptions {
     pub request_timeout: Duration,
     /// The largest accepted request body.
     pub body_limit_bytes: usize,
+    /// The longest a handler may wait for the request body once it holds the
+    /// user's lock: a slow uploader cannot hold a user's lock longer than this.
+    pub body_timeout: Duration,
     /// Whether to install [`UserLockLayer`]. Only negative-control tests turn it off.
     pub lock_layer: bool,
 }
@@ -79,6 +84,7 @@ impl Default for AppOptions {
             lock_timeout: Duration::from_millis(3_000),
             request_timeout: Duration::from_millis(10_000),
             body_limit_bytes: 4 * 1024,
+            body_timeout: Duration::from_millis(2_000),
             lock_layer: true,
         }
     }
@@ -117,26 +123,23 @@ type Inner = BoxCloneSyncService<
 /// Build the middleware stack around the router for `service`.
 pub fn build_app(service: SharedService, options: &AppOptions) -> App {
     let limit = options.body_limit_bytes;
-    let router = Router::new(Arc::clone(&service), options.lock_timeout, limit);
-    let catch_panic = CatchPanicLayer::custom(panic_response);
+    let router = Router::new(Arc::clone(&service), options);
+    // Inside the user's lock: the body deadline (it starts when the lock is held,
+    // bounding how long a slow client can keep its user waiting), CatchPanic, router.
+    let locked = ServiceBuilder::new()
+        .layer(RequestBodyDeadlineLayer::new(options.body_timeout))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .service(router);
     let inner: Inner = if options.lock_layer {
+        let lock = UserLockLayer::new(service.lock().clone(), options.lock_timeout);
         BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .map_response(box_body)
-                .layer(UserLockLayer::new(
-                    service.lock().clone(),
-                    options.lock_timeout,
-                ))
-                .layer(catch_panic)
-                .service(router),
+                .layer(lock)
+                .service(locked),
         )
     } else {
-        BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .map_response(box_body)
-                .layer(catch_panic)
-                .service(router),
-        )
+        BoxCloneSyncService::new(ServiceBuilder::new().map_response(box_body).service(locked))
     };
     let stack = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(CounterRequestId::default()))

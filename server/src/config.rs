@@ -59,6 +59,11 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// How long a request holding its user's lock may take to deliver its body
+    /// before a 408 BODY_TIMEOUT (bounds how long a slow client holds a user).
+    #[arg(long, env = "POINTLOCK_BODY_TIMEOUT_MS", default_value_t = 2_000)]
+    pub body_timeout_ms: u64,
+
     /// Largest accepted request body, in bytes; larger bodies get a 413.
     #[arg(long, env = "POINTLOCK_BODY_LIMIT_BYTES", default_value_t = 4_096)]
     pub body_limit_bytes: usize,
@@ -71,6 +76,7 @@ impl Config {
             lock_timeout: Duration::from_millis(self.lock_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             body_limit_bytes: self.body_limit_bytes,
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
             lock_layer: true,
         }
     }
@@ -84,6 +90,12 @@ impl Config {
             return Err(format!(
                 "--request-timeout-ms ({}) must be longer than --lock-timeout-ms ({})",
                 self.request_timeout_ms, self.lock_timeout_ms
+            ));
+        }
+        if self.body_timeout_ms == 0 || self.body_timeout_ms >= self.request_timeout_ms {
+            return Err(format!(
+                "--body-timeout-ms ({}) must be at least 1 and shorter than --request-timeout-ms ({})",
+                self.body_timeout_ms, self.request_timeout_ms
             ));
         }
         if self.body_limit_bytes < 64 {

@@ -56,6 +56,14 @@ pub enum ApiError {
     #[error("the request did not finish within the request timeout")]
     RequestTimeout,
 
+    /// The body did not arrive within the body deadline (counted from when the
+    /// request got its user's lock). Nothing was changed.
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout {
+        /// The configured deadline.
+        timeout_ms: u64,
+    },
+
     /// A bug or a panic; details are in the server log.
     #[error("internal server error: {0}")]
     Internal(String),
@@ -85,7 +93,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RequestTimeout | Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +108,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
+            Self::BodyTimeout { .. } => "BODY_TIMEOUT",
             Self::Internal(_) => "INTERNAL",
         }
     }

@@ -24,8 +24,10 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError};
 use pointlock_core::{Amount, BoxFuture, KeyGuard, PointError, PointService, PointStore, UserId};
 use serde::Serialize;
+use tower_http::timeout::TimeoutError;
 use tower_service::Service;
 
+use crate::app::AppOptions;
 use crate::error::{json_response, ApiError};
 use crate::layer::HeldLock;
 
@@ -80,16 +82,18 @@ pub struct Router {
     service: SharedService,
     lock_timeout: Duration,
     body_limit_bytes: usize,
+    body_timeout: Duration,
 }
 
 impl Router {
-    /// A router over `service`; `lock_timeout` applies when it must lock by itself,
-    /// `body_limit_bytes` names the limit in 413 messages.
-    pub fn new(service: SharedService, lock_timeout: Duration, body_limit_bytes: usize) -> Self {
+    /// A router over `service`. From `options`: the lock timeout (when it must lock
+    /// by itself), and the body limit and deadline (named in 413 and 408 messages).
+    pub fn new(service: SharedService, options: &AppOptions) -> Self {
         Self {
             service,
-            lock_timeout,
-            body_limit_bytes,
+            lock_timeout: options.lock_timeout,
+            body_limit_bytes: options.body_limit_bytes,
+            body_timeout: options.body_timeout,
         }
     }
 }
@@ -166,7 +170,7 @@ impl Router {
             Route::Charge | Route::Use => {
                 let from_layer = parts.extensions.get::<HeldLock>().cloned();
                 let held = self.held(from_layer, id).await?;
-                let amount = read_amount(body, self.body_limit_bytes).await?;
+                let amount = read_amount(body, self.body_limit_bytes, self.body_timeout).await?;
                 let updated = if route == Route::Charge {
                     svc.charge(&held, amount).await?
                 } else {
@@ -214,8 +218,8 @@ fn get_only(
     }
 }
 
-/// Read the body (within the limit) and parse the amount.
-async fn read_amount<B>(body: B, limit_bytes: usize) -> Result<Amount, ApiError>
+/// Read the body (within the size limit and the deadline) and parse the amount.
+async fn read_amount<B>(body: B, limit_bytes: usize, deadline: Duration) -> Result<Amount, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -226,6 +230,10 @@ where
             let error = error.into();
             return Err(if error.downcast_ref::<LengthLimitError>().is_some() {
                 ApiError::PayloadTooLarge { limit_bytes }
+            } else if error.downcast_ref::<TimeoutError>().is_some() {
+                ApiError::BodyTimeout {
+                    timeout_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                }
             } else {
                 ApiError::BadBody(error.to_string())
             });

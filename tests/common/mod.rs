@@ -271,3 +271,24 @@ pub fn patient() -> AppOptions {
         ..AppOptions::default()
     }
 }
+
+/// Read from a raw connection until `needle` shows up or the peer closes; bounded
+/// to 10 s so a test can never hang on a connection the server keeps open.
+pub async fn read_until(raw: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0_u8; 4096];
+        loop {
+            match raw.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if String::from_utf8_lossy(&buf).contains(needle) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
