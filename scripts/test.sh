@@ -29,6 +29,9 @@ fi
 step "core builds for wasm32-unknown-unknown"
 cargo build -p pointlock-core --target wasm32-unknown-unknown --locked
 
+step "rustdoc: no broken links or doc warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
 step "cargo test --workspace"
 cargo test --workspace --locked
 
