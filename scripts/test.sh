@@ -35,5 +35,18 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "cargo test --workspace"
 cargo test --workspace --locked
 
+step "wasm: clippy for wasm32 (the crate is empty on native targets)"
+cargo clippy -p pointlock-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+
+step "wasm: build the npm package (installs wasm-bindgen-cli at the locked version if needed)"
+./wasm/build.sh
+
+step "wasm: wasm-bindgen-test in Node"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p pointlock-wasm --target wasm32-unknown-unknown --locked
+
+step "wasm: node --test on the package, used as a user would"
+node --test wasm/test/*.test.js
+
 echo
 echo "all checks passed"

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Build the npm package `pointlock` at wasm/pkg from scratch:
+#   cargo build (wasm32, profile wasm-release) -> wasm-bindgen --target nodejs and --target web
+#   -> wasm-opt -Oz when available -> package.json, README.
+# wasm-bindgen-cli is installed at exactly the wasm-bindgen version in Cargo.lock when
+# missing or mismatched (no wasm-pack: it downloads binaries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pkg=wasm/pkg
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+
+version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+[ -n "$version" ] || { echo "wasm-bindgen not found in Cargo.lock" >&2; exit 1; }
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
+  echo "installing wasm-bindgen-cli $version (takes ~10 min the first time)"
+  # Not --locked: the CLI's own lockfile pins a crate version the registry no longer serves.
+  cargo install wasm-bindgen-cli --version "$version"
+fi
+
+cargo build -p pointlock-wasm --target wasm32-unknown-unknown --profile wasm-release --locked
+wasm=target/wasm32-unknown-unknown/wasm-release/pointlock_wasm.wasm
+
+rm -rf "$pkg"
+wasm-bindgen "$wasm" --target nodejs --out-dir "$pkg/node" --out-name pointlock
+wasm-bindgen "$wasm" --target web --out-dir "$pkg/web" --out-name pointlock
+
+wasm_opt=""
+if command -v wasm-opt >/dev/null; then wasm_opt=wasm-opt
+elif [ -x wasm/node_modules/.bin/wasm-opt ]; then wasm_opt=wasm/node_modules/.bin/wasm-opt
+fi
+if [ -n "$wasm_opt" ]; then
+  for f in "$pkg"/node/pointlock_bg.wasm "$pkg"/web/pointlock_bg.wasm; do
+    "$wasm_opt" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+      --enable-mutable-globals "$f" -o "$f"
+  done
+else
+  echo "wasm-opt not found: skipping the size pass (npm's binaryen or Debian's binaryen provide it)"
+fi
+
+crate_version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)
+cat > "$pkg/package.json" <<JSON
+{
+  "name": "pointlock",
+  "version": "$crate_version",
+  "description": "Per-user point wallet with a FIFO keyed lock, compiled from Rust to WebAssembly",
+  "license": "MIT OR Apache-2.0",
+  "main": "./node/pointlock.js",
+  "types": "./node/pointlock.d.ts",
+  "exports": {
+    ".": {
+      "types": "./node/pointlock.d.ts",
+      "node": "./node/pointlock.js",
+      "browser": "./web/pointlock.js",
+      "default": "./web/pointlock.js"
+    }
+  },
+  "files": ["node", "web", "README.md"]
+}
+JSON
+cp wasm/README.md "$pkg/README.md" 2>/dev/null || true
+
+size=$(stat -c %s "$pkg/node/pointlock_bg.wasm")
+echo "built $pkg: pointlock_bg.wasm is $size bytes ($(( (size + 1023) / 1024 )) KiB)"

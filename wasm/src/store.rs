@@ -1,0 +1,179 @@
+//! `TemplateStore`: the course NestJS template's tables, handed in from JavaScript.
+//!
+//! Any objects with the template's methods, synchronous or returning Promises:
+//! `selectById(id)`, `insertOrUpdate(id, point)`, `insert(userId, amount, type,
+//! timeMillis)` (type is the template's numeric enum: 0 = CHARGE, 1 = USE) and
+//! `selectAllByUserId(userId)`. History rows read back are normalised to
+//! `type: 'CHARGE' | 'USE'`.
+//!
+//! The template's tables have no transactions, so a commit is two calls. If the
+//! history insert fails after the balance was written, the balance is written back
+//! (best effort) and the call rejects with `STORE_ERROR`.
+
+use pointlock_core::store::{BoxFuture, Change, Committed, PointStore};
+use pointlock_core::{Amount, PointHistory, StoreError, TransactionType, UserId, UserPoint};
+use wasm_bindgen::JsValue;
+
+use crate::js::{call_method, get};
+
+/// The template's two tables.
+pub struct TemplateStore {
+    user_points: JsValue,
+    histories: JsValue,
+}
+
+impl TemplateStore {
+    pub fn new(user_points: JsValue, histories: JsValue) -> Self {
+        Self {
+            user_points,
+            histories,
+        }
+    }
+}
+
+fn number(row: &JsValue, field: &str) -> Result<f64, StoreError> {
+    get(row, field)
+        .and_then(|v| v.as_f64())
+        .filter(|n| n.is_finite())
+        .ok_or_else(|| StoreError::new(format!("row has no numeric {field:?}")))
+}
+
+/// A non-negative safe integer field.
+fn count(row: &JsValue, field: &str) -> Result<u64, StoreError> {
+    let n = number(row, field)?;
+    if n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 {
+        Ok(n as u64)
+    } else {
+        Err(StoreError::new(format!(
+            "{field} is not a non-negative integer: {n}"
+        )))
+    }
+}
+
+fn kind_of(row: &JsValue) -> Result<TransactionType, StoreError> {
+    let value = get(row, "type").ok_or_else(|| StoreError::new("history row has no type"))?;
+    match (value.as_f64(), value.as_string().as_deref()) {
+        (Some(0.0), _) => Ok(TransactionType::Charge),
+        (Some(1.0), _) => Ok(TransactionType::Use),
+        (_, Some("CHARGE")) => Ok(TransactionType::Charge),
+        (_, Some("USE")) => Ok(TransactionType::Use),
+        _ => Err(StoreError::new(format!("unknown history type {value:?}"))),
+    }
+}
+
+fn type_code(kind: TransactionType) -> JsValue {
+    JsValue::from_f64(match kind {
+        TransactionType::Charge => 0.0,
+        TransactionType::Use => 1.0,
+    })
+}
+
+fn history_row(row: &JsValue) -> Result<PointHistory, StoreError> {
+    let user = UserId::new(count(row, "userId")?).map_err(|e| StoreError::new(e.to_string()))?;
+    let amount = Amount::new(count(row, "amount")?).map_err(|e| StoreError::new(e.to_string()))?;
+    Ok(PointHistory {
+        id: count(row, "id")?,
+        user_id: user,
+        kind: kind_of(row)?,
+        amount,
+        time_millis: number(row, "timeMillis")? as i64,
+    })
+}
+
+fn id_arg(id: UserId) -> JsValue {
+    JsValue::from_f64(id.get() as f64)
+}
+
+impl PointStore for TemplateStore {
+    fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
+        Box::pin(async move {
+            let row = call_method(&self.user_points, "selectById", &[id_arg(id)])
+                .await
+                .map_err(StoreError::new)?;
+            if row.is_undefined() || row.is_null() {
+                return Ok(None);
+            }
+            Ok(Some(UserPoint {
+                id,
+                point: count(&row, "point")?,
+                update_millis: number(&row, "updateMillis")? as i64,
+            }))
+        })
+    }
+
+    fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        Box::pin(async move {
+            let rows = call_method(&self.histories, "selectAllByUserId", &[id_arg(id)])
+                .await
+                .map_err(StoreError::new)?;
+            if !js_sys::Array::is_array(&rows) {
+                return Err(StoreError::new("selectAllByUserId did not return an array"));
+            }
+            let mut out: Vec<PointHistory> = js_sys::Array::from(&rows)
+                .iter()
+                .map(|row| history_row(&row))
+                .collect::<Result<_, _>>()?;
+            out.sort_by_key(|h| h.id); // oldest first, whatever the table's order
+            Ok(out)
+        })
+    }
+
+    fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        Box::pin(async move {
+            let point_arg = JsValue::from_f64(change.point as f64);
+            call_method(
+                &self.user_points,
+                "insertOrUpdate",
+                &[id_arg(change.user_id), point_arg],
+            )
+            .await
+            .map_err(StoreError::new)?;
+            let inserted = call_method(
+                &self.histories,
+                "insert",
+                &[
+                    id_arg(change.user_id),
+                    JsValue::from_f64(change.amount.get() as f64),
+                    type_code(change.kind),
+                    JsValue::from_f64(change.time_millis as f64),
+                ],
+            )
+            .await;
+            let row = match inserted {
+                Ok(row) => row,
+                Err(message) => {
+                    // Undo the balance write so the tables stay consistent.
+                    let previous = match change.kind {
+                        TransactionType::Charge => change.point - change.amount.get(),
+                        TransactionType::Use => change.point + change.amount.get(),
+                    };
+                    let _ = call_method(
+                        &self.user_points,
+                        "insertOrUpdate",
+                        &[id_arg(change.user_id), JsValue::from_f64(previous as f64)],
+                    )
+                    .await;
+                    return Err(StoreError::new(message));
+                }
+            };
+            let history = match get(&row, "id") {
+                Some(_) => PointHistory {
+                    id: count(&row, "id")?,
+                    user_id: change.user_id,
+                    kind: change.kind,
+                    amount: change.amount,
+                    time_millis: change.time_millis,
+                },
+                None => return Err(StoreError::new("insert did not return the history row")),
+            };
+            Ok(Committed {
+                user_point: UserPoint {
+                    id: change.user_id,
+                    point: change.point,
+                    update_millis: change.time_millis,
+                },
+                history,
+            })
+        })
+    }
+}

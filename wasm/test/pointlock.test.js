@@ -1,0 +1,133 @@
+// The npm package used exactly as a user would: require('../pkg').
+'use strict';
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { PointService, KeyedLock } = require('../pkg');
+const { UserPointTable, PointHistoryTable, TransactionType, sleep } = require('./tables');
+
+const templateService = () =>
+  new PointService({
+    userPointTable: new UserPointTable(),
+    pointHistoryTable: new PointHistoryTable(),
+    lockTimeoutMs: 60000,
+  });
+
+test('100 concurrent charges on template tables sum exactly', async () => {
+  const svc = templateService();
+  const results = await Promise.all(Array.from({ length: 100 }, () => svc.charge(1, 10)));
+  const running = new Set(results.map((r) => r.point));
+  assert.equal(running.size, 100, 'each call saw a distinct running balance');
+  assert.deepEqual(await svc.point(1).then((p) => [p.id, p.point]), [1, 1000]);
+  const history = await svc.histories(1);
+  assert.equal(history.length, 100);
+  assert.ok(history.every((h) => h.type === 'CHARGE' && h.userId === 1 && h.amount === 10));
+  assert.equal(svc.lockedUsers, 0);
+});
+
+test('negative control: the same charges straight on the tables lose updates', async () => {
+  const points = new UserPointTable();
+  const history = new PointHistoryTable();
+  await Promise.all(
+    Array.from({ length: 100 }, async () => {
+      const row = await points.selectById(1);
+      await points.insertOrUpdate(1, row.point + 10);
+      await history.insert(1, 10, TransactionType.CHARGE, Date.now());
+    }),
+  );
+  const balance = (await points.selectById(1)).point;
+  assert.ok(balance < 1000, `without the lock updates must be lost, got ${balance}`);
+});
+
+test('mixed concurrent charge/use is conserved, never negative, and replays', async () => {
+  const svc = templateService();
+  await svc.charge(1, 300);
+  let expected = 300;
+  const calls = Array.from({ length: 100 }, (_, i) =>
+    (i % 2 ? svc.use(1, 11) : svc.charge(1, 7)).then(
+      (r) => { expected += i % 2 ? -11 : 7; assert.ok(r.point >= 0); },
+      (e) => assert.equal(e.code, 'INSUFFICIENT_BALANCE'),
+    ),
+  );
+  await Promise.all(calls);
+  const balance = (await svc.point(1)).point;
+  assert.equal(balance, expected);
+  const replay = (await svc.histories(1)).reduce(
+    (sum, h) => sum + (h.type === 'CHARGE' ? h.amount : -h.amount), 0);
+  assert.equal(replay, balance);
+});
+
+test('different users run concurrently', async () => {
+  // Tables whose commits wait until all four users are in the table at once.
+  let waiting = 0;
+  let release;
+  const all = new Promise((r) => { release = r; });
+  const points = new UserPointTable(0);
+  const insertOrUpdate = points.insertOrUpdate.bind(points);
+  points.insertOrUpdate = async (id, point) => {
+    if (++waiting === 4) release();
+    let timer;
+    const serialised = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error('users were serialised')), 5000);
+    });
+    try { await Promise.race([all, serialised]); } finally { clearTimeout(timer); }
+    return insertOrUpdate(id, point);
+  };
+  const svc = new PointService({ userPointTable: points, pointHistoryTable: new PointHistoryTable(0) });
+  const results = await Promise.all([1, 2, 3, 4].map((id) => svc.charge(id, 5)));
+  assert.deepEqual(results.map((r) => r.point), [5, 5, 5, 5]);
+});
+
+test('errors carry codes and change nothing', async () => {
+  const svc = new PointService({ maxBalance: 10000 });
+  await svc.charge(1, 100);
+  const cases = [
+    [() => svc.charge(0, 1), 'INVALID_USER_ID'],
+    [() => svc.charge(-1, 1), 'INVALID_USER_ID'],
+    [() => svc.charge('1', 1), 'INVALID_USER_ID'],
+    [() => svc.point(1.5), 'INVALID_USER_ID'],
+    [() => svc.charge(2 ** 53, 1), 'INVALID_USER_ID'],
+    [() => svc.charge(1, 0), 'INVALID_AMOUNT'],
+    [() => svc.charge(1, 1.5), 'INVALID_AMOUNT'],
+    [() => svc.charge(1, NaN), 'INVALID_AMOUNT'],
+    [() => svc.charge(1, Number.MAX_SAFE_INTEGER + 1), 'INVALID_AMOUNT'],
+    [() => svc.charge(1, '5'), 'INVALID_AMOUNT'],
+    [() => svc.use(1, 101), 'INSUFFICIENT_BALANCE'],
+    [() => svc.charge(1, 9901), 'MAX_BALANCE_EXCEEDED'],
+  ];
+  for (const [call, code] of cases) {
+    await assert.rejects(call(), (e) => e instanceof Error && e.code === code && e.message.length > 0, code);
+  }
+  assert.equal((await svc.point(1)).point, 100);
+  assert.equal((await svc.histories(1)).length, 1);
+  assert.equal((await svc.charge(1, 9900)).point, 10000, 'reaching max exactly is allowed');
+});
+
+test('a table that throws rejects with STORE_ERROR and keeps its message', async () => {
+  const points = new UserPointTable(0);
+  points.selectById = () => { throw new Error('disk on fire'); };
+  const svc = new PointService({ userPointTable: points, pointHistoryTable: new PointHistoryTable(0) });
+  await assert.rejects(svc.charge(1, 5), (e) => e.code === 'STORE_ERROR' && /disk on fire/.test(e.message));
+  assert.equal(svc.lockedUsers, 0, 'the lock is released after a store error');
+});
+
+test('KeyedLock: FIFO per key, release on throw, entries freed', async () => {
+  const lock = new KeyedLock({ timeoutMs: 5000 });
+  const order = [];
+  await Promise.all([1, 2, 3, 4, 5].map((i) =>
+    lock.withLock('k', async () => { await sleep(Math.random() * 10); order.push(i); })));
+  assert.deepEqual(order, [1, 2, 3, 4, 5]);
+  await assert.rejects(lock.withLock('k', () => { throw new Error('boom'); }), /boom/);
+  assert.equal(await lock.withLock('k', () => 42), 42, 'released after the throw');
+  assert.equal(lock.size, 0);
+});
+
+test('KeyedLock: a wait past timeoutMs rejects with LOCK_TIMEOUT', async () => {
+  const lock = new KeyedLock({ timeoutMs: 50 });
+  let open;
+  const held = lock.withLock(1, () => new Promise((r) => { open = r; }));
+  await assert.rejects(lock.withLock(1, () => 'never'), (e) => e.code === 'LOCK_TIMEOUT');
+  open();
+  await held;
+  assert.equal(lock.size, 0);
+});
