@@ -38,6 +38,9 @@ cargo test --workspace --locked
 step "wasm: clippy for wasm32 (the crate is empty on native targets)"
 cargo clippy -p pointlock-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
+step "wasm: npm dev tools (binaryen's wasm-opt, playwright-core)"
+(cd wasm && npm ci --no-audit --no-fund)
+
 step "wasm: build the npm package (installs wasm-bindgen-cli at the locked version if needed)"
 ./wasm/build.sh
 
@@ -45,7 +48,14 @@ step "wasm: wasm-bindgen-test in Node"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p pointlock-wasm --target wasm32-unknown-unknown --locked
 
-step "wasm: node --test on the package, used as a user would"
+step "browser: Debian's chromium for the demo-page test"
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then sudo_=""; else sudo_="sudo"; fi
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium
+fi
+
+step "wasm: node --test on the package (Node and the demo page in Chromium)"
 node --test wasm/test/*.test.js
 
 echo
