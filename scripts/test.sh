@@ -44,6 +44,9 @@ step "wasm: npm dev tools (binaryen's wasm-opt, playwright-core)"
 step "wasm: build the npm package (installs wasm-bindgen-cli at the locked version if needed)"
 ./wasm/build.sh
 
+step "wasm: the TypeScript declarations compile under --strict"
+(cd wasm && npm run -s typecheck)
+
 step "wasm: wasm-bindgen-test in Node"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p pointlock-wasm --target wasm32-unknown-unknown --locked

@@ -31,7 +31,12 @@ fn key_of(key: &JsValue) -> Option<String> {
 impl KeyedLock {
     /// `new KeyedLock({ timeoutMs })`; without `timeoutMs` waits are unbounded.
     #[wasm_bindgen(constructor)]
-    pub fn new(options: JsValue) -> Result<KeyedLock, JsValue> {
+    pub fn new(
+        #[wasm_bindgen(unchecked_optional_param_type = "KeyedLockOptions")] options: Option<
+            JsValue,
+        >,
+    ) -> Result<KeyedLock, JsValue> {
+        let options = options.unwrap_or(JsValue::UNDEFINED);
         let timeout = match get(&options, "timeoutMs") {
             None => None,
             Some(v) => match v.as_f64() {
@@ -51,8 +56,12 @@ impl KeyedLock {
     }
 
     /// Run `fn` while holding `key`; resolves or rejects with its result.
-    #[wasm_bindgen(js_name = withLock)]
-    pub fn with_lock(&self, key: JsValue, func: JsValue) -> Promise {
+    #[wasm_bindgen(js_name = withLock, unchecked_return_type = "Promise<any>")]
+    pub fn with_lock(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "number | string")] key: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "() => unknown")] func: JsValue,
+    ) -> Promise {
         let Some(key) = key_of(&key) else {
             return Promise::reject(&coded_error(
                 "INVALID_KEY",

@@ -14,7 +14,54 @@ use crate::store::TemplateStore;
 
 type Core = pointlock_core::PointService<Box<dyn PointStore>>;
 
-/// The point wallet: policies and a per-user FIFO lock over a store.
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** A user's balance. A user never charged has point 0. */
+export interface UserPoint { id: number; point: number; updateMillis: number; }
+
+/** One committed change, oldest first in `histories`. */
+export interface PointHistory {
+  id: number; userId: number; type: 'CHARGE' | 'USE'; amount: number; timeMillis: number;
+}
+
+/** The course NestJS template's `UserPointTable`; methods may return values or Promises. */
+export interface UserPointTableLike {
+  selectById(id: number): UserPoint | undefined | Promise<UserPoint | undefined>;
+  insertOrUpdate(id: number, point: number): unknown;
+}
+
+/** The template's `PointHistoryTable`; `type` is its numeric enum: 0 = CHARGE, 1 = USE. */
+export interface PointHistoryTableLike {
+  insert(userId: number, amount: number, type: 0 | 1, timeMillis: number): { id: number } | Promise<{ id: number }>;
+  selectAllByUserId(userId: number): Array<object> | Promise<Array<object>>;
+}
+
+/** Options of `new PointService(...)`. Give both tables, or neither for the in-memory store. */
+export interface PointServiceOptions {
+  /** Inclusive balance cap; default 10000. */
+  maxBalance?: number;
+  /** Longest wait for a user's earlier calls before LOCK_TIMEOUT; default 3000. */
+  lockTimeoutMs?: number;
+  /** In-memory store only: every store call waits a random 0..=N ms. */
+  simulateLatencyMs?: number;
+  userPointTable?: UserPointTableLike;
+  pointHistoryTable?: PointHistoryTableLike;
+}
+
+/** Options of `new KeyedLock(...)`. Without `timeoutMs`, waits are unbounded. */
+export interface KeyedLockOptions { timeoutMs?: number; }
+
+/** Every rejection is an `Error` with one of these codes. */
+export type PointlockErrorCode =
+  | 'INVALID_USER_ID' | 'INVALID_AMOUNT' | 'INSUFFICIENT_BALANCE' | 'MAX_BALANCE_EXCEEDED'
+  | 'LOCK_TIMEOUT' | 'STORE_ERROR' | 'INVALID_OPTION' | 'INVALID_KEY' | 'INVALID_ARGUMENT' | 'INTERNAL';
+
+export interface PointlockError extends Error { code: PointlockErrorCode; }
+"#;
+
+/// The point wallet: policies and a per-user FIFO lock over a store. Calls for one
+/// user run one at a time in call order; different users run concurrently. Every
+/// method returns a Promise; failures reject with a `PointlockError`.
 #[wasm_bindgen]
 pub struct PointService {
     core: Rc<Core>,
@@ -56,7 +103,12 @@ impl PointService {
     /// in-memory store, or `new PointService({ userPointTable, pointHistoryTable })`
     /// to run over the course template's tables.
     #[wasm_bindgen(constructor)]
-    pub fn new(options: JsValue) -> Result<PointService, JsValue> {
+    pub fn new(
+        #[wasm_bindgen(unchecked_optional_param_type = "PointServiceOptions")] options: Option<
+            JsValue,
+        >,
+    ) -> Result<PointService, JsValue> {
+        let options = options.unwrap_or(JsValue::UNDEFINED);
         let max_balance = option_number(&options, "maxBalance")?.map_or(10_000, |n| n as u64);
         let lock_timeout_ms = option_number(&options, "lockTimeoutMs")?.unwrap_or(3_000.0);
         let latency_ms = option_number(&options, "simulateLatencyMs")?.unwrap_or(0.0) as u64;
@@ -88,7 +140,8 @@ impl PointService {
     }
 
     /// `{ id, point, updateMillis }`; a user never charged has 0.
-    pub fn point(&self, id: JsValue) -> Promise {
+    #[wasm_bindgen(unchecked_return_type = "Promise<UserPoint>")]
+    pub fn point(&self, #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue) -> Promise {
         let id = match user_id(&id) {
             Ok(id) => id,
             Err(e) => return rejected(e),
@@ -105,7 +158,11 @@ impl PointService {
     }
 
     /// `[{ id, userId, type: 'CHARGE' | 'USE', amount, timeMillis }]`, oldest first.
-    pub fn histories(&self, id: JsValue) -> Promise {
+    #[wasm_bindgen(unchecked_return_type = "Promise<PointHistory[]>")]
+    pub fn histories(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
+    ) -> Promise {
         let id = match user_id(&id) {
             Ok(id) => id,
             Err(e) => return rejected(e),
@@ -122,13 +179,24 @@ impl PointService {
     }
 
     /// Add `amount` points; resolves to the updated `{ id, point, updateMillis }`.
-    pub fn charge(&self, id: JsValue, amount: JsValue) -> Promise {
+    /// Rejects with MAX_BALANCE_EXCEEDED past `maxBalance` (reaching it is allowed).
+    #[wasm_bindgen(unchecked_return_type = "Promise<UserPoint>")]
+    pub fn charge(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number")] amount: JsValue,
+    ) -> Promise {
         self.mutate(id, amount, true)
     }
 
     /// Spend `amount` points; resolves to the updated `{ id, point, updateMillis }`.
-    #[wasm_bindgen(js_name = "use")]
-    pub fn use_points(&self, id: JsValue, amount: JsValue) -> Promise {
+    /// Rejects with INSUFFICIENT_BALANCE when `amount` exceeds the balance.
+    #[wasm_bindgen(js_name = "use", unchecked_return_type = "Promise<UserPoint>")]
+    pub fn use_points(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number")] amount: JsValue,
+    ) -> Promise {
         self.mutate(id, amount, false)
     }
 

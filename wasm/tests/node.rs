@@ -27,10 +27,10 @@ fn field(value: &JsValue, name: &str) -> JsValue {
 
 #[wasm_bindgen_test]
 async fn concurrent_charges_on_the_slow_memory_store_sum_exactly() {
-    let svc = PointService::new(options(&[
+    let svc = PointService::new(Some(options(&[
         ("simulateLatencyMs", 5.0),
         ("lockTimeoutMs", 60_000.0),
-    ]))
+    ])))
     .unwrap();
     let calls: Vec<Promise> = (0..20)
         .map(|_| svc.charge(1.0.into(), 10.0.into()))
@@ -45,7 +45,7 @@ async fn concurrent_charges_on_the_slow_memory_store_sum_exactly() {
 
 #[wasm_bindgen_test]
 async fn errors_reject_with_codes() {
-    let svc = PointService::new(options(&[])).unwrap();
+    let svc = PointService::new(Some(options(&[]))).unwrap();
     for (call, code) in [
         (svc.charge(0.0.into(), 1.0.into()), "INVALID_USER_ID"),
         (svc.charge(1.0.into(), 0.5.into()), "INVALID_AMOUNT"),
@@ -65,7 +65,7 @@ async fn errors_reject_with_codes() {
 
 #[wasm_bindgen_test]
 async fn keyed_lock_runs_the_function_and_frees_the_key() {
-    let lock = KeyedLock::new(options(&[("timeoutMs", 1_000.0)])).unwrap();
+    let lock = KeyedLock::new(Some(options(&[("timeoutMs", 1_000.0)]))).unwrap();
     let answer = js_sys::Function::new_no_args("return 42");
     let value = settle(lock.with_lock("k".into(), answer.into()))
         .await

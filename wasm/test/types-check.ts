@@ -1,0 +1,23 @@
+// Compiled with `tsc --noEmit --strict` in CI: the package's declarations are valid
+// TypeScript and describe the API as documented.
+import { PointService, KeyedLock, UserPoint, PointHistory, PointlockError } from '../pkg';
+
+async function demo(): Promise<void> {
+  const svc = new PointService({ maxBalance: 10000, lockTimeoutMs: 3000 });
+  const memory = new PointService();
+  const p: UserPoint = await svc.charge(1, 100);
+  const u: UserPoint = await svc.use(1, 40);
+  const h: PointHistory[] = await memory.histories(1);
+  const kind: 'CHARGE' | 'USE' | undefined = h[0]?.type;
+  const lock = new KeyedLock({ timeoutMs: 100 });
+  const n: number = lock.size + svc.lockedUsers + p.point + u.updateMillis;
+  await lock.withLock('k', async () => n);
+  try {
+    await svc.use(2, 1);
+  } catch (e) {
+    const code: string = (e as PointlockError).code;
+    void code;
+  }
+  void kind;
+}
+void demo;
