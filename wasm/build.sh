@@ -27,9 +27,12 @@ rm -rf "$pkg"
 wasm-bindgen "$wasm" --target nodejs --out-dir "$pkg/node" --out-name pointlock
 wasm-bindgen "$wasm" --target web --out-dir "$pkg/web" --out-name pointlock
 
+if [ ! -x wasm/node_modules/.bin/wasm-opt ] && command -v npm >/dev/null; then
+  (cd wasm && npm ci --no-audit --no-fund) || echo "npm ci failed: continuing without npm's binaryen"
+fi
 wasm_opt=""
-if command -v wasm-opt >/dev/null; then wasm_opt=wasm-opt
-elif [ -x wasm/node_modules/.bin/wasm-opt ]; then wasm_opt=wasm/node_modules/.bin/wasm-opt
+if [ -x wasm/node_modules/.bin/wasm-opt ]; then wasm_opt=wasm/node_modules/.bin/wasm-opt
+elif command -v wasm-opt >/dev/null; then wasm_opt=wasm-opt
 fi
 if [ -n "$wasm_opt" ]; then
   for f in "$pkg"/node/pointlock_bg.wasm "$pkg"/web/pointlock_bg.wasm; do

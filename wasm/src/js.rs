@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use js_sys::{Function, Promise, Reflect};
 use pointlock_core::store::{BoxFuture, Sleeper};
-use pointlock_core::{Clock, PointError};
+use pointlock_core::{Clock, KeyGuard, KeyedLock, PointError};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
@@ -126,4 +126,31 @@ pub fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
     value
         .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
         .map_err(|e| coded_error("INTERNAL", &e.to_string()))
+}
+
+/// A pending acquisition that rejects with `LOCK_TIMEOUT` (an `Error` with that
+/// code) if `timeout` passes first; without a timeout it waits as long as it takes.
+pub type Acquiring<K> = Pin<Box<dyn Future<Output = Result<KeyGuard<K>, JsValue>>>>;
+
+/// Take `key`'s place in the queue now, in call order; wait for it in the future.
+pub fn acquire<K>(
+    lock: &KeyedLock<K>,
+    key: K,
+    timeout: Option<Duration>,
+    what: &'static str,
+) -> Acquiring<K>
+where
+    K: std::hash::Hash + Eq + Clone + 'static,
+{
+    let timed_out = move |_| coded_error("LOCK_TIMEOUT", what);
+    match timeout {
+        None => {
+            let waiting = lock.lock(key);
+            Box::pin(async move { Ok(waiting.await) })
+        }
+        Some(limit) => {
+            let waiting = lock.lock_timeout(key, sleep(limit));
+            Box::pin(async move { waiting.await.map_err(timed_out) })
+        }
+    }
 }

@@ -1,15 +1,13 @@
 //! `KeyedLock` for JavaScript: a correct per-key mutex map.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use js_sys::{Function, Promise};
-use pointlock_core::{KeyGuard, KeyedLock as CoreLock, LockTimedOut};
+use pointlock_core::KeyedLock as CoreLock;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
-use crate::js::{coded_error, get, message_of, sleep};
+use crate::js::{acquire, coded_error, get, message_of};
 
 /// `await lock.withLock(key, async () => ...)`: FIFO per key, released when the
 /// function settles (also when it throws), entry freed when idle.
@@ -74,19 +72,14 @@ impl KeyedLock {
                 "withLock needs a function",
             ));
         };
-        // The queue position is taken now, in call order.
-        let acquire: Pin<Box<dyn Future<Output = Result<KeyGuard<String>, LockTimedOut>>>> =
-            match self.timeout {
-                None => {
-                    let acquire = self.lock.lock(key);
-                    Box::pin(async move { Ok(acquire.await) })
-                }
-                Some(limit) => Box::pin(self.lock.lock_timeout(key, sleep(limit))),
-            };
+        let acquiring = acquire(
+            &self.lock,
+            key,
+            self.timeout,
+            "timed out waiting for the key's lock",
+        );
         future_to_promise(async move {
-            let guard = acquire
-                .await
-                .map_err(|_| coded_error("LOCK_TIMEOUT", "timed out waiting for the key's lock"))?;
+            let guard = acquiring.await?;
             let result = match func.call0(&JsValue::UNDEFINED) {
                 Ok(value) => JsFuture::from(Promise::resolve(&value)).await,
                 Err(thrown) => Err(thrown),

@@ -9,7 +9,7 @@ use pointlock_core::{Amount, KeyedLock, MemoryStore, PointError, PointStore, Pol
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::js::{coded_error, get, point_error, sleep, sleeper, to_js, JsClock};
+use crate::js::{acquire, coded_error, get, point_error, sleeper, to_js, Acquiring, JsClock};
 use crate::store::TemplateStore;
 
 type Core = pointlock_core::PointService<Box<dyn PointStore>>;
@@ -40,7 +40,7 @@ export interface PointHistoryTableLike {
 export interface PointServiceOptions {
   /** Inclusive balance cap; default 10000. */
   maxBalance?: number;
-  /** Longest wait for a user's earlier calls before LOCK_TIMEOUT; default 3000. */
+  /** Longest wait for a user's earlier calls before LOCK_TIMEOUT; default: no limit. */
   lockTimeoutMs?: number;
   /** In-memory store only: every store call waits a random 0..=N ms. */
   simulateLatencyMs?: number;
@@ -65,8 +65,11 @@ export interface PointlockError extends Error { code: PointlockErrorCode; }
 #[wasm_bindgen]
 pub struct PointService {
     core: Rc<Core>,
-    lock_timeout: Duration,
+    /// `None`: wait as long as it takes (the default, like `KeyedLock`).
+    lock_timeout: Option<Duration>,
 }
+
+const USER_LOCK_TIMEOUT: &str = "timed out waiting for this user's earlier calls to finish";
 
 fn option_number(options: &JsValue, name: &str) -> Result<Option<f64>, JsValue> {
     match get(options, name) {
@@ -110,7 +113,8 @@ impl PointService {
     ) -> Result<PointService, JsValue> {
         let options = options.unwrap_or(JsValue::UNDEFINED);
         let max_balance = option_number(&options, "maxBalance")?.map_or(10_000, |n| n as u64);
-        let lock_timeout_ms = option_number(&options, "lockTimeoutMs")?.unwrap_or(3_000.0);
+        let lock_timeout =
+            option_number(&options, "lockTimeoutMs")?.map(|ms| Duration::from_millis(ms as u64));
         let latency_ms = option_number(&options, "simulateLatencyMs")?.unwrap_or(0.0) as u64;
         let tables = (
             get(&options, "userPointTable"),
@@ -135,7 +139,7 @@ impl PointService {
         let core = Core::with_lock(store, Policy::new(max_balance), clock, lock);
         Ok(Self {
             core: Rc::new(core),
-            lock_timeout: Duration::from_millis(lock_timeout_ms as u64),
+            lock_timeout,
         })
     }
 
@@ -146,12 +150,10 @@ impl PointService {
             Ok(id) => id,
             Err(e) => return rejected(e),
         };
-        let acquire = self.core.lock().lock_timeout(id, sleep(self.lock_timeout));
+        let acquiring = self.acquire(id);
         let core = Rc::clone(&self.core);
         future_to_promise(async move {
-            let _held = acquire
-                .await
-                .map_err(|_| point_error(&PointError::LockTimeout))?;
+            let _held = acquiring.await?;
             let point = core.point(id).await.map_err(|e| point_error(&e))?;
             to_js(&point)
         })
@@ -167,12 +169,10 @@ impl PointService {
             Ok(id) => id,
             Err(e) => return rejected(e),
         };
-        let acquire = self.core.lock().lock_timeout(id, sleep(self.lock_timeout));
+        let acquiring = self.acquire(id);
         let core = Rc::clone(&self.core);
         future_to_promise(async move {
-            let _held = acquire
-                .await
-                .map_err(|_| point_error(&PointError::LockTimeout))?;
+            let _held = acquiring.await?;
             let rows = core.histories(id).await.map_err(|e| point_error(&e))?;
             to_js(&rows)
         })
@@ -208,6 +208,11 @@ impl PointService {
 }
 
 impl PointService {
+    /// Queue for `id`'s lock now, in call order.
+    fn acquire(&self, id: UserId) -> Acquiring<UserId> {
+        acquire(self.core.lock(), id, self.lock_timeout, USER_LOCK_TIMEOUT)
+    }
+
     fn mutate(&self, id: JsValue, raw_amount: JsValue, charge: bool) -> Promise {
         // Validate first: a rejected call neither queues nor changes anything.
         let (id, amount) = match user_id(&id).and_then(|id| Ok((id, amount(&raw_amount)?))) {
@@ -215,12 +220,10 @@ impl PointService {
             Err(e) => return rejected(e),
         };
         // The queue position is taken now, in call order.
-        let acquire = self.core.lock().lock_timeout(id, sleep(self.lock_timeout));
+        let acquiring = self.acquire(id);
         let core = Rc::clone(&self.core);
         future_to_promise(async move {
-            let held = acquire
-                .await
-                .map_err(|_| point_error(&PointError::LockTimeout))?;
+            let held = acquiring.await?;
             let updated = if charge {
                 core.charge(&held, amount).await
             } else {

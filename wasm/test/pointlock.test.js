@@ -10,8 +10,8 @@ const templateService = () =>
   new PointService({
     userPointTable: new UserPointTable(),
     pointHistoryTable: new PointHistoryTable(),
-    lockTimeoutMs: 60000,
-  });
+  }); // default: no lock timeout, however slow the tables
+
 
 test('100 concurrent charges on template tables sum exactly', async () => {
   const svc = templateService();
@@ -109,6 +109,27 @@ test('a table that throws rejects with STORE_ERROR and keeps its message', async
   const svc = new PointService({ userPointTable: points, pointHistoryTable: new PointHistoryTable(0) });
   await assert.rejects(svc.charge(1, 5), (e) => e.code === 'STORE_ERROR' && /disk on fire/.test(e.message));
   assert.equal(svc.lockedUsers, 0, 'the lock is released after a store error');
+});
+
+test('PointService: lockTimeoutMs bounds the wait; a LOCK_TIMEOUT changes nothing', async () => {
+  let open;
+  const gate = new Promise((resolve) => { open = resolve; });
+  const points = new UserPointTable(0);
+  const write = points.insertOrUpdate.bind(points);
+  let first = true;
+  points.insertOrUpdate = async (id, point) => {
+    if (first) { first = false; await gate; }
+    return write(id, point);
+  };
+  const svc = new PointService({
+    userPointTable: points, pointHistoryTable: new PointHistoryTable(0), lockTimeoutMs: 50,
+  });
+  const held = svc.charge(1, 10);
+  await assert.rejects(svc.charge(1, 20), (e) => e.code === 'LOCK_TIMEOUT');
+  open();
+  assert.equal((await held).point, 10);
+  assert.equal((await svc.point(1)).point, 10);
+  assert.equal((await svc.histories(1)).length, 1);
 });
 
 test('KeyedLock: FIFO per key, release on throw, entries freed', async () => {
