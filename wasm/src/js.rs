@@ -82,9 +82,19 @@ pub fn coded_error(code: &str, message: &str) -> JsValue {
     error.into()
 }
 
-/// A core error as a JavaScript `Error` with its stable `code`.
+/// A core error as a JavaScript `Error` with its stable `code`. Ids and amounts
+/// from JavaScript are limited to safe integers, so those messages say so.
 pub fn point_error(error: &PointError) -> JsValue {
-    coded_error(error.code(), &error.to_string())
+    let message = match error {
+        PointError::InvalidUserId => {
+            "user id must be a positive safe integer (1 to Number.MAX_SAFE_INTEGER)".to_owned()
+        }
+        PointError::InvalidAmount => {
+            "amount must be a positive safe integer (1 to Number.MAX_SAFE_INTEGER)".to_owned()
+        }
+        other => other.to_string(),
+    };
+    coded_error(error.code(), &message)
 }
 
 /// The message of a thrown JavaScript value (an `Error`'s message, or its string form).

@@ -98,6 +98,7 @@ test('errors carry codes and change nothing', async () => {
   for (const [call, code] of cases) {
     await assert.rejects(call(), (e) => e instanceof Error && e.code === code && e.message.length > 0, code);
   }
+  await assert.rejects(svc.charge(1, 1.5), /safe integer/);
   assert.equal((await svc.point(1)).point, 100);
   assert.equal((await svc.histories(1)).length, 1);
   assert.equal((await svc.charge(1, 9900)).point, 10000, 'reaching max exactly is allowed');
