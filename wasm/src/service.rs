@@ -146,17 +146,7 @@ impl PointService {
     /// `{ id, point, updateMillis }`; a user never charged has 0.
     #[wasm_bindgen(unchecked_return_type = "Promise<UserPoint>")]
     pub fn point(&self, #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue) -> Promise {
-        let id = match user_id(&id) {
-            Ok(id) => id,
-            Err(e) => return rejected(e),
-        };
-        let acquiring = self.acquire(id);
-        let core = Rc::clone(&self.core);
-        future_to_promise(async move {
-            let _held = acquiring.await?;
-            let point = core.point(id).await.map_err(|e| point_error(&e))?;
-            to_js(&point)
-        })
+        self.read(id, |core, id| async move { core.point(id).await })
     }
 
     /// `[{ id, userId, type: 'CHARGE' | 'USE', amount, timeMillis }]`, oldest first.
@@ -165,17 +155,7 @@ impl PointService {
         &self,
         #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
     ) -> Promise {
-        let id = match user_id(&id) {
-            Ok(id) => id,
-            Err(e) => return rejected(e),
-        };
-        let acquiring = self.acquire(id);
-        let core = Rc::clone(&self.core);
-        future_to_promise(async move {
-            let _held = acquiring.await?;
-            let rows = core.histories(id).await.map_err(|e| point_error(&e))?;
-            to_js(&rows)
-        })
+        self.read(id, |core, id| async move { core.histories(id).await })
     }
 
     /// Add `amount` points; resolves to the updated `{ id, point, updateMillis }`.
@@ -211,6 +191,25 @@ impl PointService {
     /// Queue for `id`'s lock now, in call order.
     fn acquire(&self, id: UserId) -> Acquiring<UserId> {
         acquire(self.core.lock(), id, self.lock_timeout, USER_LOCK_TIMEOUT)
+    }
+
+    /// A read, queued behind the user's earlier calls like every call.
+    fn read<T, F, Fut>(&self, id: JsValue, read: F) -> Promise
+    where
+        T: serde::Serialize,
+        F: FnOnce(Rc<Core>, UserId) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<T, PointError>> + 'static,
+    {
+        let id = match user_id(&id) {
+            Ok(id) => id,
+            Err(e) => return rejected(e),
+        };
+        let acquiring = self.acquire(id);
+        let core = Rc::clone(&self.core);
+        future_to_promise(async move {
+            let _held = acquiring.await?;
+            to_js(&read(core, id).await.map_err(|e| point_error(&e))?)
+        })
     }
 
     fn mutate(&self, id: JsValue, raw_amount: JsValue, charge: bool) -> Promise {
