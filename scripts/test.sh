@@ -35,6 +35,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "cargo test --workspace"
 cargo test --workspace --locked
 
+step "benches keep compiling (cargo bench --no-run)"
+cargo bench --workspace --no-run --locked
+
 step "wasm: clippy for wasm32 (the crate is empty on native targets)"
 cargo clippy -p pointlock-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 

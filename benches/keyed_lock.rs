@@ -1,0 +1,170 @@
+//! Criterion group `keyed_lock`: pointlock's KeyedLock against the usual ways of
+//! locking per key, on the same inputs.
+//!
+//! - `uncontended/*`: acquire + release of one key, nothing else running.
+//! - `same_key/{2,8,64}/*`: that many tasks on one key on a 2-worker runtime; the
+//!   throughput unit is one hand-off (one acquire + release).
+//! - `distinct_keys/{1,2}_threads/*`: 64 tasks, each on its own key, 100 rounds
+//!   each, on a 1- or 2-worker runtime: throughput, and how it scales with cores.
+//!
+//! Contenders: `pointlock`; `tokio_mutex` (one pre-created `tokio::sync::Mutex`, the
+//! floor: no map at all); `std_map_of_tokio_mutex` and `dashmap_tokio_mutex` (a map
+//! of `Arc<tokio::sync::Mutex<()>>` with removal when idle, as hand-written in the
+//! course); `lockable` (the `lockable` crate's `LockPool`).
+//!
+//! Run: `cargo bench --bench keyed_lock`. Report ratios within one run only.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use dashmap::DashMap;
+use pointlock::core::KeyedLock;
+use tokio::runtime::Runtime;
+
+/// One way of locking per key: acquire `key`, release it.
+trait Contender: Send + Sync + 'static {
+    fn hold(&self, key: u64) -> impl Future<Output = ()> + Send;
+}
+
+impl Contender for KeyedLock<u64> {
+    async fn hold(&self, key: u64) {
+        drop(self.lock(key).await);
+    }
+}
+
+/// One mutex for every key: what a per-key lock costs at least.
+struct TokioMutex(tokio::sync::Mutex<()>);
+
+impl Contender for TokioMutex {
+    async fn hold(&self, _key: u64) {
+        drop(self.0.lock().await);
+    }
+}
+
+/// `Mutex<HashMap<K, Arc<tokio::Mutex>>>`, removing a key's mutex when nobody else
+/// holds a reference to it.
+#[derive(Default)]
+struct StdMapOfTokioMutex(Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Contender for StdMapOfTokioMutex {
+    async fn hold(&self, key: u64) {
+        let mutex = Arc::clone(self.0.lock().unwrap().entry(key).or_default());
+        drop(mutex.lock().await);
+        let mut map = self.0.lock().unwrap();
+        // The map's reference and ours: nobody else waits on it.
+        if Arc::strong_count(&mutex) == 2 {
+            map.remove(&key);
+        }
+    }
+}
+
+#[derive(Default)]
+struct DashMapTokioMutex(DashMap<u64, Arc<tokio::sync::Mutex<()>>>);
+
+impl Contender for DashMapTokioMutex {
+    async fn hold(&self, key: u64) {
+        let mutex = Arc::clone(&self.0.entry(key).or_default());
+        drop(mutex.lock().await);
+        self.0.remove_if(&key, |_, m| Arc::strong_count(m) == 2);
+    }
+}
+
+struct Lockable(lockable::LockPool<u64>);
+
+impl Contender for Lockable {
+    async fn hold(&self, key: u64) {
+        drop(self.0.async_lock(key).await);
+    }
+}
+
+fn runtime(workers: usize) -> Runtime {
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .build()
+            .unwrap()
+    }
+}
+
+/// `tasks` tasks, each holding its key (`key_of(task)`) `rounds` times.
+async fn run_tasks<C: Contender>(c: &Arc<C>, tasks: u64, rounds: u64, key_of: fn(u64) -> u64) {
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let c = Arc::clone(c);
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    c.hold(key_of(task)).await;
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+}
+
+/// Register one benchmark per contender with the same body.
+macro_rules! each_contender {
+    ($group:expr, $id:expr, $rt:expr, |$c:ident| $body:expr) => {{
+        let pointlock = Arc::new(KeyedLock::<u64>::new());
+        let tokio_mutex = Arc::new(TokioMutex(tokio::sync::Mutex::new(())));
+        let std_map = Arc::new(StdMapOfTokioMutex::default());
+        let dashmap = Arc::new(DashMapTokioMutex::default());
+        let lockable = Arc::new(Lockable(lockable::LockPool::new()));
+        each_contender!(@one $group, $id, $rt, "pointlock", pointlock, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "tokio_mutex", tokio_mutex, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "std_map_of_tokio_mutex", std_map, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "dashmap_tokio_mutex", dashmap, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "lockable", lockable, |$c| $body);
+    }};
+    (@one $group:expr, $id:expr, $rt:expr, $name:expr, $contender:expr, |$c:ident| $body:expr) => {{
+        let $c = $contender;
+        $group.bench_function(BenchmarkId::new($id, $name), |b| {
+            b.to_async(&$rt).iter(|| $body)
+        });
+    }};
+}
+
+fn keyed_lock(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("keyed_lock");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+
+    let single = runtime(1);
+    group.throughput(Throughput::Elements(1));
+    each_contender!(group, "uncontended", single, |c| {
+        let c = Arc::clone(&c);
+        async move { c.hold(1).await }
+    });
+
+    let two = runtime(2);
+    for tasks in [2_u64, 8, 64] {
+        group.throughput(Throughput::Elements(tasks * 10));
+        each_contender!(group, format!("same_key/{tasks}"), two, |c| {
+            let c = Arc::clone(&c);
+            async move { run_tasks(&c, tasks, 10, |_| 1).await }
+        });
+    }
+
+    for workers in [1_usize, 2] {
+        let rt = runtime(workers);
+        group.throughput(Throughput::Elements(64 * 100));
+        each_contender!(group, format!("distinct_keys/{workers}_threads"), rt, |c| {
+            let c = Arc::clone(&c);
+            async move { run_tasks(&c, 64, 100, |task| task).await }
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, keyed_lock);
+criterion_main!(benches);
