@@ -50,7 +50,6 @@
 //! });
 //! ```
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -60,9 +59,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+use foldhash::fast::RandomState;
 use serde::Serialize;
 
 use crate::clock::Clock;
+
+/// One shard's table. foldhash: a lock and its release hash the key several times,
+/// and SipHash made that most of an uncontended acquisition's cost.
+type Table<K> = HashMap<K, Entry, RandomState>;
 
 /// Independent tables, so unrelated keys rarely touch the same mutex.
 const SHARD_COUNT: usize = 64;
@@ -79,7 +83,7 @@ pub struct KeyedLock<K> {
 }
 
 struct Inner<K> {
-    shards: Box<[Mutex<HashMap<K, Entry>>]>,
+    shards: Box<[Mutex<Table<K>>]>,
     hasher: RandomState,
     /// No mutual exclusion at all: for negative controls only.
     unsynchronized: bool,
@@ -191,11 +195,14 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
     }
 
     fn build(clock: Option<Arc<dyn Clock>>, unsynchronized: bool) -> Self {
-        let shards = (0..SHARD_COUNT).map(|_| Mutex::default()).collect();
+        let hasher = RandomState::default();
+        let shards = (0..SHARD_COUNT)
+            .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 shards,
-                hasher: RandomState::new(),
+                hasher,
                 unsynchronized,
                 clock,
                 waiter_id_next: AtomicU64::new(1),
@@ -329,7 +336,7 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
 }
 
 impl<K: Hash + Eq + Clone> Inner<K> {
-    fn shard(&self, key: &K) -> MutexGuard<'_, HashMap<K, Entry>> {
+    fn shard(&self, key: &K) -> MutexGuard<'_, Table<K>> {
         // The high bits pick the shard; the map inside uses the whole hash.
         let hash = self.hasher.hash_one(key);
         let index = (hash >> 58) as usize % SHARD_COUNT;
@@ -375,13 +382,13 @@ impl<K: Hash + Eq + Clone> Inner<K> {
 
 /// The shard's table; a panic elsewhere never leaves it inconsistent (every
 /// critical section is a few infallible map operations), so poisoning is ignored.
-fn lock_shard<K>(shard: &Mutex<HashMap<K, Entry>>) -> MutexGuard<'_, HashMap<K, Entry>> {
+fn lock_shard<K>(shard: &Mutex<Table<K>>) -> MutexGuard<'_, Table<K>> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Pass the held `key` to its next waiter (returning the waker to call once the
 /// shard is unlocked), or remove its entry when nobody waits.
-fn hand_off<K: Hash + Eq>(shard: &mut HashMap<K, Entry>, key: &K) -> Option<Waker> {
+fn hand_off<K: Hash + Eq>(shard: &mut Table<K>, key: &K) -> Option<Waker> {
     let entry = shard
         .get_mut(key)
         .expect("KeyedLock invariant: a released key has an entry");
