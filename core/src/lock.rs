@@ -239,7 +239,7 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
             self.inner.counters.acquisitions.fetch_add(1, Relaxed);
         }
         Acquire {
-            lock: self.clone(),
+            lock: Some(self.clone()),
             key,
             state,
         }
@@ -410,7 +410,8 @@ fn hand_off<K: Hash + Eq>(shard: &mut Table<K>, key: &K) -> Option<Waker> {
 /// it, passes the lock on). It has already taken its place in the queue.
 #[must_use = "the queue position is given up when this future is dropped"]
 pub struct Acquire<K: Hash + Eq + Clone> {
-    lock: KeyedLock<K>,
+    /// Moved into the guard when it is handed out (saves an `Arc` clone per lock).
+    lock: Option<KeyedLock<K>>,
     key: K,
     state: AcquireState,
 }
@@ -439,7 +440,7 @@ impl<K: Hash + Eq + Clone> Acquire<K> {
         match self.state {
             AcquireState::Granted => true,
             AcquireState::Queued { id, .. } => {
-                let shard = self.lock.inner.shard(&self.key);
+                let shard = self.owner().inner.shard(&self.key);
                 shard.get(&self.key).and_then(|e| e.handoff) == Some(id)
             }
             AcquireState::Done => false,
@@ -448,14 +449,23 @@ impl<K: Hash + Eq + Clone> Acquire<K> {
 
     /// Drop this wait because the caller's timeout fired, counting the timeout.
     pub fn abandon_timed_out(self) {
-        self.lock.inner.counters.timeouts.fetch_add(1, Relaxed);
+        self.owner().inner.counters.timeouts.fetch_add(1, Relaxed);
         drop(self);
+    }
+
+    fn owner(&self) -> &KeyedLock<K> {
+        self.lock
+            .as_ref()
+            .expect("KeyedLock invariant: an Acquire owns its lock until it hands out the guard")
     }
 
     fn guard(&mut self) -> KeyGuard<K> {
         self.state = AcquireState::Done;
         KeyGuard {
-            lock: self.lock.clone(),
+            lock: self
+                .lock
+                .take()
+                .expect("KeyedLock invariant: the guard is handed out once"),
             key: self.key.clone(),
         }
     }
@@ -469,7 +479,7 @@ impl<K: Hash + Eq + Clone> Future for Acquire<K> {
         match this.state {
             AcquireState::Granted => Poll::Ready(this.guard()),
             AcquireState::Queued { id, since_nanos } => {
-                let inner = &this.lock.inner;
+                let inner = &this.owner().inner;
                 let mut shard = inner.shard(&this.key);
                 let entry = shard
                     .get_mut(&this.key)
@@ -498,7 +508,10 @@ impl<K: Hash + Eq + Clone> Future for Acquire<K> {
 
 impl<K: Hash + Eq + Clone> Drop for Acquire<K> {
     fn drop(&mut self) {
-        let inner = &self.lock.inner;
+        if self.state == AcquireState::Done {
+            return;
+        }
+        let inner = &self.owner().inner;
         match self.state {
             AcquireState::Done => {}
             AcquireState::Granted => inner.release(&self.key),
