@@ -508,33 +508,29 @@ impl<K: Hash + Eq + Clone> Future for Acquire<K> {
 
 impl<K: Hash + Eq + Clone> Drop for Acquire<K> {
     fn drop(&mut self) {
-        if self.state == AcquireState::Done {
-            return;
-        }
+        let id = match self.state {
+            AcquireState::Done => return,
+            AcquireState::Granted => return self.owner().inner.release(&self.key),
+            AcquireState::Queued { id, .. } => id,
+        };
         let inner = &self.owner().inner;
-        match self.state {
-            AcquireState::Done => {}
-            AcquireState::Granted => inner.release(&self.key),
-            AcquireState::Queued { id, .. } => {
-                inner.counters.cancelled.fetch_add(1, Relaxed);
-                let waker = {
-                    let mut shard = inner.shard(&self.key);
-                    let entry = shard
-                        .get_mut(&self.key)
-                        .expect("KeyedLock invariant: a queued waiter's key has an entry");
-                    if entry.handoff == Some(id) {
-                        // Handed to us but never collected: pass it on.
-                        entry.handoff = None;
-                        hand_off(&mut shard, &self.key)
-                    } else {
-                        entry.queue.retain(|w| w.id != id);
-                        None
-                    }
-                };
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
+        inner.counters.cancelled.fetch_add(1, Relaxed);
+        let waker = {
+            let mut shard = inner.shard(&self.key);
+            let entry = shard
+                .get_mut(&self.key)
+                .expect("KeyedLock invariant: a queued waiter's key has an entry");
+            if entry.handoff == Some(id) {
+                // Handed to us but never collected: pass it on.
+                entry.handoff = None;
+                hand_off(&mut shard, &self.key)
+            } else {
+                entry.queue.retain(|w| w.id != id);
+                None
             }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
