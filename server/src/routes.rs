@@ -56,22 +56,31 @@ impl Route {
     }
 }
 
+/// Split `/point/{id}` into `("{id}", None)` and `/point/{id}/{tail}` into
+/// `("{id}", Some("{tail}"))`; `None` for any other path. The layer and the router
+/// both read wallet paths through this one function.
+fn split_wallet_path(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/point/")?;
+    Some(match rest.split_once('/') {
+        Some((id, tail)) => (id, Some(tail)),
+        None => (rest, None),
+    })
+}
+
 /// The raw `{id}` segment of `/point/{id}` or `/point/{id}/...`, if `path` is one.
 pub fn user_segment(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/point/")?;
-    Some(rest.split_once('/').map_or(rest, |(id, _)| id))
+    split_wallet_path(path).map(|(id, _)| id)
 }
 
 /// Split a wallet path into its id segment and route; `None` when no route matches.
 fn wallet_route(path: &str) -> Option<(&str, Route)> {
-    let rest = path.strip_prefix("/point/")?;
-    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let (id, tail) = split_wallet_path(path)?;
     let route = match tail {
-        "" if !rest.ends_with('/') => Route::Point,
-        "histories" => Route::Histories,
-        "charge" => Route::Charge,
-        "use" => Route::Use,
-        _ => return None,
+        None => Route::Point,
+        Some("histories") => Route::Histories,
+        Some("charge") => Route::Charge,
+        Some("use") => Route::Use,
+        Some(_) => return None,
     };
     Some((id, route))
 }
