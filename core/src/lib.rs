@@ -31,5 +31,5 @@ pub use error::{PointError, StoreError};
 pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut};
 pub use policy::Policy;
 pub use service::PointService;
-pub use store::{memory::MemoryStore, BoxFuture, Change, Committed, PointStore};
+pub use store::{memory::MemoryStore, BoxFuture, Change, CommitStats, Committed, PointStore};
 pub use sync::{MaybeSend, MaybeSync};

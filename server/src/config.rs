@@ -1,18 +1,27 @@
 //! Command line and environment (`POINTLOCK_*`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::app::AppOptions;
+use crate::store::SqliteOptions;
 
 /// Where balances and histories are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreSpec {
     /// In memory: lost on exit. For tests and demos.
     Memory,
+    /// A SQLite file (created if missing): durable, the default.
+    Sqlite(PathBuf),
+}
+
+impl StoreSpec {
+    /// The default: `pointlock.db` in the working directory.
+    pub const DEFAULT: &'static str = "sqlite:pointlock.db";
 }
 
 impl FromStr for StoreSpec {
@@ -21,10 +30,13 @@ impl FromStr for StoreSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "memory" => Ok(Self::Memory),
-            other if other.starts_with("sqlite:") => Err(
-                "the SQLite store is not available in this build yet; use --store memory".into(),
-            ),
-            other => Err(format!("unknown store {other:?}; expected \"memory\"")),
+            other => match other.strip_prefix("sqlite:") {
+                Some("") => Err("sqlite: needs a file path, like sqlite:pointlock.db".into()),
+                Some(path) => Ok(Self::Sqlite(PathBuf::from(path))),
+                None => Err(format!(
+                    "unknown store {other:?}; expected \"sqlite:PATH\" or \"memory\""
+                )),
+            },
         }
     }
 }
@@ -38,9 +50,20 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
 
-    /// Store: "memory" (lost on exit).
-    #[arg(long, env = "POINTLOCK_STORE", default_value = "memory")]
+    /// Store: "sqlite:PATH" (durable: a 2xx answer means the change is on disk;
+    /// the file is created if missing) or "memory" (lost on exit; tests and demos).
+    #[arg(long, env = "POINTLOCK_STORE", default_value = StoreSpec::DEFAULT)]
     pub store: StoreSpec,
+
+    /// SQLite store: the most changes committed in one transaction (group commit).
+    /// 1 turns group commit off (one fsync per change).
+    #[arg(long, env = "POINTLOCK_SQLITE_BATCH_OPS_MAX", default_value_t = 256)]
+    pub sqlite_batch_ops_max: usize,
+
+    /// SQLite store: how long, in microseconds, the writer waits for more changes
+    /// after the first of a batch when none is queued (at most 1000).
+    #[arg(long, env = "POINTLOCK_SQLITE_BATCH_WAIT_US", default_value_t = 250)]
+    pub sqlite_batch_wait_us: u64,
 
     /// Largest balance a user may hold (inclusive).
     #[arg(long, env = "POINTLOCK_MAX_BALANCE", default_value_t = 10_000)]
@@ -81,6 +104,15 @@ impl Config {
         }
     }
 
+    /// The SQLite store's tuning these flags describe.
+    pub fn sqlite_options(&self) -> SqliteOptions {
+        SqliteOptions {
+            batch_ops_max: self.sqlite_batch_ops_max,
+            batch_wait: Duration::from_micros(self.sqlite_batch_wait_us),
+            ..SqliteOptions::default()
+        }
+    }
+
     /// Reject settings that cannot work together.
     pub fn validate(&self) -> Result<(), String> {
         if self.lock_timeout_ms == 0 {
@@ -97,6 +129,21 @@ impl Config {
                 "--body-timeout-ms ({}) must be at least 1 and shorter than --request-timeout-ms ({})",
                 self.body_timeout_ms, self.request_timeout_ms
             ));
+        }
+        if let StoreSpec::Sqlite(_) = self.store {
+            if self.max_balance > pointlock_core::domain::VALUE_MAX {
+                return Err(format!(
+                    "--max-balance ({}) must be at most {} with the SQLite store",
+                    self.max_balance,
+                    pointlock_core::domain::VALUE_MAX
+                ));
+            }
+            if self.sqlite_batch_ops_max == 0 || self.sqlite_batch_ops_max > 4_096 {
+                return Err("--sqlite-batch-ops-max must be between 1 and 4096".into());
+            }
+            if self.sqlite_batch_wait_us > 1_000 {
+                return Err("--sqlite-batch-wait-us must be at most 1000".into());
+            }
         }
         if self.body_limit_bytes < 64 {
             return Err("--body-limit-bytes must be at least 64".into());

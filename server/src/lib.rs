@@ -10,8 +10,10 @@ pub mod config;
 pub mod error;
 pub mod layer;
 pub mod routes;
+pub mod store;
 
 pub use app::{build_app, serve, App, AppOptions};
 pub use config::{Config, StoreSpec};
 pub use error::ApiError;
 pub use layer::{HeldLock, UserLockLayer};
+pub use store::{SqliteOptions, SqliteStore};

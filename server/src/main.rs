@@ -9,7 +9,7 @@ use pointlock_core::store::Sleeper;
 use pointlock_core::{KeyedLock, MemoryStore, PointStore, Policy};
 use pointlock_server::app::{build_app, serve, service};
 use pointlock_server::clock::SystemClock;
-use pointlock_server::{Config, StoreSpec};
+use pointlock_server::{Config, SqliteStore, StoreSpec};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
@@ -46,7 +46,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let store: Arc<dyn PointStore> = match config.store {
+    // Kept to close it after the last request: the writer commits what is queued.
+    let mut durable: Option<Arc<SqliteStore>> = None;
+    let store: Arc<dyn PointStore> = match &config.store {
+        StoreSpec::Sqlite(path) => {
+            let opened = SqliteStore::open(path, config.sqlite_options())
+                .map_err(|e| format!("cannot open the store: {e}"))?;
+            let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            tracing::info!(
+                path = %shown.display(),
+                batch_ops_max = config.sqlite_batch_ops_max,
+                batch_wait_us = config.sqlite_batch_wait_us,
+                "SQLite store open at {} (durable: WAL, synchronous=FULL)",
+                shown.display()
+            );
+            if config.simulate_latency_ms > 0 {
+                tracing::warn!("--simulate-latency-ms applies to the memory store only; ignored");
+            }
+            let opened = Arc::new(opened);
+            durable = Some(Arc::clone(&opened));
+            opened
+        }
         StoreSpec::Memory => {
             let sleep: Sleeper = Arc::new(|d| Box::pin(tokio::time::sleep(d)));
             Arc::new(MemoryStore::with_latency(
@@ -72,9 +92,19 @@ async fn run(config: Config) -> Result<(), String> {
         simulate_latency_ms = config.simulate_latency_ms,
         "pointlock listening on http://{addr}"
     );
-    serve(listener, app, shutdown_signal(), Duration::from_secs(30))
+    let served = serve(listener, app, shutdown_signal(), Duration::from_secs(30))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    if let Some(store) = durable {
+        // Changes already handed to the writer (including those of requests whose
+        // clients left) are committed before the process exits.
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        if closed.is_err() {
+            tracing::error!("closing the SQLite store failed");
+        }
+        tracing::info!("SQLite store closed");
+    }
+    served
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

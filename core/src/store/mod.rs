@@ -50,6 +50,27 @@ pub struct Committed {
     pub history: PointHistory,
 }
 
+/// How a store that batches commits (group commit) has batched them so far.
+///
+/// `batch_ops_log2[i]` counts batches of `2^i..2^(i+1)` changes (the last bucket
+/// also takes anything larger).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitStats {
+    /// Transactions committed (or attempted) by the writer.
+    pub batches: u64,
+    /// Changes those batches carried.
+    pub ops: u64,
+    /// The largest batch so far.
+    pub batch_ops_max: u64,
+    /// Batches that failed as a whole and were retried one change at a time.
+    pub batches_retried: u64,
+    /// Changes that failed (each answered with its own store error).
+    pub ops_failed: u64,
+    /// Batch sizes by powers of two: 1, 2-3, 4-7, … 256+.
+    pub batch_ops_log2: [u64; 9],
+}
+
 /// Storage for balances and histories.
 ///
 /// Futures may be dropped at any await (a client disconnects): an implementation
@@ -63,6 +84,11 @@ pub trait PointStore: MaybeSend + MaybeSync {
 
     /// Write the new balance and its history row atomically.
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>>;
+
+    /// Group-commit statistics, for stores that batch commits (`None` otherwise).
+    fn commit_stats(&self) -> Option<CommitStats> {
+        None
+    }
 }
 
 impl<S: PointStore + ?Sized> PointStore for Arc<S> {
@@ -77,6 +103,10 @@ impl<S: PointStore + ?Sized> PointStore for Arc<S> {
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         (**self).commit(change)
     }
+
+    fn commit_stats(&self) -> Option<CommitStats> {
+        (**self).commit_stats()
+    }
 }
 
 impl<S: PointStore + ?Sized> PointStore for Box<S> {
@@ -90,5 +120,9 @@ impl<S: PointStore + ?Sized> PointStore for Box<S> {
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         (**self).commit(change)
+    }
+
+    fn commit_stats(&self) -> Option<CommitStats> {
+        (**self).commit_stats()
     }
 }

@@ -1,0 +1,777 @@
+//! [`SqliteStore`]: the durable store. An acknowledged change is on disk.
+//!
+//! One SQLite file (bundled SQLite, no system library) in WAL mode with
+//! `synchronous=FULL`: every commit fsyncs the write-ahead log before it returns,
+//! so a change the caller was told about survives `kill -9` and power loss (to the
+//! extent the disk honours fsync).
+//!
+//! # Writes: one writer thread, group commit
+//!
+//! [`commit`](PointStore::commit) queues the change on a bounded channel and
+//! waits for its answer. A single writer thread owns the only writable
+//! connection. It takes the first queued change, then everything else already
+//! queued, and keeps collecting for at most [`SqliteOptions::batch_wait`] or until
+//! the batch holds [`SqliteOptions::batch_ops_max`] changes. It writes the whole
+//! batch (per change: upsert the balance, insert the history row) in **one**
+//! transaction, commits (one fsync for the batch), and only then answers each
+//! caller. Changes of different users thus share the fsync; the changes of one
+//! user are never in the same batch, because the per-user lock in front lets a
+//! user have one change in flight at a time.
+//!
+//! If a batch fails (a change does not fit, the disk is full, an I/O error), the
+//! transaction is rolled back and each change of the batch is retried alone in
+//! its own transaction, so one bad change does not fail innocent ones; each
+//! caller gets its own result. A failed change wrote nothing.
+//!
+//! Cancel safety: once queued, a change is committed or refused by the writer
+//! whether or not its caller still waits, so a dropped [`commit`] future leaves
+//! all of the change or none of it. [`SqliteStore::close`] (also run on drop)
+//! stops taking changes, lets the writer finish everything already queued, and
+//! joins it.
+//!
+//! # Reads: read-only connections, never behind the writer
+//!
+//! [`user_point`](PointStore::user_point) and
+//! [`histories`](PointStore::histories) run on a small pool of read-only
+//! connections in tokio's blocking pool. WAL lets them read the last committed
+//! state while the writer writes. A caller is answered only after its batch
+//! commits, so a read issued after an answer sees that change.
+//!
+//! # The file
+//!
+//! Schema changes are embedded migrations counted by `PRAGMA user_version`; the
+//! file is marked with `PRAGMA application_id`. Opening fails fast, changing
+//! nothing, on: a file that is not a SQLite database or fails `PRAGMA
+//! quick_check`, a SQLite database of some other application, a schema newer than
+//! this build knows, a file another process holds (an exclusive advisory lock on
+//! the database file is taken for the store's life), or a file or directory the
+//! process cannot write.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pointlock_core::{
+    Amount, BoxFuture, Change, CommitStats, Committed, PointHistory, PointStore, StoreError,
+    TransactionType, UserId, UserPoint,
+};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use thiserror::Error;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// `PRAGMA application_id` of a pointlock database: "PLK1".
+const APPLICATION_ID: i32 = 0x504C_4B31;
+
+/// The embedded migrations: `MIGRATIONS[i]` takes `user_version` from `i` to `i + 1`.
+/// Append only; never edit a step that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: balances, and the history with a store-wide id that never goes back
+    // (AUTOINCREMENT: ids are not reused even after the newest row is deleted).
+    "CREATE TABLE user_point (
+        id            INTEGER PRIMARY KEY CHECK (id > 0),
+        point         INTEGER NOT NULL CHECK (point >= 0),
+        update_millis INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE point_history (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id     INTEGER NOT NULL CHECK (user_id > 0),
+        type        TEXT    NOT NULL CHECK (type IN ('CHARGE', 'USE')),
+        amount      INTEGER NOT NULL CHECK (amount > 0),
+        time_millis INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX point_history_by_user ON point_history (user_id, id);",
+];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const UPSERT_POINT: &str = "INSERT INTO user_point (id, point, update_millis) VALUES (?1, ?2, ?3)
+     ON CONFLICT (id) DO UPDATE SET point = excluded.point, update_millis = excluded.update_millis";
+const INSERT_HISTORY: &str =
+    "INSERT INTO point_history (user_id, type, amount, time_millis) VALUES (?1, ?2, ?3, ?4)";
+const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = ?1";
+const SELECT_HISTORIES: &str =
+    "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = ?1 ORDER BY id";
+
+/// Tuning of a [`SqliteStore`]. The defaults suit the server.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// The most changes one transaction carries. `1` turns group commit off (one
+    /// transaction and one fsync per change).
+    pub batch_ops_max: usize,
+    /// How long the writer keeps collecting after the first change of a batch
+    /// when nothing more is queued. Zero: commit whatever is queued at once.
+    pub batch_wait: Duration,
+    /// The most changes queued for the writer; further commits wait (backpressure).
+    pub queue_ops_max: usize,
+    /// Read-only connections (reads beyond this many at once wait for one).
+    pub readers: usize,
+    /// How long a connection retries when the file is busy.
+    pub busy_timeout: Duration,
+    /// Run `PRAGMA quick_check` at open (reads the whole file once).
+    pub quick_check: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            batch_ops_max: 256,
+            batch_wait: Duration::from_micros(250),
+            queue_ops_max: 4_096,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            quick_check: true,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// The same options with group commit off: every change its own transaction.
+    pub fn without_group_commit(self) -> Self {
+        Self {
+            batch_ops_max: 1,
+            batch_wait: Duration::ZERO,
+            ..self
+        }
+    }
+}
+
+/// Why a database file could not be opened. Nothing was changed in the file.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The file could not be opened or created for writing.
+    #[error("cannot open {path} for reading and writing: {source} (is the file and its directory writable by this user?)")]
+    Io {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Another process (or another store in this one) has the file open.
+    #[error("{path} is in use by another pointlock process (its lock is held); stop that process or choose another --store file")]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Not a SQLite database, or a damaged one.
+    #[error("{path} is not a valid SQLite database or is corrupt: {detail}; it was left untouched (restore it from a backup or move it away)")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite reported.
+        detail: String,
+    },
+    /// A SQLite database of some other application.
+    #[error(
+        "{path} is a SQLite database but not a pointlock one ({detail}); it was left untouched"
+    )]
+    Foreign {
+        /// The database file.
+        path: PathBuf,
+        /// What gave it away.
+        detail: String,
+    },
+    /// Written by a newer pointlock.
+    #[error("{path} has schema version {found}, newer than this build understands ({known}); run a newer pointlock (the file was left untouched)")]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The file's `user_version`.
+        found: i64,
+        /// [`SCHEMA_VERSION`].
+        known: i64,
+    },
+    /// Any other SQLite failure while preparing the file.
+    #[error("cannot use {path}: {step}: {source} (SQLite needs to create {path}-wal and {path}-shm next to it: is the directory writable?)")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done.
+        step: &'static str,
+        /// What SQLite reported.
+        source: rusqlite::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the SQLite writer thread: {0}")]
+    Thread(io::Error),
+}
+
+/// A change on its way to the writer, with the caller's answer channel.
+struct Job {
+    change: Change,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
+    /// A place in the bounded queue, given back once the job is answered.
+    _queued: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct Stats {
+    batches: AtomicU64,
+    ops: AtomicU64,
+    batch_ops_max: AtomicU64,
+    batches_retried: AtomicU64,
+    ops_failed: AtomicU64,
+    batch_ops_log2: [AtomicU64; 9],
+}
+
+impl Stats {
+    fn record_batch(&self, ops: usize) {
+        let ops = ops as u64;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.ops.fetch_add(ops, Ordering::Relaxed);
+        self.batch_ops_max.fetch_max(ops, Ordering::Relaxed);
+        let bucket = (ops.max(1).ilog2() as usize).min(self.batch_ops_log2.len() - 1);
+        self.batch_ops_log2[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> CommitStats {
+        CommitStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            ops: self.ops.load(Ordering::Relaxed),
+            batch_ops_max: self.batch_ops_max.load(Ordering::Relaxed),
+            batches_retried: self.batches_retried.load(Ordering::Relaxed),
+            ops_failed: self.ops_failed.load(Ordering::Relaxed),
+            batch_ops_log2: std::array::from_fn(|i| self.batch_ops_log2[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The read-only connections, opened on demand up to the permit count.
+struct Readers {
+    path: PathBuf,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Readers {
+    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+        // Push and pop only: a panic cannot leave the vector half-changed.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(self.busy_timeout)?;
+        Ok(conn)
+    }
+}
+
+/// The durable SQLite store. See the [module docs](self).
+pub struct SqliteStore {
+    path: PathBuf,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: Arc<Semaphore>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<Readers>,
+    stats: Arc<Stats>,
+    /// The advisory lock on the database file; dropped after everything above
+    /// has been closed (fields drop in declaration order, after `Drop::drop`).
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (or create) the database at `path`, migrate it to [`SCHEMA_VERSION`],
+    /// and start the writer. Fails fast, leaving an existing file untouched, if the
+    /// file is corrupt, foreign, newer, locked by another process, or unwritable.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let existed = path.exists();
+        let result = Self::open_inner(&path, &options);
+        if result.is_err() && !existed {
+            // Never leave behind an empty file this attempt created.
+            let _ = std::fs::remove_file(&path);
+        }
+        result
+    }
+
+    fn open_inner(path: &Path, options: &SqliteOptions) -> Result<Self, OpenError> {
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| OpenError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        match fs4::FileExt::try_lock(&lock) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(fs4::TryLockError::Error(source)) => {
+                return Err(OpenError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        let conn = open_writer(path, options)?;
+        let readers = Arc::new(Readers {
+            path: path.to_path_buf(),
+            busy_timeout: options.busy_timeout,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(options.readers.max(1))),
+        });
+        // One reader now: a file readers cannot open fails at start, not later.
+        let first = readers.open().map_err(|source| OpenError::Sqlite {
+            path: path.to_path_buf(),
+            step: "opening a read-only connection",
+            source,
+        })?;
+        readers.idle().push(first);
+
+        let stats = Arc::new(Stats::default());
+        let (sender, receiver) = mpsc::channel();
+        let batch = Batching {
+            ops_max: options.batch_ops_max.max(1),
+            wait: options.batch_wait,
+        };
+        let writer_stats = Arc::clone(&stats);
+        let writer = std::thread::Builder::new()
+            .name("pointlock-sqlite-writer".into())
+            .spawn(move || write_loop(conn, &receiver, batch, &writer_stats))
+            .map_err(OpenError::Thread)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            sender: Mutex::new(Some(sender)),
+            queue: Arc::new(Semaphore::new(options.queue_ops_max.max(1))),
+            writer: Mutex::new(Some(writer)),
+            readers,
+            stats,
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How commits have been batched so far.
+    pub fn stats(&self) -> CommitStats {
+        self.stats.snapshot()
+    }
+
+    /// Stop taking changes, let the writer commit and answer everything already
+    /// queued, and wait for it to finish. Later commits fail with a store error;
+    /// reads fail too. Blocks the calling thread; idempotent; also run on drop.
+    pub fn close(&self) {
+        // Readers first: the writer's connection, closing last, checkpoints the
+        // log into the database file and removes the -wal file.
+        self.readers.permits.close();
+        self.readers.idle().clear();
+        self.queue.close();
+        drop(
+            self.sender
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            if writer.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
+            }
+        }
+    }
+
+    /// Run `query` on a read-only connection in the blocking pool.
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.readers.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::new("the SQLite store is closed"))?;
+        let readers = Arc::clone(&self.readers);
+        // The connection goes back to the pool inside the task, so a caller that
+        // stops waiting cannot lose it.
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let popped = readers.idle().pop();
+            let conn = match popped {
+                Some(conn) => conn,
+                None => readers.open()?,
+            };
+            let result = query(&conn);
+            readers.idle().push(conn);
+            result
+        });
+        match task.await {
+            Ok(result) => result.map_err(|e| StoreError::new(format!("SQLite read failed: {e}"))),
+            Err(e) => Err(StoreError::new(format!("SQLite read task failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl PointStore for SqliteStore {
+    fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
+        Box::pin(async move {
+            let row = self
+                .read(move |conn| {
+                    conn.prepare_cached(SELECT_POINT)?
+                        .query_row(params![to_i64(id.get())], |row| {
+                            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                        })
+                        .optional()
+                })
+                .await?;
+            row.map(|(point, update_millis)| {
+                Ok(UserPoint {
+                    id,
+                    point: u64::try_from(point).map_err(|_| corrupt_row("negative balance", id))?,
+                    update_millis,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .read(move |conn| {
+                    let mut stmt = conn.prepare_cached(SELECT_HISTORIES)?;
+                    let rows = stmt.query_map(params![to_i64(id.get())], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    })?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await?;
+            rows.into_iter()
+                .map(|(hid, kind, amount, time_millis)| {
+                    Ok(PointHistory {
+                        id: u64::try_from(hid).map_err(|_| corrupt_row("history id", id))?,
+                        user_id: id,
+                        kind: match kind.as_str() {
+                            "CHARGE" => TransactionType::Charge,
+                            "USE" => TransactionType::Use,
+                            _ => return Err(corrupt_row("history type", id)),
+                        },
+                        amount: Amount::from_i64(amount)
+                            .map_err(|_| corrupt_row("history amount", id))?,
+                        time_millis,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        Box::pin(async move {
+            let queued = Arc::clone(&self.queue)
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::new("the SQLite store is closed"))?;
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                change,
+                reply,
+                _queued: queued,
+            };
+            // No await between taking the sender and sending: close() never waits
+            // on a sender held by a suspended caller.
+            let sent = match &*self.sender.lock().unwrap_or_else(PoisonError::into_inner) {
+                Some(sender) => sender.send(job).is_ok(),
+                None => false,
+            };
+            if !sent {
+                return Err(StoreError::new("the SQLite store is closed"));
+            }
+            answer
+                .await
+                .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+        })
+    }
+
+    fn commit_stats(&self) -> Option<CommitStats> {
+        Some(self.stats())
+    }
+}
+
+/// Ids, amounts and balances are at most `2^63 - 1` (checked by their types).
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn corrupt_row(what: &str, id: UserId) -> StoreError {
+    StoreError::new(format!(
+        "corrupt row in the SQLite store: {what} of user {id}"
+    ))
+}
+
+/// Open the writable connection and bring the file to [`SCHEMA_VERSION`]. The
+/// file is only read until it is known to be a pointlock database this build
+/// understands (or a new, empty one).
+fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, OpenError> {
+    let sqlite = |step: &'static str| {
+        move |source: rusqlite::Error| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                OpenError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: source.to_string(),
+                }
+            }
+            _ => OpenError::Sqlite {
+                path: path.to_path_buf(),
+                step,
+                source,
+            },
+        }
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite("opening the database"))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(sqlite("setting the busy timeout"))?;
+
+    // Read-only checks first.
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sqlite("reading the schema version"))?;
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(sqlite("reading the application id"))?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+        .map_err(sqlite("reading the schema"))?;
+    let foreign = |detail: String| OpenError::Foreign {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if application_id != APPLICATION_ID && (application_id != 0 || objects > 0) {
+        return Err(foreign(format!(
+            "application_id {application_id:#x}, {objects} schema objects"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(OpenError::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if options.quick_check && objects > 0 {
+        let started = Instant::now();
+        let report: Vec<String> = conn
+            .prepare("PRAGMA quick_check")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(sqlite("checking integrity"))?;
+        if report != ["ok"] {
+            return Err(OpenError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("PRAGMA quick_check: {}", report.join("; ")),
+            });
+        }
+        tracing::debug!(elapsed = ?started.elapsed(), "PRAGMA quick_check: ok");
+    }
+
+    // Now the file is ours: WAL, fsync on every commit, migrations.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(sqlite("switching to WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenError::Sqlite {
+            path: path.to_path_buf(),
+            step: "switching to WAL mode",
+            source: rusqlite::Error::InvalidQuery,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sqlite("setting synchronous=FULL"))?;
+    migrate(&conn, version).map_err(sqlite("migrating the schema"))?;
+    Ok(conn)
+}
+
+/// Apply the migrations after `from`, each in its own transaction with its
+/// `user_version` bump.
+fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    let from = usize::try_from(from).unwrap_or(0);
+    for (index, step) in MIGRATIONS.iter().enumerate().skip(from) {
+        let to = index + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             {step};
+             PRAGMA application_id = {APPLICATION_ID};
+             PRAGMA user_version = {to};
+             COMMIT;"
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })?;
+        tracing::info!(version = to, "SQLite schema migrated");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Batching {
+    ops_max: usize,
+    wait: Duration,
+}
+
+/// The writer thread: batch, write, commit, answer; until the channel closes and
+/// everything queued has been answered.
+fn write_loop(mut conn: Connection, jobs: &mpsc::Receiver<Job>, batching: Batching, stats: &Stats) {
+    let mut batch = Vec::with_capacity(batching.ops_max);
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        collect(jobs, &mut batch, batching);
+        commit_batch(&mut conn, &mut batch, stats);
+    }
+}
+
+/// Add queued jobs to `batch` until it is full, or nothing more arrives within
+/// the batch wait.
+fn collect(jobs: &mpsc::Receiver<Job>, batch: &mut Vec<Job>, batching: Batching) {
+    let deadline = Instant::now() + batching.wait;
+    while batch.len() < batching.ops_max {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                match jobs.recv_timeout(left) {
+                    Ok(job) => batch.push(job),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Commit `batch` in one transaction and answer every job; on failure, retry
+/// each change alone so innocent changes still commit.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>, stats: &Stats) {
+    stats.record_batch(batch.len());
+    let changes: Vec<Change> = batch.iter().map(|job| job.change).collect();
+    match write(conn, &changes) {
+        Ok(committed) => {
+            for (job, committed) in batch.drain(..).zip(committed) {
+                let _ = job.reply.send(Ok(committed));
+            }
+        }
+        Err(error) if batch.len() == 1 => {
+            stats.ops_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "SQLite commit failed; nothing was written");
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+        Err(error) => {
+            stats.batches_retried.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, ops = batch.len(), "SQLite batch failed; retrying each change alone");
+            for job in batch.drain(..) {
+                let result = write(conn, std::slice::from_ref(&job.change))
+                    .map(|mut committed| committed.remove(0));
+                if let Err(error) = &result {
+                    stats.ops_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, user = %job.change.user_id, "SQLite commit failed; nothing was written");
+                }
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// Write `changes` in one transaction: all committed, or (on any error) none.
+fn write(conn: &mut Connection, changes: &[Change]) -> Result<Vec<Committed>, StoreError> {
+    let failed = |e: rusqlite::Error| StoreError::new(format!("SQLite commit failed: {e}"));
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed)?;
+    let mut committed = Vec::with_capacity(changes.len());
+    for change in changes {
+        committed.push(apply(&tx, change)?);
+    }
+    // Dropping `tx` on an early return rolls back.
+    tx.commit().map_err(failed)?;
+    Ok(committed)
+}
+
+/// One change inside the open transaction: the balance, then its history row.
+fn apply(tx: &Connection, change: &Change) -> Result<Committed, StoreError> {
+    let failed = |e: rusqlite::Error| StoreError::new(format!("SQLite write failed: {e}"));
+    let point = i64::try_from(change.point).map_err(|_| {
+        StoreError::new(format!(
+            "balance {} does not fit the SQLite store (at most 9223372036854775807)",
+            change.point
+        ))
+    })?;
+    let user = to_i64(change.user_id.get());
+    tx.prepare_cached(UPSERT_POINT)
+        .and_then(|mut stmt| stmt.execute(params![user, point, change.time_millis]))
+        .map_err(failed)?;
+    tx.prepare_cached(INSERT_HISTORY)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                user,
+                change.kind.as_str(),
+                to_i64(change.amount.get()),
+                change.time_millis
+            ])
+        })
+        .map_err(failed)?;
+    let id = u64::try_from(tx.last_insert_rowid())
+        .map_err(|_| StoreError::new("SQLite assigned a negative history id"))?;
+    Ok(Committed {
+        user_point: UserPoint {
+            id: change.user_id,
+            point: change.point,
+            update_millis: change.time_millis,
+        },
+        history: PointHistory {
+            id,
+            user_id: change.user_id,
+            kind: change.kind,
+            amount: change.amount,
+            time_millis: change.time_millis,
+        },
+    })
+}
