@@ -775,3 +775,335 @@ fn apply(tx: &Connection, change: &Change) -> Result<Committed, StoreError> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pointlock_core::{Amount, Change, PointStore, TransactionType, UserId};
+
+    use super::*;
+
+    fn change(user: u64, point: u64, amount: u64) -> Change {
+        Change {
+            user_id: UserId::new(user).unwrap(),
+            point,
+            kind: TransactionType::Charge,
+            amount: Amount::new(amount).unwrap(),
+            time_millis: 1_000 + i64::try_from(user).unwrap(),
+        }
+    }
+
+    fn id(raw: u64) -> UserId {
+        UserId::new(raw).unwrap()
+    }
+
+    /// Options whose batches close only when full (the wait is far longer than
+    /// any test): batching becomes deterministic.
+    fn batches_of(ops: usize) -> SqliteOptions {
+        SqliteOptions {
+            batch_ops_max: ops,
+            batch_wait: Duration::from_secs(30),
+            ..SqliteOptions::default()
+        }
+    }
+
+    fn db() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        (dir, path)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_file_gets_wal_the_schema_version_and_the_application_id() {
+        let (_dir, path) = db();
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store.commit(change(1, 10, 10)).await.unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let get = |pragma: &str| -> String {
+            conn.query_row(&format!("PRAGMA {pragma}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+        };
+        assert_eq!(get("journal_mode"), r#"Text("wal")"#);
+        assert_eq!(get("user_version"), format!("Integer({SCHEMA_VERSION})"));
+        assert_eq!(get("application_id"), format!("Integer({APPLICATION_ID})"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_keeps_balances_and_histories_and_ids_keep_increasing() {
+        let (_dir, path) = db();
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let first = store.commit(change(1, 100, 100)).await.unwrap();
+        let second = store.commit(change(2, 5, 5)).await.unwrap();
+        assert!(second.history.id > first.history.id);
+        assert!(store.user_point(id(3)).await.unwrap().is_none());
+        drop(store);
+
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let point = store.user_point(id(1)).await.unwrap().unwrap();
+        assert_eq!((point.point, point.update_millis), (100, 1_001));
+        assert_eq!(store.histories(id(1)).await.unwrap(), vec![first.history]);
+        assert_eq!(store.histories(id(2)).await.unwrap(), vec![second.history]);
+        let third = store.commit(change(1, 150, 50)).await.unwrap();
+        assert!(third.history.id > second.history.id, "ids never go back");
+        let ids: Vec<u64> = store
+            .histories(id(1))
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(ids, vec![first.history.id, third.history.id]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_of_different_users_share_one_transaction() {
+        let (_dir, path) = db();
+        let store = Arc::new(SqliteStore::open(&path, batches_of(20)).unwrap());
+        let tasks: Vec<_> = (1..=20)
+            .map(|user| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.commit(change(user, user, user)).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.push(task.await.unwrap().unwrap().history.id);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 20, "each change has its own history id");
+        let stats = store.stats();
+        assert_eq!((stats.batches, stats.ops, stats.batch_ops_max), (1, 20, 20));
+        assert_eq!(stats.batch_ops_log2[4], 1, "one batch of 16..32");
+        for user in 1..=20 {
+            assert_eq!(
+                store.user_point(id(user)).await.unwrap().unwrap().point,
+                user
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_group_commit_every_change_is_its_own_transaction() {
+        let (_dir, path) = db();
+        let options = SqliteOptions::default().without_group_commit();
+        let store = Arc::new(SqliteStore::open(&path, options).unwrap());
+        let tasks: Vec<_> = (1..=10)
+            .map(|user| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.commit(change(user, 1, 1)).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!((stats.batches, stats.ops, stats.batch_ops_max), (10, 10, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_change_does_not_fail_the_others_in_its_batch() {
+        let (_dir, path) = db();
+        let store = Arc::new(SqliteStore::open(&path, batches_of(10)).unwrap());
+        // User 5's balance does not fit a SQLite INTEGER: its write fails inside
+        // the batch, which is then retried one change at a time.
+        let tasks: Vec<_> = (1..=10)
+            .map(|user| {
+                let store = Arc::clone(&store);
+                let point = if user == 5 { u64::MAX } else { user };
+                tokio::spawn(async move { store.commit(change(user, point, 1)).await })
+            })
+            .collect();
+        for (user, task) in (1..=10).zip(tasks) {
+            let result = task.await.unwrap();
+            if user == 5 {
+                let error = result.unwrap_err();
+                assert!(error.message().contains("does not fit"), "{error}");
+            } else {
+                assert_eq!(result.unwrap().user_point.point, user);
+            }
+        }
+        let stats = store.stats();
+        assert_eq!(
+            (stats.batches, stats.batches_retried, stats.ops_failed),
+            (1, 1, 1)
+        );
+        assert!(
+            store.user_point(id(5)).await.unwrap().is_none(),
+            "nothing of user 5"
+        );
+        assert!(store.histories(id(5)).await.unwrap().is_empty());
+        for user in (1..=10).filter(|u| *u != 5) {
+            assert_eq!(
+                store.user_point(id(user)).await.unwrap().unwrap().point,
+                user
+            );
+            assert_eq!(store.histories(id(user)).await.unwrap().len(), 1);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_do_not_wait_for_the_writer() {
+        let (_dir, path) = db();
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store.commit(change(1, 7, 7)).await.unwrap();
+        drop(store);
+        let store = Arc::new(SqliteStore::open(&path, batches_of(2)).unwrap());
+        // The writer now holds a lone change, waiting (30 s) for a second one.
+        let pending = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.commit(change(2, 3, 3)).await })
+        };
+        let read = tokio::time::timeout(Duration::from_secs(10), store.user_point(id(1)));
+        assert_eq!(read.await.unwrap().unwrap().map(|p| p.point), Some(7));
+        // The second change completes the batch.
+        store.commit(change(3, 4, 4)).await.unwrap();
+        assert_eq!(pending.await.unwrap().unwrap().user_point.point, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_commits_what_is_queued_and_refuses_the_rest() {
+        let (_dir, path) = db();
+        let store = Arc::new(SqliteStore::open(&path, batches_of(1_000)).unwrap());
+        let tasks: Vec<_> = (1..=50)
+            .map(|user| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.commit(change(user, 9, 9)).await })
+            })
+            .collect();
+        // The batch would wait 30 s for 1000 changes; closing ends the wait.
+        let closing = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || closing.close())
+            .await
+            .unwrap();
+        let mut answered = Vec::new();
+        for (user, task) in (1..=50).zip(tasks) {
+            match task.await.unwrap() {
+                Ok(_) => answered.push(user),
+                Err(error) => assert!(error.message().contains("closed"), "{error}"),
+            }
+        }
+        assert!(store.commit(change(99, 1, 1)).await.is_err());
+        drop(store);
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        for user in 1..=50 {
+            let found = store.user_point(id(user)).await.unwrap().is_some();
+            assert_eq!(
+                found,
+                answered.contains(&user),
+                "user {user}: all or nothing"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_store_on_the_same_file_is_refused() {
+        let (_dir, path) = db();
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let error = SqliteStore::open(&path, SqliteOptions::default()).unwrap_err();
+        assert!(matches!(error, OpenError::Locked { .. }), "{error}");
+        assert!(error.to_string().contains("in use by another"), "{error}");
+        drop(store);
+        SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    }
+
+    fn refused_untouched(path: &Path) -> OpenError {
+        let before = std::fs::read(path).unwrap();
+        let error = SqliteStore::open(path, SqliteOptions::default()).unwrap_err();
+        assert_eq!(std::fs::read(path).unwrap(), before, "the file was changed");
+        assert!(error.to_string().contains(&path.display().to_string()));
+        error
+    }
+
+    #[test]
+    fn a_garbage_file_is_refused_and_left_untouched() {
+        let (_dir, path) = db();
+        std::fs::write(&path, vec![0xA5_u8; 8_192]).unwrap();
+        let error = refused_untouched(&path);
+        assert!(matches!(error, OpenError::Corrupt { .. }), "{error}");
+        assert!(!path.with_extension("db-wal").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_database_is_refused_and_left_untouched() {
+        let (_dir, path) = db();
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        for user in 1..=200 {
+            store.commit(change(user, user, user)).await.unwrap();
+        }
+        drop(store); // checkpointed into the main file; no -wal left
+                     // Scribble over the b-tree header of every page after the first.
+        let mut bytes = std::fs::read(&path).unwrap();
+        for page in bytes.chunks_mut(4_096).skip(1) {
+            page[..16].fill(0xFF);
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let error = refused_untouched(&path);
+        assert!(matches!(error, OpenError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("corrupt"), "{error}");
+    }
+
+    #[test]
+    fn another_applications_database_is_refused() {
+        let (_dir, path) = db();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes (body TEXT)")
+            .unwrap();
+        let error = refused_untouched(&path);
+        assert!(matches!(error, OpenError::Foreign { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_untouched() {
+        let (_dir, path) = db();
+        drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let error = refused_untouched(&path);
+        assert!(matches!(error, OpenError::NewerSchema { .. }), "{error}");
+        assert!(
+            error.to_string().contains("newer than this build"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_refused_and_nothing_created() {
+        let (dir, _) = db();
+        let path = dir.path().join("no/such/dir/p.db");
+        let error = SqliteStore::open(&path, SqliteOptions::default()).unwrap_err();
+        assert!(matches!(error, OpenError::Io { .. }), "{error}");
+        assert!(!dir.path().join("no").exists());
+    }
+
+    #[test]
+    fn an_empty_file_is_migrated_once_and_reopening_migrates_nothing() {
+        // An empty (0-byte) file is a version-0 database: migrated to the current
+        // version; opening it again finds nothing to do (no "table exists" error).
+        let (_dir, path) = db();
+        std::fs::write(&path, b"").unwrap();
+        drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+        drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('user_point', 'point_history')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2);
+    }
+}
