@@ -399,8 +399,23 @@ fn hand_off<K: Hash + Eq>(shard: &mut Table<K>, key: &K) -> Option<Waker> {
         }
         None => {
             shard.remove(key);
+            shrink_if_sparse(shard);
             None
         }
+    }
+}
+
+/// Smallest shard capacity worth shrinking: below it the table costs a few KiB.
+const SHRINK_CAPACITY_MIN: usize = 64;
+
+/// Give back a shard's memory as its keys leave: a table never shrinks by itself,
+/// so one burst of a million held keys would otherwise keep its peak size for
+/// ever. Once a quarter full it shrinks to twice its length; each rehash of `len`
+/// entries follows at least `len` removals, so the cost is O(1) per removal.
+fn shrink_if_sparse<K: Hash + Eq>(shard: &mut Table<K>) {
+    let capacity = shard.capacity();
+    if capacity > SHRINK_CAPACITY_MIN && shard.len() * 4 < capacity {
+        shard.shrink_to(shard.len() * 2);
     }
 }
 
@@ -583,6 +598,27 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+
+    #[test]
+    fn tables_shrink_back_after_a_burst_of_keys() {
+        let lock = KeyedLock::<u64>::new();
+        let guards: Vec<_> = (0..20_000).map(|k| lock.try_lock(k).unwrap()).collect();
+        let peak: usize = lock
+            .inner
+            .shards
+            .iter()
+            .map(|s| lock_shard(s).capacity())
+            .sum();
+        assert!(peak >= 20_000);
+        drop(guards);
+        for shard in lock.inner.shards.iter() {
+            let capacity = lock_shard(shard).capacity();
+            assert!(
+                capacity <= SHRINK_CAPACITY_MIN,
+                "a shard kept {capacity} slots"
+            );
+        }
+    }
 
     /// A waker that records whether it was woken.
     #[derive(Default)]

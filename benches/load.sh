@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# HTTP load: the release `pointlock --store memory` against the bare hyper baseline
+# (benches/baseline_server.rs), back to back in one run, on loopback, with wrk.
+#
+#   ./benches/load.sh                     # 10 s per scenario, 64 connections
+#   DURATION=20 ROUNDS=3 ./benches/load.sh
+#
+# Scenarios (benches/load/wallet.lua): GET over 10,000 users; charge 1 over 10,000
+# users; one hot user alternating charge/use of 1. For each: req/s, p50, p99,
+# non-2xx, and (pointlock) the lock table size and RSS after the run.
+# Results: target/load/results.jsonl (one JSON object per run) and a markdown
+# table on stdout. Every loop is bounded: wrk runs for DURATION seconds, each
+# start-up waits at most 30 s, and each wrk call is killed after DURATION+30 s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-1}
+ROUNDS=${ROUNDS:-1}
+USERS=${USERS:-10000}
+HOT_USER=${HOT_USER:-20000}
+POINTLOCK_PORT=${POINTLOCK_PORT:-18080}
+BASELINE_PORT=${BASELINE_PORT:-18081}
+SCENARIOS=${SCENARIOS:-"get charge hot"}
+OUT=${OUT:-target/load}
+
+command -v wrk >/dev/null || {
+  echo "wrk is missing: apt-get install wrk (Debian)" >&2
+  exit 1
+}
+command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
+
+echo "==> building release binaries"
+cargo build --release --locked -p pointlock-server --bin pointlock
+cargo build --release --locked --example baseline_server
+mkdir -p "$OUT"
+results="$OUT/results.jsonl"
+: >"$results"
+
+server_pid=""
+stop_server() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -INT "$server_pid"
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+trap stop_server EXIT
+
+wait_ready() { # url
+  for _ in $(seq 300); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server did not answer $1 within 30 s" >&2
+  return 1
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# run_wrk NAME PORT SCENARIO ROUND -> appends one JSON line to $results
+run_wrk() {
+  local name=$1 port=$2 scenario=$3 round=$4 line keys=null rss
+  line=$(SCENARIO=$scenario USERS=$USERS HOT_USER=$HOT_USER \
+    timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
+    --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:$port" | grep '^RESULT ' | cut -c8-)
+  if [ "$name" = pointlock ]; then
+    keys=$(curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["keys"])')
+  fi
+  rss=$(rss_kib "$server_pid")
+  python3 - "$line" "$name" "$round" "$keys" "$rss" "$CONNECTIONS" >>"$results" <<'PY'
+import json, sys
+line, name, round_, keys, rss, conns = sys.argv[1:]
+r = json.loads(line)
+r.update(server=name, round=int(round_), connections=int(conns),
+         lock_keys_after=None if keys == "null" else int(keys), rss_kib=int(rss))
+print(json.dumps(r))
+PY
+  tail -n 1 "$results"
+}
+
+run_server() { # NAME PORT ROUND
+  local name=$1 port=$2 round=$3
+  if [ "$name" = pointlock ]; then
+    RUST_LOG=warn target/release/pointlock --store memory --addr "127.0.0.1:$port" &
+  else
+    target/release/examples/baseline_server "127.0.0.1:$port" &
+  fi
+  server_pid=$!
+  wait_ready "http://127.0.0.1:$port/health"
+  # The hot user starts mid-range so alternating charge/use never hits a policy limit.
+  curl -fsS -o /dev/null -X PATCH -H 'content-type: application/json' \
+    -d '{"amount":5000}' "http://127.0.0.1:$port/point/$HOT_USER/charge"
+  # Warm-up (not recorded): connections, allocator, caches.
+  SCENARIO=get USERS=$USERS timeout 30 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s \
+    -s benches/load/wallet.lua "http://127.0.0.1:$port" >/dev/null
+  for scenario in $SCENARIOS; do
+    run_wrk "$name" "$port" "$scenario" "$round"
+  done
+  stop_server
+}
+
+echo "==> load: ${DURATION}s per scenario, $CONNECTIONS connections, wrk threads $WRK_THREADS, $(nproc) cores"
+for round in $(seq "$ROUNDS"); do
+  run_server pointlock "$POINTLOCK_PORT" "$round"
+  run_server baseline "$BASELINE_PORT" "$round"
+done
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(server, scenario, key):
+    vals = [r[key] for r in rows if r["server"] == server and r["scenario"] == scenario]
+    return statistics.median(vals) if vals else None
+scenarios = []
+for r in rows:
+    if r["scenario"] not in scenarios:
+        scenarios.append(r["scenario"])
+print()
+print("| scenario | pointlock req/s | baseline req/s | ratio | p50 / p99 (ms) pointlock | p50 / p99 (ms) baseline | non-2xx | lock keys after |")
+print("|---|---|---|---|---|---|---|---|")
+for s in scenarios:
+    p, b = med("pointlock", s, "rps"), med("baseline", s, "rps")
+    non2xx = sum(r["non2xx"] for r in rows if r["server"] == "pointlock" and r["scenario"] == s)
+    keys = max(r["lock_keys_after"] or 0 for r in rows if r["server"] == "pointlock" and r["scenario"] == s)
+    ratio = f"{p / b:.2f}" if p and b else "-"
+    def lat(server):
+        return f'{med(server, s, "p50_us") / 1000:.2f} / {med(server, s, "p99_us") / 1000:.2f}'
+    print(f"| {s} | {p:,.0f} | {b:,.0f} | {ratio} | {lat('pointlock')} | {lat('baseline')} | {non2xx} | {keys} |")
+hot, spread = med("pointlock", "hot", "rps"), med("pointlock", "charge", "rps")
+if hot and spread:
+    print(f"\nhot user / spread charge (pointlock): {hot / spread:.2f}")
+PY
