@@ -20,6 +20,9 @@ fn help_explains_every_flag() {
         "--simulate-latency-ms",
         "--request-timeout-ms",
         "--body-limit-bytes",
+        "--sqlite-batch-ops-max",
+        "--sqlite-batch-wait-us",
+        "sqlite:pointlock.db",
         "POINTLOCK_ADDR",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
