@@ -5,6 +5,10 @@
 //! held at a gate, users meeting at a barrier, the lock's own queue gauges. The
 //! negative controls run the first scenario without the lock (asserting that updates
 //! ARE lost) and the barrier scenario against a globally serialised store.
+//!
+//! Every scenario runs twice: on the memory store (the plain name) and on the
+//! durable SQLite store in a temp dir (`sqlite_…`), with the same simulated
+//! latency added in front of it by the probe.
 
 mod common;
 
@@ -12,9 +16,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{patient, ProbeStore, TestServer};
+use common::{patient, Backend, ProbeStore, TestServer};
 use http::StatusCode;
-use pointlock::core::KeyedLock;
+use pointlock::core::{KeyedLock, Policy};
 use pointlock::server::AppOptions;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Barrier, Semaphore};
@@ -38,9 +42,10 @@ async fn hundred_concurrent_charges(server: &Arc<TestServer>) -> (u64, BTreeSet<
     (server.balance(1).await, balances)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundred_concurrent_charges_sum_exactly_with_distinct_running_balances() {
-    let server = Arc::new(TestServer::start(ProbeStore::new(LATENCY_MS), patient()).await);
+async fn hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on(
+    backend: Backend,
+) {
+    let server = Arc::new(TestServer::start(ProbeStore::on(backend, LATENCY_MS), patient()).await);
     let (balance, running) = hundred_concurrent_charges(&server).await;
     assert_eq!(balance, 1_000);
     let expected: BTreeSet<u64> = (1..=100).map(|i| i * 10).collect();
@@ -53,8 +58,7 @@ async fn hundred_concurrent_charges_sum_exactly_with_distinct_running_balances()
     assert!(server.lock.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn negative_control_without_lock_loses_updates() {
+async fn negative_control_without_lock_loses_updates_on(backend: Backend) {
     let options = AppOptions {
         lock_layer: false,
         ..patient()
@@ -62,7 +66,7 @@ async fn negative_control_without_lock_loses_updates() {
     // No layer, and the service's lock replaced by one that excludes nothing.
     let server = Arc::new(
         TestServer::start_with_lock(
-            ProbeStore::new(LATENCY_MS),
+            ProbeStore::on(backend, LATENCY_MS),
             options,
             KeyedLock::unsynchronized(),
         )
@@ -81,11 +85,10 @@ async fn negative_control_without_lock_loses_updates() {
     assert!(running.len() < 100, "some responses saw the same balance");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn staggered_charges_over_two_seconds_sum_exactly() {
+async fn staggered_charges_over_two_seconds_sum_exactly_on(backend: Backend) {
     // 100 arrivals every 20 ms; each charge spends 0..=60 ms in the store, so
     // arrivals overlap in-flight charges all along (without the lock they race).
-    let server = Arc::new(TestServer::start(ProbeStore::new(30), patient()).await);
+    let server = Arc::new(TestServer::start(ProbeStore::on(backend, 30), patient()).await);
     let tasks: Vec<_> = (0..100_u64)
         .map(|i| {
             let server = Arc::clone(&server);
@@ -103,9 +106,8 @@ async fn staggered_charges_over_two_seconds_sum_exactly() {
     server.assert_history_replays(1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mixed_charge_and_use_conserve_total_and_replay_history() {
-    let server = Arc::new(TestServer::start(ProbeStore::new(LATENCY_MS), patient()).await);
+async fn mixed_charge_and_use_conserve_total_and_replay_history_on(backend: Backend) {
+    let server = Arc::new(TestServer::start(ProbeStore::on(backend, LATENCY_MS), patient()).await);
     assert_eq!(server.charge(1, 300).await.status, StatusCode::OK);
     let tasks: Vec<_> = (0..100)
         .map(|i| {
@@ -141,10 +143,9 @@ async fn mixed_charge_and_use_conserve_total_and_replay_history() {
     assert_eq!(balance, 300 + charged - used, "total conserved");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_request_does_not_fail_those_queued_behind_it() {
+async fn a_failing_request_does_not_fail_those_queued_behind_it_on(backend: Backend) {
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::new(LATENCY_MS).with_gate(gate.clone());
+    let store = ProbeStore::on(backend, LATENCY_MS).with_gate(gate.clone());
     let server = Arc::new(TestServer::start(store, patient()).await);
     // Hold the lock with a commit at the gate, then queue: a use that must fail,
     // a malformed body, then ten charges.
@@ -194,10 +195,9 @@ async fn a_failing_request_does_not_fail_those_queued_behind_it() {
     assert!(server.lock.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_user_requests_apply_in_arrival_order() {
+async fn same_user_requests_apply_in_arrival_order_on(backend: Backend) {
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::new(LATENCY_MS).with_gate(gate.clone());
+    let store = ProbeStore::on(backend, LATENCY_MS).with_gate(gate.clone());
     let server = Arc::new(TestServer::start(store, patient()).await);
     let mut tasks = Vec::new();
     for i in 0..20_u64 {
@@ -242,14 +242,15 @@ async fn same_user_requests_apply_in_arrival_order() {
     assert_eq!(order, expected, "history is in arrival order");
 }
 
-async fn users_meeting_at_a_barrier(serialize_all: bool) -> Vec<StatusCode> {
+async fn users_meeting_at_a_barrier(backend: Backend, serialize_all: bool) -> Vec<StatusCode> {
     const USERS: usize = 8;
     // Every commit waits until all USERS commits are in the store at once. Were
     // users serialized by anything, the barrier could never fill and the commits
     // would fail once the patience runs out.
     let barrier = Arc::new(Barrier::new(USERS));
     let patience = if serialize_all { 300 } else { 10_000 };
-    let mut store = ProbeStore::new(0).with_barrier(barrier, Duration::from_millis(patience));
+    let mut store =
+        ProbeStore::on(backend, 0).with_barrier(barrier, Duration::from_millis(patience));
     if serialize_all {
         store = store.serialize_all();
     }
@@ -270,30 +271,27 @@ async fn users_meeting_at_a_barrier(serialize_all: bool) -> Vec<StatusCode> {
     statuses
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn different_users_run_concurrently() {
-    let statuses = users_meeting_at_a_barrier(false).await;
+async fn different_users_run_concurrently_on(backend: Backend) {
+    let statuses = users_meeting_at_a_barrier(backend, false).await;
     assert!(
         statuses.iter().all(|s| *s == StatusCode::OK),
         "{statuses:?}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn negative_control_global_serialisation_fails_the_barrier() {
+async fn negative_control_global_serialisation_fails_the_barrier_on(backend: Backend) {
     // The same scenario with one global lock around every commit: the barrier
     // test must notice (commits fail), or it could not detect serialisation.
-    let statuses = users_meeting_at_a_barrier(true).await;
+    let statuses = users_meeting_at_a_barrier(backend, true).await;
     assert!(
         statuses.contains(&StatusCode::INTERNAL_SERVER_ERROR),
         "a globally serialised store must fail the barrier: {statuses:?}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_disconnect_mid_request_leaves_consistent_state() {
+async fn client_disconnect_mid_request_leaves_consistent_state_on(backend: Backend) {
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::new(LATENCY_MS).with_gate(gate.clone());
+    let store = ProbeStore::on(backend, LATENCY_MS).with_gate(gate.clone());
     let mut entered = store.entered();
     let server = Arc::new(TestServer::start(store, patient()).await);
 
@@ -331,10 +329,9 @@ async fn client_disconnect_mid_request_leaves_consistent_state() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_timeout_answers_503_and_changes_nothing() {
+async fn lock_timeout_answers_503_and_changes_nothing_on(backend: Backend) {
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::new(0).with_gate(gate.clone());
+    let store = ProbeStore::on(backend, 0).with_gate(gate.clone());
     let options = AppOptions {
         lock_timeout: Duration::from_millis(200),
         ..AppOptions::default()
@@ -360,13 +357,12 @@ async fn lock_timeout_answers_503_and_changes_nothing() {
     assert_eq!(server.history(1).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline() {
+async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend: Backend) {
     let options = AppOptions {
         body_timeout: Duration::from_millis(300),
         ..patient()
     };
-    let server = Arc::new(TestServer::start(ProbeStore::new(0), options).await);
+    let server = Arc::new(TestServer::start(ProbeStore::on(backend, 0), options).await);
     // Headers promise 13 body bytes; only 5 ever come.
     let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     raw.write_all(
@@ -398,5 +394,73 @@ async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline() {
         server.history(1).await.len(),
         1,
         "the stalled upload changed nothing"
+    );
+}
+
+/// Each scenario as a test on the memory store (the original name) and on the
+/// SQLite store (`sqlite_` + name).
+macro_rules! on_both_stores {
+    ($($name:ident / $sqlite:ident => $scenario:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $scenario(Backend::Memory).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $scenario(Backend::Sqlite).await;
+        }
+    )*};
+}
+
+on_both_stores! {
+    hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / sqlite_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances => hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on;
+    negative_control_without_lock_loses_updates / sqlite_negative_control_without_lock_loses_updates => negative_control_without_lock_loses_updates_on;
+    staggered_charges_over_two_seconds_sum_exactly / sqlite_staggered_charges_over_two_seconds_sum_exactly => staggered_charges_over_two_seconds_sum_exactly_on;
+    mixed_charge_and_use_conserve_total_and_replay_history / sqlite_mixed_charge_and_use_conserve_total_and_replay_history => mixed_charge_and_use_conserve_total_and_replay_history_on;
+    a_failing_request_does_not_fail_those_queued_behind_it / sqlite_a_failing_request_does_not_fail_those_queued_behind_it => a_failing_request_does_not_fail_those_queued_behind_it_on;
+    same_user_requests_apply_in_arrival_order / sqlite_same_user_requests_apply_in_arrival_order => same_user_requests_apply_in_arrival_order_on;
+    different_users_run_concurrently / sqlite_different_users_run_concurrently => different_users_run_concurrently_on;
+    negative_control_global_serialisation_fails_the_barrier / sqlite_negative_control_global_serialisation_fails_the_barrier => negative_control_global_serialisation_fails_the_barrier_on;
+    client_disconnect_mid_request_leaves_consistent_state / sqlite_client_disconnect_mid_request_leaves_consistent_state => client_disconnect_mid_request_leaves_consistent_state_on;
+    lock_timeout_answers_503_and_changes_nothing / sqlite_lock_timeout_answers_503_and_changes_nothing => lock_timeout_answers_503_and_changes_nothing_on;
+    a_slow_uploader_holds_its_user_only_until_the_body_deadline / sqlite_a_slow_uploader_holds_its_user_only_until_the_body_deadline => a_slow_uploader_holds_its_user_only_until_the_body_deadline_on;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failed_commit_answers_500_changes_nothing_and_releases_the_lock() {
+    // A balance past 2^63 - 1 cannot be stored: the commit fails inside the store.
+    let server = Arc::new(
+        TestServer::start_with_policy(
+            ProbeStore::on(Backend::Sqlite, 0),
+            patient(),
+            KeyedLock::new(),
+            Policy::new(u64::MAX),
+        )
+        .await,
+    );
+    assert_eq!(
+        server.charge(1, i64::MAX as u64).await.status,
+        StatusCode::OK
+    );
+    let failed = server.charge(1, i64::MAX as u64).await;
+    assert_eq!(
+        failed.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        failed.json
+    );
+    assert_eq!(failed.json["code"], "STORE_ERROR");
+    assert!(server.lock.is_empty(), "the lock was released");
+    // The user is not stuck, and the failure changed nothing.
+    assert_eq!(server.use_points(1, 1).await.status, StatusCode::OK);
+    assert_eq!(
+        server.balance(1).await.to_string(),
+        (i64::MAX - 1).to_string()
+    );
+    assert_eq!(server.history(1).await.len(), 2);
+    assert_eq!(
+        server.assert_history_replays(1).await.to_string(),
+        (i64::MAX - 1).to_string()
     );
 }

@@ -19,14 +19,24 @@ use pointlock::core::{
 };
 use pointlock::server::app::{build_app, serve, service};
 use pointlock::server::clock::SystemClock;
-use pointlock::server::AppOptions;
+use pointlock::server::{AppOptions, SqliteOptions, SqliteStore};
 use serde_json::Value;
 use tokio::sync::{mpsc, Barrier, Semaphore};
 
-/// A memory store (optionally slow) that measures how many commits run at once and
+/// Which store a scenario runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Memory,
+    /// A SQLite file in a temp dir (group commit on, default options).
+    Sqlite,
+}
+
+/// A store (memory or SQLite, optionally slow) that measures how many commits run at once and
 /// can hold commits at a gate or a barrier, so tests wait on signals, not on time.
 pub struct ProbeStore {
-    inner: MemoryStore,
+    inner: Box<dyn PointStore>,
+    /// Simulated latency before each call of a store without its own (SQLite).
+    delay: Option<(u64, Mutex<fastrand::Rng>)>,
     in_flight: AtomicUsize,
     in_flight_max: AtomicUsize,
     gate: Option<Arc<Semaphore>>,
@@ -34,19 +44,58 @@ pub struct ProbeStore {
     entered: Mutex<Option<mpsc::UnboundedSender<UserId>>>,
     /// One global lock around every commit: the shape of a "global mutex" design.
     global: Option<tokio::sync::Mutex<()>>,
+    /// The SQLite file's directory; dropped after `inner`.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl ProbeStore {
+    /// A memory store waiting 0..=latency_ms ms per call.
     pub fn new(latency_ms: u64) -> Self {
         let sleep: Sleeper = Arc::new(|d| Box::pin(tokio::time::sleep(d)));
+        Self::wrap(
+            Box::new(MemoryStore::with_latency(latency_ms, sleep, 42)),
+            None,
+            None,
+        )
+    }
+
+    /// A store of `backend` waiting 0..=latency_ms ms per call.
+    pub fn on(backend: Backend, latency_ms: u64) -> Self {
+        match backend {
+            Backend::Memory => Self::new(latency_ms),
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(dir.path().join("p.db"), SqliteOptions::default())
+                    .expect("open the SQLite store");
+                let delay = (latency_ms > 0)
+                    .then(|| (latency_ms, Mutex::new(fastrand::Rng::with_seed(42))));
+                Self::wrap(Box::new(store), delay, Some(dir))
+            }
+        }
+    }
+
+    fn wrap(
+        inner: Box<dyn PointStore>,
+        delay: Option<(u64, Mutex<fastrand::Rng>)>,
+        dir: Option<tempfile::TempDir>,
+    ) -> Self {
         Self {
-            inner: MemoryStore::with_latency(latency_ms, sleep, 42),
+            inner,
+            delay,
             in_flight: AtomicUsize::new(0),
             in_flight_max: AtomicUsize::new(0),
             gate: None,
             barrier: None,
             entered: Mutex::new(None),
             global: None,
+            _dir: dir,
+        }
+    }
+
+    async fn delay(&self) {
+        if let Some((max, rng)) = &self.delay {
+            let millis = rng.lock().unwrap().u64(0..=*max);
+            tokio::time::sleep(Duration::from_millis(millis)).await;
         }
     }
 
@@ -83,11 +132,17 @@ impl ProbeStore {
 
 impl PointStore for ProbeStore {
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
-        self.inner.user_point(id)
+        Box::pin(async move {
+            self.delay().await;
+            self.inner.user_point(id).await
+        })
     }
 
     fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
-        self.inner.histories(id)
+        Box::pin(async move {
+            self.delay().await;
+            self.inner.histories(id).await
+        })
     }
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
@@ -111,6 +166,7 @@ impl PointStore for ProbeStore {
                         .await
                         .map_err(|_| StoreError::new("barrier: other users never arrived"))?;
                 }
+                self.delay().await;
                 self.inner.commit(change).await
             }
             .await;
@@ -145,10 +201,19 @@ impl TestServer {
         options: AppOptions,
         lock: KeyedLock<UserId>,
     ) -> Self {
+        Self::start_with_policy(store, options, lock, Policy::default()).await
+    }
+
+    pub async fn start_with_policy(
+        store: ProbeStore,
+        options: AppOptions,
+        lock: KeyedLock<UserId>,
+        policy: Policy,
+    ) -> Self {
         let store = Arc::new(store);
         let svc = service(
             store.clone(),
-            Policy::default(),
+            policy,
             Arc::new(SystemClock::default()),
             lock.clone(),
         );
