@@ -24,7 +24,7 @@
 //! caller gets its own result. A failed change wrote nothing.
 //!
 //! Cancel safety: once queued, a change is committed or refused by the writer
-//! whether or not its caller still waits, so a dropped [`commit`] future leaves
+//! whether or not its caller still waits, so a dropped `commit` future leaves
 //! all of the change or none of it. [`SqliteStore::close`] (also run on drop)
 //! stops taking changes, lets the writer finish everything already queued, and
 //! joins it.
