@@ -7,7 +7,8 @@
 //! - `distinct_keys/{1,2}_threads/*`: 64 tasks, each on its own key, 100 rounds
 //!   each, on a 1- or 2-worker runtime: throughput, and how it scales with cores.
 //!
-//! Contenders: `pointlock`; `tokio_mutex` (one pre-created `tokio::sync::Mutex`, the
+//! Contenders: `no_lock` (nothing: the cost and scaling of the loop and runtime
+//! alone); `pointlock`; `tokio_mutex` (one pre-created `tokio::sync::Mutex`, the
 //! floor: no map at all); `std_map_of_tokio_mutex` and `dashmap_tokio_mutex` (a map
 //! of `Arc<tokio::sync::Mutex<()>>` with removal when idle, as hand-written in the
 //! course); `lockable` (the `lockable` crate's `LockPool`).
@@ -32,6 +33,16 @@ trait Contender: Send + Sync + 'static {
 impl Contender for KeyedLock<u64> {
     async fn hold(&self, key: u64) {
         drop(self.lock(key).await);
+    }
+}
+
+/// No lock at all: what the runtime and the benchmark loop cost by themselves, and
+/// how far they scale with threads (the ceiling for `distinct_keys`).
+struct NoLock;
+
+impl Contender for NoLock {
+    async fn hold(&self, key: u64) {
+        std::hint::black_box(key);
     }
 }
 
@@ -113,11 +124,13 @@ async fn run_tasks<C: Contender>(c: &Arc<C>, tasks: u64, rounds: u64, key_of: fn
 /// Register one benchmark per contender with the same body.
 macro_rules! each_contender {
     ($group:expr, $id:expr, $rt:expr, |$c:ident| $body:expr) => {{
+        let no_lock = Arc::new(NoLock);
         let pointlock = Arc::new(KeyedLock::<u64>::new());
         let tokio_mutex = Arc::new(TokioMutex(tokio::sync::Mutex::new(())));
         let std_map = Arc::new(StdMapOfTokioMutex::default());
         let dashmap = Arc::new(DashMapTokioMutex::default());
         let lockable = Arc::new(Lockable(lockable::LockPool::new()));
+        each_contender!(@one $group, $id, $rt, "no_lock", no_lock, |$c| $body);
         each_contender!(@one $group, $id, $rt, "pointlock", pointlock, |$c| $body);
         each_contender!(@one $group, $id, $rt, "tokio_mutex", tokio_mutex, |$c| $body);
         each_contender!(@one $group, $id, $rt, "std_map_of_tokio_mutex", std_map, |$c| $body);
