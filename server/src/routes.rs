@@ -6,7 +6,7 @@
 //! | `GET /point/{id}/histories`| –                                     |
 //! | `PATCH /point/{id}/charge` | `{"amount": 100}` or a bare `100`     |
 //! | `PATCH /point/{id}/use`    | same                                  |
-//! | `GET /health`, `GET /stats`| – (liveness; lock metrics)            |
+//! | `GET /health`, `GET /stats`| – (liveness; lock and store metrics)  |
 //!
 //! Mutating handlers take the user's guard from the request's [`HeldLock`]
 //! extension, put there by [`UserLockLayer`](crate::layer::UserLockLayer). Mounted
@@ -136,9 +136,12 @@ struct Health {
     status: &'static str,
 }
 
+/// `GET /stats`: the lock's metrics, and the store's group-commit statistics
+/// (`null` for a store that does not batch commits, such as the memory store).
 #[derive(Serialize)]
 struct Stats {
     lock: pointlock_core::LockMetrics,
+    store: Option<pointlock_core::CommitStats>,
 }
 
 impl Router {
@@ -156,7 +159,8 @@ impl Router {
                 }),
                 "/stats" => get_only(&parts.method, || {
                     let lock = self.service.lock().metrics();
-                    json_response(StatusCode::OK, &Stats { lock })
+                    let store = self.service.store().commit_stats();
+                    json_response(StatusCode::OK, &Stats { lock, store })
                 }),
                 _ => Err(ApiError::NotFound {
                     method: parts.method.to_string(),
@@ -277,7 +281,70 @@ pub fn parse_amount(bytes: &[u8]) -> Result<Amount, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use pointlock_core::{KeyedLock, MemoryStore, Policy};
+
     use super::*;
+    use crate::clock::SystemClock;
+    use crate::store::{SqliteOptions, SqliteStore};
+
+    /// `GET /stats` (and a charge of user 1 first, if `charge`) through the
+    /// router alone; the JSON of the stats.
+    async fn stats_after(store: Arc<dyn PointStore>, charge: bool) -> serde_json::Value {
+        let service = crate::app::service(
+            store,
+            Policy::default(),
+            Arc::new(SystemClock::default()),
+            KeyedLock::new(),
+        );
+        let mut router = Router::new(service, &AppOptions::default());
+        let mut call = |method: Method, path: &str, body: &'static str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .expect("a valid request");
+            router.call(req)
+        };
+        if charge {
+            let res = call(Method::PATCH, "/point/1/charge", "5").await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        let res = call(Method::GET, "/stats", "").await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn stats_store_is_null_on_the_memory_store_and_lock_is_unchanged() {
+        let stats = stats_after(Arc::new(MemoryStore::new()), true).await;
+        assert!(stats["store"].is_null(), "{stats}");
+        assert_eq!(stats["lock"]["keys"], 0, "{stats}");
+        assert_eq!(stats["lock"]["acquisitions"], 1, "{stats}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stats_store_counts_sqlite_batches_and_ops_in_camel_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("p.db"), SqliteOptions::default()).unwrap();
+        let before = stats_after(Arc::new(store), false).await;
+        assert_eq!(before["store"]["batches"], 0, "{before}");
+        let store = SqliteStore::open(dir.path().join("q.db"), SqliteOptions::default()).unwrap();
+        let stats = stats_after(Arc::new(store), true).await;
+        let store = &stats["store"];
+        assert_eq!(
+            (&store["batches"], &store["ops"]),
+            (&1.into(), &1.into()),
+            "{stats}"
+        );
+        assert_eq!(store["batchOpsMax"], 1, "{stats}");
+        assert_eq!(
+            (&store["batchesRetried"], &store["opsFailed"]),
+            (&0.into(), &0.into())
+        );
+        assert_eq!(store["batchOpsLog2"][0], 1, "{stats}");
+        assert_eq!(stats["lock"]["keys"], 0, "{stats}");
+    }
 
     #[test]
     fn user_segment_finds_the_id() {
