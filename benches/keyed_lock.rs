@@ -4,7 +4,7 @@
 //! - `uncontended/*`: acquire + release of one key, nothing else running.
 //! - `same_key/{2,8,64}/*`: that many tasks on one key on a 2-worker runtime; the
 //!   throughput unit is one hand-off (one acquire + release).
-//! - `distinct_keys/{1,2}_threads/*`: 64 tasks, each on its own key, 100 rounds
+//! - `distinct_keys/{1,2}_threads/*`: 64 tasks, each on its own key, 1,000 rounds
 //!   each, on a 1- or 2-worker runtime: throughput, and how it scales with cores.
 //!
 //! Contenders: `no_lock` (nothing: the cost and scaling of the loop and runtime
@@ -170,10 +170,11 @@ fn keyed_lock(criterion: &mut Criterion) {
 
     for workers in [1_usize, 2] {
         let rt = runtime(workers);
-        group.throughput(Throughput::Elements(64 * 100));
+        // 1,000 rounds per task, so spawning and joining the tasks is a small part.
+        group.throughput(Throughput::Elements(64 * 1_000));
         each_contender!(group, format!("distinct_keys/{workers}_threads"), rt, |c| {
             let c = Arc::clone(&c);
-            async move { run_tasks(&c, 64, 100, |task| task).await }
+            async move { run_tasks(&c, 64, 1_000, |task| task).await }
         });
     }
     group.finish();

@@ -71,18 +71,28 @@ type Table<K> = HashMap<K, Entry, RandomState>;
 /// Independent tables, so unrelated keys rarely touch the same mutex.
 const SHARD_COUNT: usize = 64;
 
-/// One shard: its table and the count of acquisitions it granted at once, behind
-/// one mutex, alone on its cache lines. Neighbouring shards on one line, or one
-/// shared atomic counter, would make unrelated keys on different cores contend in
-/// the hardware (measured: `distinct_keys` in `benches/keyed_lock.rs`).
+/// One shard: its table, counters and a reference count of its own, alone on its
+/// cache lines. Waiters and guards point at their key's shard, not at the whole
+/// lock, so locking a key writes only that shard's lines: a shared reference count
+/// or counter (or two shards on one line) would make unrelated keys on different
+/// cores contend in the hardware (measured: `distinct_keys` in
+/// `benches/keyed_lock.rs`).
 #[repr(align(128))]
-struct Shard<K>(Mutex<ShardState<K>>);
+struct Shard<K> {
+    state: Mutex<ShardState<K>>,
+    /// No mutual exclusion at all: for negative controls only.
+    unsynchronized: bool,
+    clock: Option<Arc<dyn Clock>>,
+    counters: Counters,
+}
 
 struct ShardState<K> {
     table: Table<K>,
     /// Acquisitions granted on the call, without waiting (counted under the
     /// shard's mutex, so no atomic is needed).
     granted_at_once: u64,
+    /// The next waiter's id (unique within the shard, which is all a queue needs).
+    waiter_id_next: u64,
 }
 
 /// Upper bounds (inclusive, microseconds) of the wait-time histogram's buckets; a
@@ -97,13 +107,10 @@ pub struct KeyedLock<K> {
 }
 
 struct Inner<K> {
-    shards: Box<[Shard<K>]>,
+    shards: Box<[Arc<Shard<K>>]>,
     hasher: RandomState,
     /// No mutual exclusion at all: for negative controls only.
     unsynchronized: bool,
-    clock: Option<Arc<dyn Clock>>,
-    waiter_id_next: AtomicU64,
-    counters: Counters,
 }
 
 /// A held key. Invariant: the entry exists iff the key is held by a guard, is being
@@ -213,10 +220,16 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
         let hasher = RandomState::default();
         let shards = (0..SHARD_COUNT)
             .map(|_| {
-                Shard(Mutex::new(ShardState {
-                    table: HashMap::with_hasher(hasher.clone()),
-                    granted_at_once: 0,
-                }))
+                Arc::new(Shard {
+                    state: Mutex::new(ShardState {
+                        table: HashMap::with_hasher(hasher.clone()),
+                        granted_at_once: 0,
+                        waiter_id_next: 1,
+                    }),
+                    unsynchronized,
+                    clock: clock.clone(),
+                    counters: Counters::default(),
+                })
             })
             .collect();
         Self {
@@ -224,9 +237,6 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
                 shards,
                 hasher,
                 unsynchronized,
-                clock,
-                waiter_id_next: AtomicU64::new(1),
-                counters: Counters::default(),
             }),
         }
     }
@@ -236,32 +246,36 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
     /// The place in the queue is taken now, by this call; the returned future only
     /// waits for its turn. It is cancel safe (see the [module docs](self)).
     pub fn lock(&self, key: K) -> Acquire<K> {
-        let state = if self.inner.unsynchronized {
+        let shard = self.inner.shard_of(&key);
+        let state = if shard.unsynchronized {
+            shard.counters.acquisitions_elsewhere.fetch_add(1, Relaxed);
             AcquireState::Granted
         } else {
-            let mut shard = self.inner.shard(&key);
-            match shard.table.get_mut(&key) {
+            let mut state = shard.lock();
+            let ShardState {
+                table,
+                granted_at_once,
+                waiter_id_next,
+            } = &mut *state;
+            match table.get_mut(&key) {
                 None => {
-                    shard.table.insert(key.clone(), Entry::default());
-                    shard.granted_at_once += 1;
+                    table.insert(key.clone(), Entry::default());
+                    *granted_at_once += 1;
                     AcquireState::Granted
                 }
                 Some(entry) => {
-                    let id = self.inner.waiter_id_next.fetch_add(1, Relaxed);
+                    let id = *waiter_id_next;
+                    *waiter_id_next += 1;
                     entry.queue.push_back(Waiter { id, waker: None });
                     AcquireState::Queued {
                         id,
-                        since_nanos: self.inner.now_nanos(),
+                        since_nanos: shard.now_nanos(),
                     }
                 }
             }
         };
-        if self.inner.unsynchronized {
-            let c = &self.inner.counters;
-            c.acquisitions_elsewhere.fetch_add(1, Relaxed);
-        }
         Acquire {
-            lock: Some(self.clone()),
+            shard: Some(Arc::clone(shard)),
             key,
             state,
         }
@@ -302,19 +316,19 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
 
     /// Acquire `key` if it is free right now.
     pub fn try_lock(&self, key: K) -> Option<KeyGuard<K>> {
-        if self.inner.unsynchronized {
-            let c = &self.inner.counters;
-            c.acquisitions_elsewhere.fetch_add(1, Relaxed);
+        let shard = self.inner.shard_of(&key);
+        if shard.unsynchronized {
+            shard.counters.acquisitions_elsewhere.fetch_add(1, Relaxed);
         } else {
-            let mut shard = self.inner.shard(&key);
-            if shard.table.contains_key(&key) {
+            let mut state = shard.lock();
+            if state.table.contains_key(&key) {
                 return None;
             }
-            shard.table.insert(key.clone(), Entry::default());
-            shard.granted_at_once += 1;
+            state.table.insert(key.clone(), Entry::default());
+            state.granted_at_once += 1;
         }
         Some(KeyGuard {
-            lock: self.clone(),
+            shard: Arc::clone(shard),
             key,
         })
     }
@@ -346,24 +360,25 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
 
     /// A snapshot of the gauges and counters.
     pub fn metrics(&self) -> LockMetrics {
-        let c = &self.inner.counters;
-        LockMetrics {
+        let mut m = LockMetrics {
             keys: self.len(),
             waiters: self.waiters(),
-            acquisitions: c.acquisitions_elsewhere.load(Relaxed)
-                + self
-                    .inner
-                    .shards
-                    .iter()
-                    .map(|s| s.lock().granted_at_once)
-                    .sum::<u64>(),
-            contended: c.contended.load(Relaxed),
-            timeouts: c.timeouts.load(Relaxed),
-            cancelled: c.cancelled.load(Relaxed),
-            wait_nanos_total: c.wait_nanos_total.load(Relaxed),
-            wait_nanos_max: c.wait_nanos_max.load(Relaxed),
-            wait_histogram: c.wait_buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            wait_histogram: vec![0; WAIT_BUCKETS_MICROS.len() + 1],
+            ..LockMetrics::default()
+        };
+        for shard in self.inner.shards.iter() {
+            let c = &shard.counters;
+            m.acquisitions += shard.lock().granted_at_once + c.acquisitions_elsewhere.load(Relaxed);
+            m.contended += c.contended.load(Relaxed);
+            m.timeouts += c.timeouts.load(Relaxed);
+            m.cancelled += c.cancelled.load(Relaxed);
+            m.wait_nanos_total += c.wait_nanos_total.load(Relaxed);
+            m.wait_nanos_max = m.wait_nanos_max.max(c.wait_nanos_max.load(Relaxed));
+            for (sum, bucket) in m.wait_histogram.iter_mut().zip(&c.wait_buckets) {
+                *sum += bucket.load(Relaxed);
+            }
         }
+        m
     }
 
     /// Whether this lock hands out no exclusion (see [`KeyedLock::unsynchronized`]).
@@ -372,12 +387,20 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> Inner<K> {
-    fn shard(&self, key: &K) -> MutexGuard<'_, ShardState<K>> {
+impl<K: Hash + Eq> Inner<K> {
+    /// The shard that owns `key`.
+    fn shard_of(&self, key: &K) -> &Arc<Shard<K>> {
         // The high bits pick the shard; the map inside uses the whole hash.
         let hash = self.hasher.hash_one(key);
-        let index = (hash >> 58) as usize % SHARD_COUNT;
-        self.shards[index].lock()
+        &self.shards[(hash >> 58) as usize % SHARD_COUNT]
+    }
+}
+
+impl<K: Hash + Eq> Shard<K> {
+    /// The shard's state; a panic elsewhere never leaves it inconsistent (every
+    /// critical section is a few infallible map operations), so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, ShardState<K>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn now_nanos(&self) -> u64 {
@@ -389,10 +412,7 @@ impl<K: Hash + Eq + Clone> Inner<K> {
         if self.unsynchronized {
             return;
         }
-        let waker = {
-            let mut shard = self.shard(key);
-            hand_off(&mut shard.table, key)
-        };
+        let waker = hand_off(&mut self.lock().table, key);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -414,14 +434,6 @@ impl<K: Hash + Eq + Clone> Inner<K> {
             .position(|&bound| micros <= bound)
             .unwrap_or(WAIT_BUCKETS_MICROS.len());
         c.wait_buckets[bucket].fetch_add(1, Relaxed);
-    }
-}
-
-impl<K> Shard<K> {
-    /// The shard's state; a panic elsewhere never leaves it inconsistent (every
-    /// critical section is a few infallible map operations), so poisoning is ignored.
-    fn lock(&self) -> MutexGuard<'_, ShardState<K>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -464,8 +476,8 @@ fn shrink_if_sparse<K: Hash + Eq>(shard: &mut Table<K>) {
 /// it, passes the lock on). It has already taken its place in the queue.
 #[must_use = "the queue position is given up when this future is dropped"]
 pub struct Acquire<K: Hash + Eq + Clone> {
-    /// Moved into the guard when it is handed out (saves an `Arc` clone per lock).
-    lock: Option<KeyedLock<K>>,
+    /// The key's shard; moved into the guard when it is handed out.
+    shard: Option<Arc<Shard<K>>>,
     key: K,
     state: AcquireState,
 }
@@ -494,8 +506,8 @@ impl<K: Hash + Eq + Clone> Acquire<K> {
         match self.state {
             AcquireState::Granted => true,
             AcquireState::Queued { id, .. } => {
-                let shard = self.owner().inner.shard(&self.key);
-                shard.table.get(&self.key).and_then(|e| e.handoff) == Some(id)
+                let state = self.shard().lock();
+                state.table.get(&self.key).and_then(|e| e.handoff) == Some(id)
             }
             AcquireState::Done => false,
         }
@@ -503,21 +515,21 @@ impl<K: Hash + Eq + Clone> Acquire<K> {
 
     /// Drop this wait because the caller's timeout fired, counting the timeout.
     pub fn abandon_timed_out(self) {
-        self.owner().inner.counters.timeouts.fetch_add(1, Relaxed);
+        self.shard().counters.timeouts.fetch_add(1, Relaxed);
         drop(self);
     }
 
-    fn owner(&self) -> &KeyedLock<K> {
-        self.lock
+    fn shard(&self) -> &Shard<K> {
+        self.shard
             .as_ref()
-            .expect("KeyedLock invariant: an Acquire owns its lock until it hands out the guard")
+            .expect("KeyedLock invariant: an Acquire owns its shard until it hands out the guard")
     }
 
     fn guard(&mut self) -> KeyGuard<K> {
         self.state = AcquireState::Done;
         KeyGuard {
-            lock: self
-                .lock
+            shard: self
+                .shard
                 .take()
                 .expect("KeyedLock invariant: the guard is handed out once"),
             key: self.key.clone(),
@@ -533,16 +545,16 @@ impl<K: Hash + Eq + Clone> Future for Acquire<K> {
         match this.state {
             AcquireState::Granted => Poll::Ready(this.guard()),
             AcquireState::Queued { id, since_nanos } => {
-                let inner = &this.owner().inner;
-                let mut shard = inner.shard(&this.key);
-                let entry = shard
+                let shard = this.shard();
+                let mut state = shard.lock();
+                let entry = state
                     .table
                     .get_mut(&this.key)
                     .expect("KeyedLock invariant: a queued waiter's key has an entry");
                 if entry.handoff == Some(id) {
                     entry.handoff = None;
-                    drop(shard);
-                    inner.record_contended(since_nanos);
+                    drop(state);
+                    shard.record_contended(since_nanos);
                     return Poll::Ready(this.guard());
                 }
                 let waiter = entry
@@ -565,21 +577,21 @@ impl<K: Hash + Eq + Clone> Drop for Acquire<K> {
     fn drop(&mut self) {
         let id = match self.state {
             AcquireState::Done => return,
-            AcquireState::Granted => return self.owner().inner.release(&self.key),
+            AcquireState::Granted => return self.shard().release(&self.key),
             AcquireState::Queued { id, .. } => id,
         };
-        let inner = &self.owner().inner;
-        inner.counters.cancelled.fetch_add(1, Relaxed);
+        let shard = self.shard();
+        shard.counters.cancelled.fetch_add(1, Relaxed);
         let waker = {
-            let mut shard = inner.shard(&self.key);
-            let entry = shard
+            let mut state = shard.lock();
+            let entry = state
                 .table
                 .get_mut(&self.key)
                 .expect("KeyedLock invariant: a queued waiter's key has an entry");
             if entry.handoff == Some(id) {
                 // Handed to us but never collected: pass it on.
                 entry.handoff = None;
-                hand_off(&mut shard.table, &self.key)
+                hand_off(&mut state.table, &self.key)
             } else {
                 entry.queue.retain(|w| w.id != id);
                 None
@@ -604,7 +616,8 @@ impl<K: Hash + Eq + Clone + fmt::Debug> fmt::Debug for Acquire<K> {
 /// it releases the key to the next waiter in FIFO order.
 #[must_use = "the key is released as soon as the guard is dropped"]
 pub struct KeyGuard<K: Hash + Eq + Clone> {
-    lock: KeyedLock<K>,
+    /// The key's shard (not the whole lock: see [`Shard`]).
+    shard: Arc<Shard<K>>,
     key: K,
 }
 
@@ -616,13 +629,14 @@ impl<K: Hash + Eq + Clone> KeyGuard<K> {
 
     /// Whether this guard was granted by `lock` (or a clone of it).
     pub fn is_from(&self, lock: &KeyedLock<K>) -> bool {
-        Arc::ptr_eq(&self.lock.inner, &lock.inner)
+        // Every lock owns its shards, so the shard identifies the lock.
+        Arc::ptr_eq(&self.shard, lock.inner.shard_of(&self.key))
     }
 }
 
 impl<K: Hash + Eq + Clone> Drop for KeyGuard<K> {
     fn drop(&mut self) {
-        self.lock.inner.release(&self.key);
+        self.shard.release(&self.key);
     }
 }
 
