@@ -50,7 +50,7 @@
 //! });
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
@@ -64,9 +64,10 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 
-/// One shard's table. foldhash: a lock and its release hash the key several times,
-/// and SipHash made that most of an uncontended acquisition's cost.
-type Table<K> = HashMap<K, Entry, RandomState>;
+/// One shard's table of `(key, entry)`. The key is hashed once per `lock()` (with
+/// foldhash: SipHash made hashing most of an uncontended acquisition's cost), and
+/// that hash picks the shard and finds the entry again on every later step.
+type Table<K> = hashbrown::HashTable<(K, Entry)>;
 
 /// Independent tables, so unrelated keys rarely touch the same mutex.
 const SHARD_COUNT: usize = 64;
@@ -80,6 +81,8 @@ const SHARD_COUNT: usize = 64;
 #[repr(align(128))]
 struct Shard<K> {
     state: Mutex<ShardState<K>>,
+    /// The lock's hasher, to rehash entries when the table grows or shrinks.
+    hasher: RandomState,
     /// No mutual exclusion at all: for negative controls only.
     unsynchronized: bool,
     clock: Option<Arc<dyn Clock>>,
@@ -221,8 +224,9 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
         let shards = (0..SHARD_COUNT)
             .map(|_| {
                 Arc::new(Shard {
+                    hasher: hasher.clone(),
                     state: Mutex::new(ShardState {
-                        table: HashMap::with_hasher(hasher.clone()),
+                        table: Table::new(),
                         granted_at_once: 0,
                         waiter_id_next: 1,
                     }),
@@ -246,7 +250,8 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
     /// The place in the queue is taken now, by this call; the returned future only
     /// waits for its turn. It is cancel safe (see the [module docs](self)).
     pub fn lock(&self, key: K) -> Acquire<K> {
-        let shard = self.inner.shard_of(&key);
+        let hash = self.inner.hasher.hash_one(&key);
+        let shard = self.inner.shard_at(hash);
         let state = if shard.unsynchronized {
             shard.counters.acquisitions_elsewhere.fetch_add(1, Relaxed);
             AcquireState::Granted
@@ -257,13 +262,14 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
                 granted_at_once,
                 waiter_id_next,
             } = &mut *state;
-            match table.get_mut(&key) {
+            match table.find_mut(hash, |(k, _)| *k == key) {
                 None => {
-                    table.insert(key.clone(), Entry::default());
+                    let value = (key.clone(), Entry::default());
+                    table.insert_unique(hash, value, shard.rehash());
                     *granted_at_once += 1;
                     AcquireState::Granted
                 }
-                Some(entry) => {
+                Some((_, entry)) => {
                     let id = *waiter_id_next;
                     *waiter_id_next += 1;
                     entry.queue.push_back(Waiter { id, waker: None });
@@ -276,6 +282,7 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
         };
         Acquire {
             shard: Some(Arc::clone(shard)),
+            hash,
             key,
             state,
         }
@@ -316,19 +323,22 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
 
     /// Acquire `key` if it is free right now.
     pub fn try_lock(&self, key: K) -> Option<KeyGuard<K>> {
-        let shard = self.inner.shard_of(&key);
+        let hash = self.inner.hasher.hash_one(&key);
+        let shard = self.inner.shard_at(hash);
         if shard.unsynchronized {
             shard.counters.acquisitions_elsewhere.fetch_add(1, Relaxed);
         } else {
             let mut state = shard.lock();
-            if state.table.contains_key(&key) {
+            if state.table.find(hash, |(k, _)| *k == key).is_some() {
                 return None;
             }
-            state.table.insert(key.clone(), Entry::default());
+            let value = (key.clone(), Entry::default());
+            state.table.insert_unique(hash, value, shard.rehash());
             state.granted_at_once += 1;
         }
         Some(KeyGuard {
             shard: Arc::clone(shard),
+            hash,
             key,
         })
     }
@@ -351,8 +361,8 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
             .map(|s| {
                 s.lock()
                     .table
-                    .values()
-                    .map(|e| e.queue.len())
+                    .iter()
+                    .map(|(_, e)| e.queue.len())
                     .sum::<usize>()
             })
             .sum()
@@ -387,11 +397,10 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
     }
 }
 
-impl<K: Hash + Eq> Inner<K> {
-    /// The shard that owns `key`.
-    fn shard_of(&self, key: &K) -> &Arc<Shard<K>> {
-        // The high bits pick the shard; the map inside uses the whole hash.
-        let hash = self.hasher.hash_one(key);
+impl<K> Inner<K> {
+    /// The shard that owns the key whose hash is `hash`.
+    fn shard_at(&self, hash: u64) -> &Arc<Shard<K>> {
+        // The high bits pick the shard; the table inside uses the whole hash.
         &self.shards[(hash >> 58) as usize % SHARD_COUNT]
     }
 }
@@ -407,12 +416,18 @@ impl<K: Hash + Eq> Shard<K> {
         self.clock.as_ref().map_or(0, |c| c.monotonic_nanos())
     }
 
-    /// Give up a held key: hand it to the next waiter or remove the entry.
-    fn release(&self, key: &K) {
+    /// How the table rehashes its entries when it grows or shrinks.
+    fn rehash(&self) -> impl Fn(&(K, Entry)) -> u64 + '_ {
+        |(k, _)| self.hasher.hash_one(k)
+    }
+
+    /// Give up the held key `key` (whose hash is `hash`): hand it to the next
+    /// waiter or remove the entry.
+    fn release(&self, hash: u64, key: &K) {
         if self.unsynchronized {
             return;
         }
-        let waker = hand_off(&mut self.lock().table, key);
+        let waker = hand_off(self, &mut self.lock().table, hash, key);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -439,18 +454,24 @@ impl<K: Hash + Eq> Shard<K> {
 
 /// Pass the held `key` to its next waiter (returning the waker to call once the
 /// shard is unlocked), or remove its entry when nobody waits.
-fn hand_off<K: Hash + Eq>(shard: &mut Table<K>, key: &K) -> Option<Waker> {
-    let entry = shard
-        .get_mut(key)
-        .expect("KeyedLock invariant: a released key has an entry");
+fn hand_off<K: Hash + Eq>(
+    shard: &Shard<K>,
+    table: &mut Table<K>,
+    hash: u64,
+    key: &K,
+) -> Option<Waker> {
+    let Ok(mut found) = table.find_entry(hash, |(k, _)| k == key) else {
+        unreachable!("KeyedLock invariant: a released key has an entry");
+    };
+    let entry = &mut found.get_mut().1;
     match entry.queue.pop_front() {
         Some(next) => {
             entry.handoff = Some(next.id);
             next.waker
         }
         None => {
-            shard.remove(key);
-            shrink_if_sparse(shard);
+            found.remove();
+            shrink_if_sparse(shard, table);
             None
         }
     }
@@ -463,10 +484,10 @@ const SHRINK_CAPACITY_MIN: usize = 64;
 /// so one burst of a million held keys would otherwise keep its peak size for
 /// ever. Once a quarter full it shrinks to twice its length; each rehash of `len`
 /// entries follows at least `len` removals, so the cost is O(1) per removal.
-fn shrink_if_sparse<K: Hash + Eq>(shard: &mut Table<K>) {
-    let capacity = shard.capacity();
-    if capacity > SHRINK_CAPACITY_MIN && shard.len() * 4 < capacity {
-        shard.shrink_to(shard.len() * 2);
+fn shrink_if_sparse<K: Hash + Eq>(shard: &Shard<K>, table: &mut Table<K>) {
+    let capacity = table.capacity();
+    if capacity > SHRINK_CAPACITY_MIN && table.len() * 4 < capacity {
+        table.shrink_to(table.len() * 2, shard.rehash());
     }
 }
 
@@ -478,6 +499,8 @@ fn shrink_if_sparse<K: Hash + Eq>(shard: &mut Table<K>) {
 pub struct Acquire<K: Hash + Eq + Clone> {
     /// The key's shard; moved into the guard when it is handed out.
     shard: Option<Arc<Shard<K>>>,
+    /// The key's hash, computed once by `lock()`.
+    hash: u64,
     key: K,
     state: AcquireState,
 }
@@ -507,7 +530,8 @@ impl<K: Hash + Eq + Clone> Acquire<K> {
             AcquireState::Granted => true,
             AcquireState::Queued { id, .. } => {
                 let state = self.shard().lock();
-                state.table.get(&self.key).and_then(|e| e.handoff) == Some(id)
+                let entry = state.table.find(self.hash, |(k, _)| *k == self.key);
+                entry.and_then(|(_, e)| e.handoff) == Some(id)
             }
             AcquireState::Done => false,
         }
@@ -532,6 +556,7 @@ impl<K: Hash + Eq + Clone> Acquire<K> {
                 .shard
                 .take()
                 .expect("KeyedLock invariant: the guard is handed out once"),
+            hash: self.hash,
             key: self.key.clone(),
         }
     }
@@ -547,9 +572,9 @@ impl<K: Hash + Eq + Clone> Future for Acquire<K> {
             AcquireState::Queued { id, since_nanos } => {
                 let shard = this.shard();
                 let mut state = shard.lock();
-                let entry = state
+                let (_, entry) = state
                     .table
-                    .get_mut(&this.key)
+                    .find_mut(this.hash, |(k, _)| *k == this.key)
                     .expect("KeyedLock invariant: a queued waiter's key has an entry");
                 if entry.handoff == Some(id) {
                     entry.handoff = None;
@@ -577,21 +602,21 @@ impl<K: Hash + Eq + Clone> Drop for Acquire<K> {
     fn drop(&mut self) {
         let id = match self.state {
             AcquireState::Done => return,
-            AcquireState::Granted => return self.shard().release(&self.key),
+            AcquireState::Granted => return self.shard().release(self.hash, &self.key),
             AcquireState::Queued { id, .. } => id,
         };
         let shard = self.shard();
         shard.counters.cancelled.fetch_add(1, Relaxed);
         let waker = {
             let mut state = shard.lock();
-            let entry = state
+            let (_, entry) = state
                 .table
-                .get_mut(&self.key)
+                .find_mut(self.hash, |(k, _)| *k == self.key)
                 .expect("KeyedLock invariant: a queued waiter's key has an entry");
             if entry.handoff == Some(id) {
                 // Handed to us but never collected: pass it on.
                 entry.handoff = None;
-                hand_off(&mut state.table, &self.key)
+                hand_off(shard, &mut state.table, self.hash, &self.key)
             } else {
                 entry.queue.retain(|w| w.id != id);
                 None
@@ -618,6 +643,8 @@ impl<K: Hash + Eq + Clone + fmt::Debug> fmt::Debug for Acquire<K> {
 pub struct KeyGuard<K: Hash + Eq + Clone> {
     /// The key's shard (not the whole lock: see [`Shard`]).
     shard: Arc<Shard<K>>,
+    /// The key's hash, computed once by `lock()`.
+    hash: u64,
     key: K,
 }
 
@@ -630,13 +657,13 @@ impl<K: Hash + Eq + Clone> KeyGuard<K> {
     /// Whether this guard was granted by `lock` (or a clone of it).
     pub fn is_from(&self, lock: &KeyedLock<K>) -> bool {
         // Every lock owns its shards, so the shard identifies the lock.
-        Arc::ptr_eq(&self.shard, lock.inner.shard_of(&self.key))
+        Arc::ptr_eq(&self.shard, lock.inner.shard_at(self.hash))
     }
 }
 
 impl<K: Hash + Eq + Clone> Drop for KeyGuard<K> {
     fn drop(&mut self) {
-        self.shard.release(&self.key);
+        self.shard.release(self.hash, &self.key);
     }
 }
 
