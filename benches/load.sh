@@ -31,9 +31,11 @@ command -v wrk >/dev/null || {
 }
 command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 
-echo "==> building release binaries"
-cargo build --release --locked -p pointlock-server --bin pointlock
-cargo build --release --locked --example baseline_server
+if [ "${BUILD:-1}" = 1 ]; then # BUILD=0: use the binaries already in target/release
+  echo "==> building release binaries"
+  cargo build --release --locked -p pointlock-server --bin pointlock
+  cargo build --release --locked --example baseline_server
+fi
 mkdir -p "$OUT"
 results="$OUT/results.jsonl"
 : >"$results"
@@ -66,7 +68,7 @@ run_wrk() {
     timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
     --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:$port" | grep '^RESULT ' | cut -c8-)
   if [ "$name" = pointlock ]; then
-    keys=$(curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["keys"])')
+    keys=$(curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lock"]["keys"])')
   fi
   rss=$(rss_kib "$server_pid")
   python3 - "$line" "$name" "$round" "$keys" "$rss" "$CONNECTIONS" >>"$results" <<'PY'
