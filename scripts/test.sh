@@ -21,8 +21,8 @@ step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "core stays runtime-free: no tokio/hyper in pointlock-core's dependencies"
-if cargo tree -p pointlock-core -e normal --prefix none --locked | grep -E '^(tokio|hyper|mio) '; then
-  echo "pointlock-core must not depend on an async runtime or I/O" >&2
+if cargo tree -p pointlock-core -e normal --prefix none --locked | grep -E '^(tokio|hyper|mio|rusqlite) '; then
+  echo "pointlock-core must not depend on an async runtime, I/O or SQLite" >&2
   exit 1
 fi
 
