@@ -10,11 +10,13 @@
 //! [`commit`](PointStore::commit) queues the change on a bounded channel and
 //! waits for its answer. A single writer thread owns the only writable
 //! connection. It takes the first queued change, then everything else already
-//! queued, and keeps collecting for at most [`SqliteOptions::batch_wait`] or until
-//! the batch holds [`SqliteOptions::batch_ops_max`] changes. It writes the whole
-//! batch (per change: upsert the balance, insert the history row) in **one**
-//! transaction, commits (one fsync for the batch), and only then answers each
-//! caller. Changes of different users thus share the fsync; the changes of one
+//! queued, and keeps collecting, looking at the queue every
+//! [`SqliteOptions::batch_idle`], until a look finds nothing new, the batch holds
+//! [`SqliteOptions::batch_ops_max`] changes, or [`SqliteOptions::batch_wait`] has
+//! passed. It writes the whole batch (per change: upsert the balance, insert the
+//! history row; both statements prepared once per batch) in **one**
+//! transaction, commits (one fsync for the batch), updates the balance cache,
+//! and only then answers each caller. Changes of different users thus share the fsync; the changes of one
 //! user are never in the same batch, because the per-user lock in front lets a
 //! user have one change in flight at a time.
 //!
@@ -29,13 +31,24 @@
 //! stops taking changes, lets the writer finish everything already queued, and
 //! joins it.
 //!
-//! # Reads: read-only connections, never behind the writer
+//! # Reads: a balance cache, and read-only connections never behind the writer
 //!
-//! [`user_point`](PointStore::user_point) and
-//! [`histories`](PointStore::histories) run on a small pool of read-only
-//! connections in tokio's blocking pool. WAL lets them read the last committed
-//! state while the writer writes. A caller is answered only after its batch
-//! commits, so a read issued after an answer sees that change.
+//! Balances are read through a write-through cache of committed balances
+//! (at most [`SqliteOptions::balance_cache_max`] of them, about 50 bytes each;
+//! 0 turns it off). The writer puts every committed balance in it after the
+//! COMMIT and before answering the caller; a miss reads SQLite and fills the
+//! entry unless the writer got there first (the race is reasoned out on the
+//! private `BalanceCache`). Unknown users are not cached, so reading ids that
+//! do not exist cannot fill it. A full cache shard is emptied (the next reads
+//! of its users go to SQLite again). A failed commit removes its user's entry.
+//! With the cache, the read before each charge and most `GET /point/{id}` cost
+//! a hash-map lookup instead of a blocking-pool hand-off and a SQLite query.
+//!
+//! Cache misses and [`histories`](PointStore::histories) run on a small pool of
+//! read-only connections in tokio's blocking pool. WAL lets them read the last
+//! committed state while the writer writes. A caller is answered only after
+//! its batch commits and its balance is cached, so a read issued after an
+//! answer sees that change.
 //!
 //! # The file
 //!
@@ -47,11 +60,12 @@
 //! the database file is taken for the store's life), or a file or directory the
 //! process cannot write.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -104,9 +118,13 @@ pub struct SqliteOptions {
     /// The most changes one transaction carries. `1` turns group commit off (one
     /// transaction and one fsync per change).
     pub batch_ops_max: usize,
-    /// How long the writer keeps collecting after the first change of a batch
-    /// when nothing more is queued. Zero: commit whatever is queued at once.
+    /// The longest the writer keeps collecting after the first change of a
+    /// batch. Zero: commit whatever is queued at once.
     pub batch_wait: Duration,
+    /// How often the collecting writer looks at the queue: the batch closes at
+    /// the first look that finds nothing new (within
+    /// [`batch_wait`](Self::batch_wait)). The writer sleeps between looks.
+    pub batch_idle: Duration,
     /// The most changes queued for the writer; further commits wait (backpressure).
     pub queue_ops_max: usize,
     /// Read-only connections (reads beyond this many at once wait for one).
@@ -115,6 +133,11 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Run `PRAGMA quick_check` at open (reads the whole file once).
     pub quick_check: bool,
+    /// The most balances kept in the write-through cache (see the [module
+    /// docs](self)); `0` turns the cache off. The cache is split in
+    /// [`CACHE_SHARDS`] shards of `balance_cache_max / CACHE_SHARDS` entries; a
+    /// full shard is emptied before it takes a new entry.
+    pub balance_cache_max: usize,
 }
 
 impl Default for SqliteOptions {
@@ -122,10 +145,12 @@ impl Default for SqliteOptions {
         Self {
             batch_ops_max: 256,
             batch_wait: Duration::from_micros(250),
+            batch_idle: Duration::from_micros(50),
             queue_ops_max: 4_096,
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             quick_check: true,
+            balance_cache_max: 1 << 20,
         }
     }
 }
@@ -136,6 +161,7 @@ impl SqliteOptions {
         Self {
             batch_ops_max: 1,
             batch_wait: Duration::ZERO,
+            batch_idle: Duration::ZERO,
             ..self
         }
     }
@@ -199,6 +225,117 @@ pub enum OpenError {
     /// The writer thread could not be started.
     #[error("cannot start the SQLite writer thread: {0}")]
     Thread(io::Error),
+}
+
+/// Shards of the balance cache.
+pub const CACHE_SHARDS: usize = 16;
+
+/// The write-through cache of committed balances (see the [module docs](self)).
+///
+/// Invariant: once the writer has put the balance of commit `C` in the cache
+/// (which it does after `C` is committed and before `C`'s caller is answered),
+/// the user's entry is absent or holds `C` or a later commit, never an older
+/// balance. Entries change in three ways only:
+///
+/// - the writer puts each committed balance, in commit order, overwriting;
+/// - a reader fills an entry after a miss only if the entry is still absent and
+///   no entry has left the shard since the miss (the shard's `generation` is
+///   unchanged), so its SQLite read began after every removal;
+/// - entries leave (a full shard is emptied; a user is forgotten after a failed
+///   commit) only with the generation bumped.
+///
+/// A fill that finds the entry present loses to it. A fill that finds it absent
+/// with an unchanged generation read SQLite after the last removal, which came
+/// after every commit the writer had put before it, so it read those commits or
+/// later ones; any commit it missed is still to be put by the writer, which
+/// overwrites.
+struct BalanceCache {
+    shards: Box<[Mutex<CacheShard>]>,
+    shard_max: usize,
+}
+
+#[derive(Default)]
+struct CacheShard {
+    /// Balance and `update_millis` by user.
+    balances: HashMap<UserId, (u64, i64)>,
+    /// Bumped whenever entries leave the shard.
+    generation: u64,
+}
+
+impl CacheShard {
+    fn make_room(&mut self, shard_max: usize) {
+        if self.balances.len() >= shard_max {
+            self.balances.clear();
+            self.generation += 1;
+        }
+    }
+}
+
+/// A cache miss: the generation of the shard when it missed.
+#[derive(Clone, Copy)]
+struct Miss(u64);
+
+impl BalanceCache {
+    /// A cache of at most `max` balances; `None` when `max` is 0.
+    fn new(max: usize) -> Option<Self> {
+        (max > 0).then(|| Self {
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+            shard_max: max.div_ceil(CACHE_SHARDS),
+        })
+    }
+
+    fn shard(&self, id: UserId) -> MutexGuard<'_, CacheShard> {
+        // usize is at least 32 bits wide, so the remainder converts losslessly.
+        let index = (id.get() % CACHE_SHARDS as u64) as usize;
+        // Each critical section is one map operation: a panic cannot leave the
+        // shard half-changed.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, id: UserId) -> Result<UserPoint, Miss> {
+        let shard = self.shard(id);
+        match shard.balances.get(&id) {
+            Some(&(point, update_millis)) => Ok(UserPoint {
+                id,
+                point,
+                update_millis,
+            }),
+            None => Err(Miss(shard.generation)),
+        }
+    }
+
+    /// The writer, after a commit and before answering it: the user's newest balance.
+    fn put(&self, point: &UserPoint) {
+        let mut shard = self.shard(point.id);
+        if !shard.balances.contains_key(&point.id) {
+            shard.make_room(self.shard_max);
+        }
+        shard
+            .balances
+            .insert(point.id, (point.point, point.update_millis));
+    }
+
+    /// A reader, after `miss`: the balance it then read from SQLite, kept only if
+    /// the entry is still absent and nothing left the shard since the miss.
+    fn fill(&self, point: &UserPoint, miss: Miss) {
+        let mut shard = self.shard(point.id);
+        if shard.generation != miss.0 || shard.balances.contains_key(&point.id) {
+            return;
+        }
+        shard.make_room(self.shard_max);
+        shard
+            .balances
+            .insert(point.id, (point.point, point.update_millis));
+    }
+
+    /// The writer, after a failed commit: SQLite alone knows the user's balance.
+    fn forget(&self, id: UserId) {
+        let mut shard = self.shard(id);
+        shard.balances.remove(&id);
+        shard.generation += 1;
+    }
 }
 
 /// A change on its way to the writer, with the caller's answer channel.
@@ -273,6 +410,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
     stats: Arc<Stats>,
+    cache: Option<Arc<BalanceCache>>,
     /// The advisory lock on the database file; dropped after everything above
     /// has been closed (fields drop in declaration order, after `Drop::drop`).
     _lock: File,
@@ -346,11 +484,16 @@ impl SqliteStore {
         let batch = Batching {
             ops_max: options.batch_ops_max.max(1),
             wait: options.batch_wait,
+            idle: options.batch_idle,
         };
-        let writer_stats = Arc::clone(&stats);
+        let cache = BalanceCache::new(options.balance_cache_max).map(Arc::new);
+        let writer = Writer {
+            stats: Arc::clone(&stats),
+            cache: cache.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("pointlock-sqlite-writer".into())
-            .spawn(move || write_loop(conn, &receiver, batch, &writer_stats))
+            .spawn(move || writer.run(conn, &receiver, batch))
             .map_err(OpenError::Thread)?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -359,6 +502,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             readers,
             stats,
+            cache,
             _lock: lock,
         })
     }
@@ -440,6 +584,14 @@ impl Drop for SqliteStore {
 impl PointStore for SqliteStore {
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
         Box::pin(async move {
+            if self.readers.permits.is_closed() {
+                return Err(StoreError::new("the SQLite store is closed"));
+            }
+            let miss = match self.cache.as_deref().map(|cache| cache.get(id)) {
+                Some(Ok(cached)) => return Ok(Some(cached)),
+                Some(Err(miss)) => Some(miss),
+                None => None,
+            };
             let row = self
                 .read(move |conn| {
                     conn.prepare_cached(SELECT_POINT)?
@@ -449,14 +601,20 @@ impl PointStore for SqliteStore {
                         .optional()
                 })
                 .await?;
-            row.map(|(point, update_millis)| {
-                Ok(UserPoint {
-                    id,
-                    point: u64::try_from(point).map_err(|_| corrupt_row("negative balance", id))?,
-                    update_millis,
+            let found = row
+                .map(|(point, update_millis)| {
+                    Ok(UserPoint {
+                        id,
+                        point: u64::try_from(point)
+                            .map_err(|_| corrupt_row("negative balance", id))?,
+                        update_millis,
+                    })
                 })
-            })
-            .transpose()
+                .transpose()?;
+            if let (Some(cache), Some(miss), Some(found)) = (self.cache.as_deref(), miss, &found) {
+                cache.fill(found, miss);
+            }
+            Ok(found)
         })
     }
 
@@ -651,72 +809,100 @@ fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
 struct Batching {
     ops_max: usize,
     wait: Duration,
+    idle: Duration,
 }
 
-/// The writer thread: batch, write, commit, answer; until the channel closes and
-/// everything queued has been answered.
-fn write_loop(mut conn: Connection, jobs: &mpsc::Receiver<Job>, batching: Batching, stats: &Stats) {
-    let mut batch = Vec::with_capacity(batching.ops_max);
-    while let Ok(first) = jobs.recv() {
-        batch.push(first);
-        collect(jobs, &mut batch, batching);
-        commit_batch(&mut conn, &mut batch, stats);
+/// What the writer thread shares with the store.
+struct Writer {
+    stats: Arc<Stats>,
+    cache: Option<Arc<BalanceCache>>,
+}
+
+impl Writer {
+    /// The writer thread: batch, write, commit, answer; until the channel closes
+    /// and everything queued has been answered.
+    fn run(self, mut conn: Connection, jobs: &mpsc::Receiver<Job>, batching: Batching) {
+        let mut batch = Vec::with_capacity(batching.ops_max);
+        while let Ok(first) = jobs.recv() {
+            batch.push(first);
+            collect(jobs, &mut batch, batching);
+            self.commit_batch(&mut conn, &mut batch);
+        }
+    }
+
+    /// Commit `batch` in one transaction and answer every job; on failure, retry
+    /// each change alone so innocent changes still commit.
+    fn commit_batch(&self, conn: &mut Connection, batch: &mut Vec<Job>) {
+        self.stats.record_batch(batch.len());
+        let changes: Vec<Change> = batch.iter().map(|job| job.change).collect();
+        match write(conn, &changes) {
+            Ok(committed) => {
+                for (job, committed) in batch.drain(..).zip(committed) {
+                    self.answer(job, Ok(committed));
+                }
+            }
+            Err(error) if batch.len() == 1 => {
+                for job in batch.drain(..) {
+                    self.answer(job, Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                self.stats.batches_retried.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, ops = batch.len(), "SQLite batch failed; retrying each change alone");
+                for job in batch.drain(..) {
+                    let result = write(conn, std::slice::from_ref(&job.change))
+                        .map(|mut committed| committed.remove(0));
+                    self.answer(job, result);
+                }
+            }
+        }
+    }
+
+    /// Bring the cache up to date with `result`, then answer the job's caller.
+    fn answer(&self, job: Job, result: Result<Committed, StoreError>) {
+        match &result {
+            Ok(committed) => {
+                if let Some(cache) = &self.cache {
+                    cache.put(&committed.user_point);
+                }
+            }
+            Err(error) => {
+                if let Some(cache) = &self.cache {
+                    cache.forget(job.change.user_id);
+                }
+                self.stats.ops_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, user = %job.change.user_id, "SQLite commit failed; nothing was written");
+            }
+        }
+        let _ = job.reply.send(result);
     }
 }
 
-/// Add queued jobs to `batch` until it is full, or nothing more arrives within
-/// the batch wait.
+/// Add queued jobs to `batch` until it is full, the batch wait is over, or a
+/// pause of the idle time brought nothing new.
+///
+/// The writer sleeps between looks at the queue instead of blocking on it:
+/// a blocked receiver is woken by every send, and those wake-ups (one context
+/// switch per change) cost more CPU than the pauses on a small machine.
 fn collect(jobs: &mpsc::Receiver<Job>, batch: &mut Vec<Job>, batching: Batching) {
     let deadline = Instant::now() + batching.wait;
-    while batch.len() < batching.ops_max {
-        match jobs.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(TryRecvError::Disconnected) => return,
-            Err(TryRecvError::Empty) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return;
-                }
-                match jobs.recv_timeout(left) {
-                    Ok(job) => batch.push(job),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
-                }
+    let mut paused = false;
+    loop {
+        let before = batch.len();
+        while batch.len() < batching.ops_max {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
             }
         }
-    }
-}
-
-/// Commit `batch` in one transaction and answer every job; on failure, retry
-/// each change alone so innocent changes still commit.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>, stats: &Stats) {
-    stats.record_batch(batch.len());
-    let changes: Vec<Change> = batch.iter().map(|job| job.change).collect();
-    match write(conn, &changes) {
-        Ok(committed) => {
-            for (job, committed) in batch.drain(..).zip(committed) {
-                let _ = job.reply.send(Ok(committed));
-            }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let quiet = paused && batch.len() == before;
+        if batch.len() >= batching.ops_max || left.is_zero() || quiet {
+            return;
         }
-        Err(error) if batch.len() == 1 => {
-            stats.ops_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, "SQLite commit failed; nothing was written");
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(error.clone()));
-            }
-        }
-        Err(error) => {
-            stats.batches_retried.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%error, ops = batch.len(), "SQLite batch failed; retrying each change alone");
-            for job in batch.drain(..) {
-                let result = write(conn, std::slice::from_ref(&job.change))
-                    .map(|mut committed| committed.remove(0));
-                if let Err(error) = &result {
-                    stats.ops_failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, user = %job.change.user_id, "SQLite commit failed; nothing was written");
-                }
-                let _ = job.reply.send(result);
-            }
-        }
+        std::thread::sleep(batching.idle.min(left));
+        paused = true;
     }
 }
 
@@ -727,16 +913,33 @@ fn write(conn: &mut Connection, changes: &[Change]) -> Result<Vec<Committed>, St
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(failed)?;
     let mut committed = Vec::with_capacity(changes.len());
-    for change in changes {
-        committed.push(apply(&tx, change)?);
+    {
+        // Prepared once per batch (and kept by the connection between batches).
+        let mut statements = Statements {
+            upsert_point: tx.prepare_cached(UPSERT_POINT).map_err(failed)?,
+            insert_history: tx.prepare_cached(INSERT_HISTORY).map_err(failed)?,
+        };
+        for change in changes {
+            committed.push(apply(&tx, &mut statements, change)?);
+        }
     }
     // Dropping `tx` on an early return rolls back.
     tx.commit().map_err(failed)?;
     Ok(committed)
 }
 
+/// The writer's statements, prepared for one transaction.
+struct Statements<'tx> {
+    upsert_point: rusqlite::CachedStatement<'tx>,
+    insert_history: rusqlite::CachedStatement<'tx>,
+}
+
 /// One change inside the open transaction: the balance, then its history row.
-fn apply(tx: &Connection, change: &Change) -> Result<Committed, StoreError> {
+fn apply(
+    tx: &Connection,
+    statements: &mut Statements<'_>,
+    change: &Change,
+) -> Result<Committed, StoreError> {
     let failed = |e: rusqlite::Error| StoreError::new(format!("SQLite write failed: {e}"));
     let point = i64::try_from(change.point).map_err(|_| {
         StoreError::new(format!(
@@ -745,18 +948,18 @@ fn apply(tx: &Connection, change: &Change) -> Result<Committed, StoreError> {
         ))
     })?;
     let user = to_i64(change.user_id.get());
-    tx.prepare_cached(UPSERT_POINT)
-        .and_then(|mut stmt| stmt.execute(params![user, point, change.time_millis]))
+    statements
+        .upsert_point
+        .execute(params![user, point, change.time_millis])
         .map_err(failed)?;
-    tx.prepare_cached(INSERT_HISTORY)
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                user,
-                change.kind.as_str(),
-                to_i64(change.amount.get()),
-                change.time_millis
-            ])
-        })
+    statements
+        .insert_history
+        .execute(params![
+            user,
+            change.kind.as_str(),
+            to_i64(change.amount.get()),
+            change.time_millis
+        ])
         .map_err(failed)?;
     let id = u64::try_from(tx.last_insert_rowid())
         .map_err(|_| StoreError::new("SQLite assigned a negative history id"))?;
@@ -999,6 +1202,142 @@ mod tests {
                 "user {user}: all or nothing"
             );
         }
+    }
+
+    fn balance(user: u64, point: u64) -> UserPoint {
+        UserPoint {
+            id: id(user),
+            point,
+            update_millis: 0,
+        }
+    }
+
+    #[test]
+    fn a_fill_racing_a_commit_never_caches_the_older_balance() {
+        let cache = BalanceCache::new(1_000).unwrap();
+        // A reader misses, the writer commits 20 and puts it, then the reader
+        // fills the 10 it read before that commit: the 20 stays.
+        let miss = cache.get(id(1)).unwrap_err();
+        cache.put(&balance(1, 20));
+        cache.fill(&balance(1, 10), miss);
+        assert_eq!(cache.get(id(1)).map(|p| p.point).ok(), Some(20));
+
+        // Same, but the shard is emptied between the put and the fill: the fill
+        // missed before the emptying, so it is dropped (the next read goes to SQLite).
+        let miss = cache.get(id(2)).unwrap_err();
+        cache.put(&balance(2, 20));
+        cache.forget(id(2));
+        cache.fill(&balance(2, 10), miss);
+        assert!(cache.get(id(2)).is_err(), "the older balance was cached");
+
+        // A fill with nothing in between is kept; the writer's next put overwrites it.
+        let miss = cache.get(id(3)).unwrap_err();
+        cache.fill(&balance(3, 10), miss);
+        assert_eq!(cache.get(id(3)).map(|p| p.point).ok(), Some(10));
+        cache.put(&balance(3, 30));
+        assert_eq!(cache.get(id(3)).map(|p| p.point).ok(), Some(30));
+    }
+
+    #[test]
+    fn a_full_cache_shard_is_emptied_and_stays_bounded() {
+        let cache = BalanceCache::new(CACHE_SHARDS * 4).unwrap();
+        let user_in_shard_0 = |i: u64| (i + 1) * CACHE_SHARDS as u64;
+        let miss = cache.get(id(user_in_shard_0(100))).unwrap_err();
+        for i in 0..4 {
+            cache.put(&balance(user_in_shard_0(i), i));
+        }
+        assert!(cache.get(id(user_in_shard_0(0))).is_ok());
+        cache.put(&balance(user_in_shard_0(4), 4));
+        let lens: Vec<usize> = cache
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().balances.len())
+            .collect();
+        assert_eq!(lens[0], 1, "emptied, then the new entry");
+        assert!(cache.get(id(user_in_shard_0(0))).is_err());
+        // A fill that missed before the emptying is dropped.
+        cache.fill(&balance(user_in_shard_0(100), 1), miss);
+        assert!(cache.get(id(user_in_shard_0(100))).is_err());
+        assert!(BalanceCache::new(0).is_none(), "0 turns the cache off");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_after_an_answer_sees_that_commit_while_a_tiny_cache_churns() {
+        // One entry per shard and 64 users: shards are emptied all the time, while
+        // readers fill entries from SQLite. Every read after an acknowledged
+        // commit must still see that commit (never an older cached balance).
+        let (_dir, path) = db();
+        let options = SqliteOptions {
+            balance_cache_max: CACHE_SHARDS,
+            ..SqliteOptions::default()
+        };
+        let store = Arc::new(SqliteStore::open(&path, options).unwrap());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|seed| {
+                let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut rng = fastrand_like(seed);
+                    while !stop.load(Ordering::Relaxed) {
+                        store.user_point(id(1 + rng() % 64)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (1..=64)
+            .map(|user| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    for point in 1..=30 {
+                        let committed = store.commit(change(user, point, 1)).await.unwrap();
+                        assert_eq!(committed.user_point.point, point);
+                        let read = store.user_point(id(user)).await.unwrap();
+                        assert_eq!(read.map(|p| p.point), Some(point), "user {user}");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        for user in 1..=64 {
+            assert_eq!(store.user_point(id(user)).await.unwrap().unwrap().point, 30);
+        }
+    }
+
+    /// A tiny xorshift generator (no dependency).
+    fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_leaves_the_cached_balance_correct() {
+        let (_dir, path) = db();
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store.commit(change(1, 10, 10)).await.unwrap();
+        assert!(store.commit(change(1, u64::MAX, 1)).await.is_err());
+        assert_eq!(store.user_point(id(1)).await.unwrap().unwrap().point, 10);
+        assert_eq!(store.histories(id(1)).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_fail_after_close_even_when_cached() {
+        let (_dir, path) = db();
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store.commit(change(1, 10, 10)).await.unwrap();
+        store.close();
+        let error = store.user_point(id(1)).await.unwrap_err();
+        assert!(error.message().contains("closed"), "{error}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
