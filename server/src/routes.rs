@@ -258,25 +258,90 @@ where
 /// `{"amount": n}` (NestJS template) or a bare `n` (Spring template), where `n` is a
 /// JSON integer in `1..=2^63-1`. Fractions, exponents, strings, null, booleans,
 /// arrays, a missing field and numbers out of range are all `INVALID_AMOUNT`;
-/// anything that is not JSON is `INVALID_JSON`.
+/// anything that is not JSON is `INVALID_JSON`. With a repeated `amount` field the
+/// last one counts.
+///
+/// The whole document is read by one streaming visitor, which allocates nothing
+/// for a well-formed body (a `serde_json::Value` cost three allocations per
+/// request; see docs/performance.md), and is always read to its end, so a syntax
+/// error anywhere is `INVALID_JSON` even after a wrong amount.
 pub fn parse_amount(bytes: &[u8]) -> Result<Amount, ApiError> {
-    use serde_json::Value;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidJson("the body is empty".into()));
     }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let number = match &value {
-        Value::Number(n) => n,
-        Value::Object(fields) => match fields.get("amount") {
-            Some(Value::Number(n)) => n,
-            _ => return Err(PointError::InvalidAmount.into()),
-        },
-        _ => return Err(PointError::InvalidAmount.into()),
-    };
-    // Only integers parse as u64; fractions, exponents and negatives do not.
-    let raw = number.as_u64().ok_or(PointError::InvalidAmount)?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let found = serde::Deserializer::deserialize_any(&mut de, AmountVisitor { top: true })
+        .and_then(|found| de.end().map(|()| found))
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    // Only non-negative integers arrive as u64; fractions, exponents, negatives,
+    // numbers too large for u64 and every non-number arrive as `None`.
+    let raw = found.ok_or(PointError::InvalidAmount)?;
     Ok(Amount::new(raw)?)
+}
+
+/// Reads one JSON value: `Some(n)` for a non-negative integer; for the top-level
+/// object, the last `amount` field's value; `None` for anything else (read to its
+/// end, so syntax errors still surface).
+struct AmountVisitor {
+    /// Whether this is the body itself (only there does an object mean `{"amount"}`).
+    top: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for AmountVisitor {
+    type Value = Option<u64>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AmountVisitor {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Option<u64>, E> {
+        Ok(Some(n))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+        let mut amount = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if self.top && key == "amount" {
+                amount = map.next_value_seed(AmountVisitor { top: false })?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(amount)
+    }
 }
 
 #[cfg(test)]
