@@ -2,35 +2,33 @@
 //!
 //! Layers as [`build_app`] assembles them, outermost first:
 //!
-//! 1. `SetRequestId` (`x-request-id`, kept when the client sends one, otherwise a
-//!    process-wide counter)
+//! 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
+//!    process-wide counter; outermost, so every answer below carries it)
 //! 2. error normalisation (`map_response`): boxes the body into [`AppBody`] and turns
 //!    the non-JSON 408 and 413 of tower-http's middleware into this API's JSON
-//!    errors, copying the response's headers (not its content type or length) so
-//!    `x-request-id` survives. It produces the stack's final body type, so it sits
-//!    outside every layer that wraps the body: outermost but one. `Trace`, inside
-//!    it, therefore logs the raw 408/413 (the same status code).
+//!    errors, copying the response's headers (not its content type or length). It
+//!    produces the stack's final body type, so it sits outside every layer that
+//!    wraps the body: outermost but one. `Trace`, inside it, therefore logs the raw
+//!    408/413 (the same status code).
 //! 3. `Trace` (a span per request)
-//! 4. `PropagateRequestId` (echo `x-request-id` on the response)
-//! 5. `Timeout` (408 for the whole request, default 10 s; longer than the lock timeout)
-//! 6. `RequestBodyLimit` (413, default 4 KiB)
-//! 7. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
+//! 4. `Timeout` (408 for the whole request, default 10 s; longer than the lock timeout)
+//! 5. `RequestBodyLimit` (413, default 4 KiB)
+//! 6. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
 //!    only when [`AppOptions::lock_layer`] is false, for negative-control tests)
-//! 8. `RequestBodyDeadline` (408 `BODY_TIMEOUT`, default 2 s, counted from when the
+//! 7. `RequestBodyDeadline` (408 `BODY_TIMEOUT`, default 2 s, counted from when the
 //!    user's lock is held: a slow uploader holds its user no longer than this)
-//! 9. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
-//! 10. the [`Router`]
+//! 8. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
+//! 9. the [`Router`]
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
@@ -45,14 +43,12 @@ use tower::util::{BoxCloneSyncService, Either};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::layer::{UserLockBody, UserLockLayer};
+use crate::request_id::RequestIdLayer;
 use crate::routes::{Router, SharedService};
 
 /// The boxed error type of response bodies.
@@ -100,18 +96,6 @@ pub fn service(
     Arc::new(PointService::with_lock(store, policy, clock, lock))
 }
 
-/// Request ids from a process-wide counter: cheap and unique per process.
-#[derive(Clone, Default)]
-struct CounterRequestId(Arc<AtomicU64>);
-
-impl MakeRequestId for CounterRequestId {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        // Digits straight into the header value: one allocation, not two.
-        Some(RequestId::new(HeaderValue::from(n)))
-    }
-}
-
 /// Build the middleware stack around the router for `service`.
 pub fn build_app(service: SharedService, options: &AppOptions) -> App {
     let limit = options.body_limit_bytes;
@@ -137,10 +121,9 @@ pub fn build_app(service: SharedService, options: &AppOptions) -> App {
     };
     let inner = ServiceBuilder::new().map_response(box_body).service(inner);
     let stack = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(CounterRequestId::default()))
+        .layer(RequestIdLayer::new())
         .map_response(move |res| normalize_error(res, limit))
         .layer(TraceLayer::new_for_http())
-        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             options.request_timeout,
@@ -256,6 +239,7 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
     use http_body_util::{Empty, Full};
 
     use super::*;

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod layer;
+pub mod request_id;
 pub mod routes;
 pub mod store;
 

@@ -1,0 +1,158 @@
+//! `x-request-id` on every response: the client's own, or a process-wide counter.
+//!
+//! What tower-http's `SetRequestId` and `PropagateRequestId` do together, in one
+//! layer and without their bookkeeping: those two store the id in the request's and
+//! the response's extensions (an `AnyMap` each: six allocations per request, the
+//! largest single cost of this server's stack over bare hyper; see
+//! docs/performance.md). Here the id travels in the response future instead.
+//!
+//! - The work **starts** in `call`: the id is the request's `x-request-id` header if
+//!   present (kept as is), otherwise the next value of the counter.
+//! - It **ends** when the inner response is ready: the id is set on the response
+//!   unless the inner service already set one.
+//!
+//! Generated ids are not written into the request: nothing inside reads them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::HeaderName;
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The header this layer reads and sets.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Puts `x-request-id` on every response (see the [module docs](self)).
+#[derive(Clone, Debug, Default)]
+pub struct RequestIdLayer {
+    next: Arc<AtomicU64>,
+}
+
+impl RequestIdLayer {
+    /// A layer whose generated ids count from 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+
+    fn layer(&self, inner: S) -> RequestId<S> {
+        RequestId {
+            inner,
+            next: Arc::clone(&self.next),
+        }
+    }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Clone, Debug)]
+pub struct RequestId<S> {
+    inner: S,
+    next: Arc<AtomicU64>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestId<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(theirs) => theirs.clone(),
+            None => HeaderValue::from(self.next.fetch_add(1, Ordering::Relaxed) + 1),
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequestId`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            if !res.headers().contains_key(&X_REQUEST_ID) {
+                res.headers_mut().insert(X_REQUEST_ID, id);
+            }
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    use super::*;
+
+    async fn echo(req: Request<()>) -> Result<Response<()>, Infallible> {
+        let mut res = Response::new(());
+        if req.uri().path() == "/own" {
+            res.headers_mut()
+                .insert(X_REQUEST_ID, HeaderValue::from_static("inner"));
+        }
+        Ok(res)
+    }
+
+    fn id_of(res: &Response<()>) -> &str {
+        res.headers()[X_REQUEST_ID].to_str().unwrap()
+    }
+
+    #[tokio::test]
+    async fn generated_ids_count_up_and_client_ids_are_kept() {
+        let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer::new())
+            .service(service_fn(echo));
+        let first = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let second = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!((id_of(&first), id_of(&second)), ("1", "2"));
+
+        let theirs = Request::builder()
+            .header(X_REQUEST_ID, "trace-me")
+            .body(())
+            .unwrap();
+        let res = svc.clone().oneshot(theirs).await.unwrap();
+        assert_eq!(id_of(&res), "trace-me");
+    }
+
+    #[tokio::test]
+    async fn an_id_set_by_the_inner_service_wins() {
+        let svc = RequestIdLayer::new().layer(service_fn(echo));
+        let req = Request::builder().uri("/own").body(()).unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(id_of(&res), "inner");
+    }
+}
