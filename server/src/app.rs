@@ -45,6 +45,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
+use tower_service::Service;
 
 use crate::error::ApiError;
 use crate::layer::{UserLockBody, UserLockLayer};
@@ -96,8 +97,28 @@ pub fn service(
     Arc::new(PointService::with_lock(store, policy, clock, lock))
 }
 
-/// Build the middleware stack around the router for `service`.
+/// Build the middleware stack around the router for `service`, boxed into one
+/// nameable type (tests and embedders); [`serve`] also takes [`build_stack`]'s
+/// unboxed stack, which the binary uses.
 pub fn build_app(service: SharedService, options: &AppOptions) -> App {
+    BoxCloneSyncService::new(build_stack(service, options))
+}
+
+/// The stack of [`build_app`], unboxed: `hyper` clones the service for every
+/// request, and a boxed service costs an allocation per clone and another per
+/// response future (measured; see docs/performance.md).
+pub fn build_stack(
+    service: SharedService,
+    options: &AppOptions,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<AppBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<AppBody>, Infallible>> + Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
     let limit = options.body_limit_bytes;
     let router = Router::new(Arc::clone(&service), options);
     // Inside the user's lock: the body deadline (it starts when the lock is held,
@@ -120,7 +141,7 @@ pub fn build_app(service: SharedService, options: &AppOptions) -> App {
         )
     };
     let inner = ServiceBuilder::new().map_response(box_body).service(inner);
-    let stack = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .map_response(move |res| normalize_error(res, limit))
         .layer(TraceLayer::new_for_http())
@@ -129,8 +150,7 @@ pub fn build_app(service: SharedService, options: &AppOptions) -> App {
             options.request_timeout,
         ))
         .layer(RequestBodyLimitLayer::new(limit))
-        .service(inner);
-    BoxCloneSyncService::new(stack)
+        .service(inner)
 }
 
 /// The body type of the lock layer's answers, for the stack without the layer.
@@ -193,12 +213,20 @@ where
 
 /// Serve `app` on `listener` until `shutdown` resolves, then stop accepting and
 /// wait (up to `drain`) for in-flight requests to finish.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: App,
+    app: S,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<AppBody>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
