@@ -33,12 +33,12 @@
 //!
 //! # Reads: a balance cache, and read-only connections never behind the writer
 //!
-//! Balances are read through a write-through cache of committed balances
-//! (at most [`SqliteOptions::balance_cache_max`] of them, about 50 bytes each;
-//! 0 turns it off). The writer puts every committed balance in it after the
-//! COMMIT and before answering the caller; a miss reads SQLite and fills the
-//! entry unless the writer got there first (the race is reasoned out on the
-//! private `BalanceCache`). Unknown users are not cached, so reading ids that
+//! Balances are read through a write-through cache of committed balances (at
+//! most [`SqliteOptions::balance_cache_max`] of them, 30 to 60 bytes each with
+//! the hash map's slack; 0 turns it off). The writer puts every committed
+//! balance in it after the COMMIT and before answering the caller; a miss
+//! reads SQLite and fills the entry unless the writer got there first (the race
+//! is reasoned out on the private `BalanceCache`). Unknown users are not cached, so reading ids that
 //! do not exist cannot fill it. A full cache shard is emptied (the next reads
 //! of its users go to SQLite again). A failed commit removes its user's entry.
 //! With the cache, the read before each charge and most `GET /point/{id}` cost
