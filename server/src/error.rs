@@ -116,6 +116,10 @@ impl ApiError {
     /// The JSON error response, with `Allow` or `Retry-After` where they apply.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // Logged here, not only by the optional trace layer (see app.rs).
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        }
         let body = ErrorBody {
             code: self.code(),
             message: self.to_string(),
