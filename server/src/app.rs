@@ -19,10 +19,10 @@
 //! 5. `RequestBodyLimit` (413, default 4 KiB)
 //! 6. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
 //!    only when [`AppOptions::lock_layer`] is false, for negative-control tests)
-//! 7. `RequestBodyDeadline` (408 `BODY_TIMEOUT`, default 2 s, counted from when the
-//!    user's lock is held: a slow uploader holds its user no longer than this)
-//! 8. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
-//! 9. the [`Router`]
+//! 7. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
+//! 8. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
+//!    counted from when the user's lock is held: a slow uploader holds its user no
+//!    longer than this)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,7 +47,7 @@ use tower::util::{BoxCloneSyncService, Either};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tower_service::Service;
 
@@ -125,10 +125,9 @@ pub fn build_stack(
        + 'static {
     let limit = options.body_limit_bytes;
     let router = Router::new(Arc::clone(&service), options);
-    // Inside the user's lock: the body deadline (it starts when the lock is held,
-    // bounding how long a slow client can keep its user waiting), CatchPanic, router.
+    // Inside the user's lock: CatchPanic and the router, which reads the body
+    // within `body_timeout` (so a slow client cannot keep its user waiting).
     let locked = ServiceBuilder::new()
-        .layer(RequestBodyDeadlineLayer::new(options.body_timeout))
         .layer(CatchPanicLayer::custom(panic_response))
         .service(router);
     // Both variants answer `Response<UserLockBody<_>>`; `Either` joins them without
