@@ -21,7 +21,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ];
 fi
 
 cargo build -p pointlock-wasm --target wasm32-unknown-unknown --profile wasm-release --locked
-wasm=target/wasm32-unknown-unknown/wasm-release/pointlock_wasm.wasm
+wasm=${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/wasm-release/pointlock_wasm.wasm
 
 rm -rf "$pkg"
 wasm-bindgen "$wasm" --target nodejs --out-dir "$pkg/node" --out-name pointlock
