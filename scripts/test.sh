@@ -35,6 +35,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "cargo test --workspace"
 cargo test --workspace --locked
 
+step "crash test against the release binary (kill -9 mid-load, several rounds)"
+cargo build --release -p pointlock-server --bin pointlock --locked
+release_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/pointlock"
+POINTLOCK_TEST_BIN="$release_bin" cargo test -p pointlock-server --test crash --locked
+
 step "benches keep compiling (cargo bench --no-run)"
 cargo bench --workspace --no-run --locked
 
