@@ -15,15 +15,15 @@
 //!
 //! Run: `cargo bench --bench keyed_lock`. Report ratios within one run only.
 
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dashmap::DashMap;
 use pointlock::core::KeyedLock;
-use tokio::runtime::Runtime;
 
 /// One way of locking per key: acquire `key`, release it.
 trait Contender: Send + Sync + 'static {
@@ -91,19 +91,6 @@ impl Contender for Lockable {
     }
 }
 
-fn runtime(workers: usize) -> Runtime {
-    if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .build()
-            .unwrap()
-    }
-}
-
 /// `tasks` tasks, each holding its key (`key_of(task)`) `rounds` times.
 async fn run_tasks<C: Contender>(c: &Arc<C>, tasks: u64, rounds: u64, key_of: fn(u64) -> u64) {
     let handles: Vec<_> = (0..tasks)
@@ -147,19 +134,16 @@ macro_rules! each_contender {
 
 fn keyed_lock(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("keyed_lock");
-    group
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    common::configure(&mut group);
 
-    let single = runtime(1);
+    let single = common::runtime(1);
     group.throughput(Throughput::Elements(1));
     each_contender!(group, "uncontended", single, |c| {
         let c = Arc::clone(&c);
         async move { c.hold(1).await }
     });
 
-    let two = runtime(2);
+    let two = common::runtime(2);
     for tasks in [2_u64, 8, 64] {
         group.throughput(Throughput::Elements(tasks * 10));
         each_contender!(group, format!("same_key/{tasks}"), two, |c| {
@@ -169,7 +153,7 @@ fn keyed_lock(criterion: &mut Criterion) {
     }
 
     for workers in [1_usize, 2] {
-        let rt = runtime(workers);
+        let rt = common::runtime(workers);
         // 1,000 rounds per task, so spawning and joining the tasks is a small part.
         group.throughput(Throughput::Elements(64 * 1_000));
         each_contender!(group, format!("distinct_keys/{workers}_threads"), rt, |c| {

@@ -11,30 +11,17 @@
 //!
 //! Run: `cargo bench --bench service`. Report ratios within one run only.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pointlock::core::{
     Amount, Change, ManualClock, MemoryStore, PointService, PointStore, Policy, TransactionType,
     UserId,
 };
-use tokio::runtime::Runtime;
 
 type Service = PointService<MemoryStore>;
-
-fn runtime(workers: usize) -> Runtime {
-    if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .build()
-            .expect("runtime")
-    }
-}
 
 fn service() -> Arc<Service> {
     // A policy cap high enough that no benchmark ever reaches it.
@@ -111,12 +98,9 @@ async fn charge_tasks(svc: &Arc<Service>, tasks: u64, rounds: u64, user_of: fn(u
 
 fn service_group(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("service");
-    group
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    common::configure(&mut group);
 
-    let single = runtime(1);
+    let single = common::runtime(1);
     group.throughput(Throughput::Elements(1));
     for (name, kind) in [
         ("charge", TransactionType::Charge),
@@ -136,7 +120,7 @@ fn service_group(criterion: &mut Criterion) {
 
     group.throughput(Throughput::Elements(64 * 100));
     for workers in [1_usize, 2] {
-        let rt = runtime(workers);
+        let rt = common::runtime(workers);
         let svc = service();
         group.bench_function(
             BenchmarkId::new("charge_spread", format!("{workers}_threads")),
@@ -146,7 +130,7 @@ fn service_group(criterion: &mut Criterion) {
             },
         );
     }
-    let rt = runtime(2);
+    let rt = common::runtime(2);
     let svc = service();
     group.bench_function("charge_hot_user", |b| {
         b.to_async(&rt).iter(|| charge_tasks(&svc, 64, 100, |_| 1))
