@@ -1003,10 +1003,16 @@ mod tests {
 
     /// Options whose batches close only when full (the wait is far longer than
     /// any test): batching becomes deterministic.
+    /// Batches of up to `ops` changes. The writer keeps collecting until the batch
+    /// is full or a 200 ms look at the queue finds nothing new: changes spawned
+    /// together land in one batch even on a loaded machine (with the server's
+    /// 50 µs look, a busy CI host split them and failed these tests), and a
+    /// batch that fills up closes at once.
     fn batches_of(ops: usize) -> SqliteOptions {
         SqliteOptions {
             batch_ops_max: ops,
             batch_wait: Duration::from_secs(30),
+            batch_idle: Duration::from_millis(200),
             ..SqliteOptions::default()
         }
     }
@@ -1157,7 +1163,7 @@ mod tests {
         store.commit(change(1, 7, 7)).await.unwrap();
         drop(store);
         let store = Arc::new(SqliteStore::open(&path, batches_of(2)).unwrap());
-        // The writer now holds a lone change, waiting (30 s) for a second one.
+        // The writer now holds a lone change, waiting (a 200 ms look) for more.
         let pending = {
             let store = Arc::clone(&store);
             tokio::spawn(async move { store.commit(change(2, 3, 3)).await })
@@ -1179,7 +1185,7 @@ mod tests {
                 tokio::spawn(async move { store.commit(change(user, 9, 9)).await })
             })
             .collect();
-        // The batch would wait 30 s for 1000 changes; closing ends the wait.
+        // The batch would keep collecting toward 1000 changes; closing ends it.
         let closing = Arc::clone(&store);
         tokio::task::spawn_blocking(move || closing.close())
             .await
