@@ -482,8 +482,10 @@ const SHRINK_CAPACITY_MIN: usize = 64;
 
 /// Give back a shard's memory as its keys leave: a table never shrinks by itself,
 /// so one burst of a million held keys would otherwise keep its peak size for
-/// ever. Once a quarter full it shrinks to twice its length; each rehash of `len`
-/// entries follows at least `len` removals, so the cost is O(1) per removal.
+/// ever. Once a quarter full it shrinks to about twice its length (rounded up to
+/// the table's bucket sizes), so the table size at least halves on each shrink:
+/// the rehashes down from a peak of `n` entries cost O(n) together, O(1) per
+/// removal amortized.
 fn shrink_if_sparse<K: Hash + Eq>(shard: &Shard<K>, table: &mut Table<K>) {
     let capacity = table.capacity();
     if capacity > SHRINK_CAPACITY_MIN && table.len() * 4 < capacity {

@@ -164,6 +164,8 @@ pub fn build_stack(
 }
 
 /// Whether the trace layer's DEBUG spans and events could be recorded at all.
+/// Decided once, when the stack is built (after the binary installs its log
+/// filter): a filter reloaded later does not add the layer.
 fn trace_enabled() -> bool {
     tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG
 }

@@ -334,21 +334,50 @@ impl<'de> serde::de::Visitor<'de> for AmountVisitor {
         Ok(None)
     }
 
+    // Skipped values go through this visitor too, not `IgnoredAny`: serde_json
+    // skips those without checking UTF-8, escapes or nesting depth, which the old
+    // `Value` parse (and this one) rejects as INVALID_JSON.
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        while seq
+            .next_element_seed(AmountVisitor { top: false })?
+            .is_some()
+        {}
         Ok(None)
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
         let mut amount = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if self.top && key == "amount" {
-                amount = map.next_value_seed(AmountVisitor { top: false })?;
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
+        while let Some(is_amount) = map.next_key_seed(IsAmountKey)? {
+            let value = map.next_value_seed(AmountVisitor { top: false })?;
+            if self.top && is_amount {
+                amount = value;
             }
         }
         Ok(amount)
+    }
+}
+
+/// Reads an object key: whether it is `"amount"` (escapes decoded), without
+/// allocating.
+struct IsAmountKey;
+
+impl<'de> serde::de::DeserializeSeed<'de> for IsAmountKey {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for IsAmountKey {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+        Ok(key == "amount")
     }
 }
 
@@ -455,6 +484,43 @@ mod tests {
         assert_eq!(amount(r#" { "amount" : 7 , "note": "x" } "#), Ok(7));
         assert_eq!(amount("100"), Ok(100));
         assert_eq!(amount("9223372036854775807"), Ok(9_223_372_036_854_775_807));
+    }
+
+    #[test]
+    fn amount_parsing_keeps_the_full_json_rules() {
+        // Escaped keys count; the last of repeated fields wins.
+        assert_eq!(amount(r#"{"am\u006funt":3}"#), Ok(3));
+        assert_eq!(amount(r#"{"amount":1,"amount":2}"#), Ok(2));
+        assert_eq!(amount(r#"{"amount":"x","amount":2}"#), Ok(2));
+        assert_eq!(
+            amount(r#"{"amount":2,"amount":"x"}"#),
+            Err("INVALID_AMOUNT")
+        );
+        // `amount` only counts at the top level.
+        assert_eq!(amount(r#"{"x":{"amount":5}}"#), Err("INVALID_AMOUNT"));
+        // Values that are skipped are still checked: bad UTF-8, lone surrogates,
+        // nesting past serde_json's limit and trailing data are not JSON.
+        let deep = format!(
+            r#"{{"amount":5,"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for body in [
+            &b"{\"amount\":5,\"note\":\"\xff\"}"[..],
+            &b"[\"\xff\"]"[..],
+            br#"{"amount":5,"x":"\ud800"}"#,
+            br#"{"amount":"x", oops"#,
+            br#"{"amount":5} 6"#,
+            deep.as_bytes(),
+        ] {
+            let code = parse_amount(body).map_err(|e| e.code());
+            assert_eq!(
+                code,
+                Err("INVALID_JSON"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
