@@ -4,6 +4,7 @@
 #
 #   ./benches/load.sh                     # 10 s per scenario, 64 connections
 #   DURATION=20 ROUNDS=3 ./benches/load.sh
+#   PIN=1 ./benches/load.sh               # server on CPU 0, wrk on CPU 1 (steadier)
 #
 # Scenarios (benches/load/wallet.lua): GET over 10,000 users; charge 1 over 10,000
 # users; one hot user alternating charge/use of 1. For each: req/s, p50, p99,
@@ -24,6 +25,17 @@ POINTLOCK_PORT=${POINTLOCK_PORT:-18080}
 BASELINE_PORT=${BASELINE_PORT:-18081}
 SCENARIOS=${SCENARIOS:-"get charge hot"}
 OUT=${OUT:-target/load}
+# PIN=1: each server gets CPU 0 (so its runtime starts one worker) and wrk CPU 1,
+# instead of all three sharing both CPUs; ratios then vary much less between rounds.
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ]; then
+  command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+  on_server_cpu=(taskset -c 0)
+  on_client_cpu=(taskset -c 1)
+else
+  on_server_cpu=()
+  on_client_cpu=()
+fi
 
 command -v wrk >/dev/null || {
   echo "wrk is missing: apt-get install wrk (Debian)" >&2
@@ -65,7 +77,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; 
 run_wrk() {
   local name=$1 port=$2 scenario=$3 round=$4 line keys=null rss
   line=$(SCENARIO=$scenario USERS=$USERS HOT_USER=$HOT_USER \
-    timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
+    timeout $((DURATION + 30)) "${on_client_cpu[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
     --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:$port" | grep '^RESULT ' | cut -c8-)
   if [ "$name" = pointlock ]; then
     keys=$(curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lock"]["keys"])')
@@ -85,9 +97,9 @@ PY
 run_server() { # NAME PORT ROUND
   local name=$1 port=$2 round=$3
   if [ "$name" = pointlock ]; then
-    RUST_LOG=warn target/release/pointlock --store memory --addr "127.0.0.1:$port" &
+    RUST_LOG=warn "${on_server_cpu[@]}" target/release/pointlock --store memory --addr "127.0.0.1:$port" &
   else
-    target/release/examples/baseline_server "127.0.0.1:$port" &
+    "${on_server_cpu[@]}" target/release/examples/baseline_server "127.0.0.1:$port" &
   fi
   server_pid=$!
   wait_ready "http://127.0.0.1:$port/health"
@@ -95,7 +107,7 @@ run_server() { # NAME PORT ROUND
   curl -fsS -o /dev/null -X PATCH -H 'content-type: application/json' \
     -d '{"amount":5000}' "http://127.0.0.1:$port/point/$HOT_USER/charge"
   # Warm-up (not recorded): connections, allocator, caches.
-  SCENARIO=get USERS=$USERS timeout 30 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s \
+  SCENARIO=get USERS=$USERS timeout 30 "${on_client_cpu[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s \
     -s benches/load/wallet.lua "http://127.0.0.1:$port" >/dev/null
   for scenario in $SCENARIOS; do
     run_wrk "$name" "$port" "$scenario" "$round"
@@ -103,7 +115,7 @@ run_server() { # NAME PORT ROUND
   stop_server
 }
 
-echo "==> load: ${DURATION}s per scenario, $CONNECTIONS connections, wrk threads $WRK_THREADS, $(nproc) cores"
+echo "==> load: ${DURATION}s per scenario, $CONNECTIONS connections, wrk threads $WRK_THREADS, $(nproc) cores, PIN=$PIN"
 for round in $(seq "$ROUNDS"); do
   run_server pointlock "$POINTLOCK_PORT" "$round"
   run_server baseline "$BASELINE_PORT" "$round"
