@@ -368,17 +368,26 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
             .sum()
     }
 
-    /// A snapshot of the gauges and counters.
+    /// A snapshot of the gauges and counters (one pass over the shards, each
+    /// locked once).
     pub fn metrics(&self) -> LockMetrics {
         let mut m = LockMetrics {
-            keys: self.len(),
-            waiters: self.waiters(),
             wait_histogram: vec![0; WAIT_BUCKETS_MICROS.len() + 1],
             ..LockMetrics::default()
         };
         for shard in self.inner.shards.iter() {
+            {
+                let state = shard.lock();
+                m.keys += state.table.len();
+                m.waiters += state
+                    .table
+                    .iter()
+                    .map(|(_, e)| e.queue.len())
+                    .sum::<usize>();
+                m.acquisitions += state.granted_at_once;
+            }
             let c = &shard.counters;
-            m.acquisitions += shard.lock().granted_at_once + c.acquisitions_elsewhere.load(Relaxed);
+            m.acquisitions += c.acquisitions_elsewhere.load(Relaxed);
             m.contended += c.contended.load(Relaxed);
             m.timeouts += c.timeouts.load(Relaxed);
             m.cancelled += c.cancelled.load(Relaxed);
