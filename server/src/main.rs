@@ -101,8 +101,9 @@ async fn run(config: Config) -> Result<(), String> {
         let closed = tokio::task::spawn_blocking(move || store.close()).await;
         if closed.is_err() {
             tracing::error!("closing the SQLite store failed");
+        } else {
+            tracing::info!("SQLite store closed");
         }
-        tracing::info!("SQLite store closed");
     }
     served
 }
