@@ -357,6 +357,46 @@ async fn lock_timeout_answers_503_and_changes_nothing_on(backend: Backend) {
     assert_eq!(server.history(1).await.len(), 1);
 }
 
+/// A panic in a handler answers 500 JSON and releases the user's lock: the request
+/// queued behind it runs (it would get 503 LOCK_TIMEOUT if the panicked request
+/// kept the lock), and the panicked change left nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panic_answers_500_and_releases_the_lock() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ProbeStore::new(0).with_gate(gate.clone()).with_panic_on(13);
+    let options = AppOptions {
+        lock_timeout: Duration::from_secs(5),
+        ..patient()
+    };
+    let server = Arc::new(TestServer::start(store, options).await);
+    let panicking = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.charge(1, 13).await })
+    };
+    server
+        .wait_for_lock("panicking holds", |l| l.len() == 1)
+        .await;
+    let queued = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.charge(1, 5).await })
+    };
+    server
+        .wait_for_lock("charge queued", |l| l.waiters() == 1)
+        .await;
+    gate.add_permits(1_000);
+    let panicked = panicking.await.unwrap();
+    assert_eq!(panicked.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(panicked.json["code"], "INTERNAL");
+    assert!(panicked.headers.contains_key("x-request-id"));
+    let queued = queued.await.unwrap();
+    assert_eq!(queued.status, StatusCode::OK, "{}", queued.json);
+    assert_eq!(queued.json["point"], 5);
+    assert_eq!(server.assert_history_replays(1).await, 5);
+    server
+        .wait_for_lock("lock table empty", |l| l.is_empty())
+        .await;
+}
+
 async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend: Backend) {
     let options = AppOptions {
         body_timeout: Duration::from_millis(300),

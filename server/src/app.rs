@@ -6,20 +6,22 @@
 //!    process-wide counter; outermost, so every answer below carries it)
 //! 2. error normalisation (`map_response`): turns the non-JSON 408 and 413 of
 //!    tower-http's middleware into this API's JSON errors, copying the response's
-//!    headers (not its content type or length). It sits outside every layer that
-//!    wraps the body (each such layer's body is boxed into [`AppBody`] right above
-//!    it): outermost but one. `Trace`, inside it, therefore logs the raw 408/413
-//!    (the same status code).
+//!    headers (not its content type or length). Outermost but one, so `Trace`,
+//!    inside it, logs the raw 408/413 (the same status code).
 //! 3. `Trace` (a span and events per request, at DEBUG). Installed only when the
 //!    process's log filter lets DEBUG through: at the default INFO it would emit
 //!    nothing yet cost ~1,400 instructions per request (5% of a charge; measured
 //!    with `benches/instructions.sh`). Server errors are logged by
 //!    [`ApiError::into_response`] either way.
-//! 4. `Timeout` (408 for the whole request, default 10 s; longer than the lock timeout)
-//! 5. `RequestBodyLimit` (413, default 4 KiB)
-//! 6. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
-//!    only when [`AppOptions::lock_layer`] is false, for negative-control tests)
-//! 7. `CatchPanic` (a panic becomes a 500 JSON answer; the lock is then released)
+//! 4. `CatchPanic` (a panic becomes a 500 JSON answer). A panic unwinds through the
+//!    lock layer's future, which then drops the handler's future and releases the
+//!    user's lock (the panicked future is never resumed). It boxes the response
+//!    body into [`AppBody`], the one box a response body gets.
+//! 5. `Timeout` (408 for the whole request, default 10 s; longer than the lock timeout)
+//! 6. `RequestBodyLimit` (413, default 4 KiB)
+//! 7. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
+//!    only when [`AppOptions::lock_layer`] is false, for negative-control tests).
+//!    Its body type has an empty `Default`, which `Timeout` needs for its 408.
 //! 8. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
 //!    counted from when the user's lock is held: a slow uploader holds its user no
 //!    longer than this)
@@ -34,7 +36,6 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,6 +46,7 @@ use pointlock_core::{Clock, KeyedLock, PointService, PointStore, Policy, UserId}
 use tokio::net::TcpListener;
 use tower::util::{BoxCloneSyncService, Either};
 use tower::ServiceBuilder;
+use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -58,7 +60,7 @@ use crate::routes::{Router, SharedService};
 
 /// The boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The response body of the whole stack.
+/// The response body of the whole stack (tower-http's, which `CatchPanic` makes).
 pub type AppBody = UnsyncBoxBody<Bytes, BoxError>;
 /// The whole stack as one cloneable service.
 pub type App = BoxCloneSyncService<Request<Incoming>, Response<AppBody>, Infallible>;
@@ -125,25 +127,19 @@ pub fn build_stack(
        + 'static {
     let limit = options.body_limit_bytes;
     let router = Router::new(Arc::clone(&service), options);
-    // Inside the user's lock: CatchPanic and the router, which reads the body
-    // within `body_timeout` (so a slow client cannot keep its user waiting).
-    let locked = ServiceBuilder::new()
-        .layer(CatchPanicLayer::custom(panic_response))
-        .service(router);
     // Both variants answer `Response<UserLockBody<_>>`; `Either` joins them without
     // boxing the service and its future on every request (measured: two
     // allocations and a dynamic call per request, see docs/performance.md).
     let inner = if options.lock_layer {
         let lock = UserLockLayer::new(service.lock().clone(), options.lock_timeout);
-        Either::Left(ServiceBuilder::new().layer(lock).service(locked))
+        Either::Left(ServiceBuilder::new().layer(lock).service(router))
     } else {
         Either::Right(
             ServiceBuilder::new()
                 .map_response(unlocked_body)
-                .service(locked),
+                .service(router),
         )
     };
-    let inner = ServiceBuilder::new().map_response(box_body).service(inner);
     ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .map_response(move |res| normalize_error(res, limit))
@@ -154,7 +150,8 @@ pub fn build_stack(
                 .layer(TraceLayer::new_for_http())
                 .into_inner()
         }))
-        .map_response(box_body)
+        // CatchPanic boxes the body into `AppBody`: the one box of a response.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             options.request_timeout,
@@ -172,7 +169,7 @@ fn trace_enabled() -> bool {
 
 /// The body type of the lock layer's answers, for the stack without the layer.
 fn unlocked_body<B>(res: Response<B>) -> Response<UserLockBody<B>> {
-    res.map(http_body_util::Either::Left)
+    res.map(UserLockBody::inner)
 }
 
 fn box_body<B>(res: Response<B>) -> Response<AppBody>
@@ -180,7 +177,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    res.map(|b| b.map_err(Into::into).boxed_unsync())
+    res.map(|b| AppBody::new(b.map_err(Into::into)))
 }
 
 /// A panic in a handler: 500 JSON (the panic message goes to the log only).
@@ -218,7 +215,7 @@ fn normalize_error(res: Response<AppBody>, limit_bytes: usize) -> Response<AppBo
                     fresh.headers_mut().append(name, value.clone());
                 }
             }
-            fresh.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+            fresh.map(|b| AppBody::new(b.map_err(|never| match never {})))
         }
         None => res,
     }

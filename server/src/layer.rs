@@ -52,7 +52,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{Either, Full};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
 use pointlock_core::{Acquire, KeyGuard, KeyedLock, PointError, UserId};
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
@@ -99,8 +101,75 @@ pub struct UserLock<S> {
     timeout: Duration,
 }
 
-/// The response body: the inner body, or a JSON rejection made here.
-pub type UserLockBody<B> = Either<B, Full<Bytes>>;
+pin_project! {
+    /// The response body of [`UserLock`]: the inner service's body, or a JSON
+    /// rejection made here (400 `INVALID_USER_ID`, 503 `LOCK_TIMEOUT`).
+    ///
+    /// Its [`Default`] is an empty body, so that middleware which answers by
+    /// itself with a default body (tower-http's `Timeout`) can sit right outside
+    /// this layer without boxing the body in between.
+    #[project = UserLockBodyProj]
+    pub enum UserLockBody<B> {
+        /// The inner service's body.
+        Inner {
+            #[pin]
+            body: B,
+        },
+        /// An answer made by the layer (or an empty default body).
+        Local {
+            body: Full<Bytes>,
+        },
+    }
+}
+
+impl<B> UserLockBody<B> {
+    /// Wrap the inner service's body.
+    pub fn inner(body: B) -> Self {
+        Self::Inner { body }
+    }
+}
+
+impl<B> Default for UserLockBody<B> {
+    fn default() -> Self {
+        Self::Local {
+            body: Full::default(),
+        }
+    }
+}
+
+impl<B> Body for UserLockBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            UserLockBodyProj::Inner { body } => body.poll_frame(cx),
+            UserLockBodyProj::Local { body } => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Inner { body } => body.is_end_stream(),
+            Self::Local { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Inner { body } => body.size_hint(),
+            Self::Local { body } => body.size_hint(),
+        }
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for UserLock<S>
 where
@@ -265,12 +334,12 @@ where
                     let output = ready!(poll);
                     // Releases the guard (if the handler kept no clone): after the response.
                     this.state = State::Done;
-                    return Poll::Ready(output.map(|res| res.map(Either::Left)));
+                    return Poll::Ready(output.map(|res| res.map(UserLockBody::inner)));
                 }
                 State::Rejected(response) => {
                     let response = response.take().expect("polled after completion");
                     this.state = State::Done;
-                    return Poll::Ready(Ok(response.map(Either::Right)));
+                    return Poll::Ready(Ok(response.map(|body| UserLockBody::Local { body })));
                 }
                 State::Done => panic!("UserLock ResponseFuture polled after completion"),
             }

@@ -44,6 +44,8 @@ pub struct ProbeStore {
     entered: Mutex<Option<mpsc::UnboundedSender<UserId>>>,
     /// One global lock around every commit: the shape of a "global mutex" design.
     global: Option<tokio::sync::Mutex<()>>,
+    /// A commit of this amount panics (after the gate), as a handler bug would.
+    panic_on_amount: Option<u64>,
     /// The SQLite file's directory; dropped after `inner`.
     _dir: Option<tempfile::TempDir>,
 }
@@ -88,6 +90,7 @@ impl ProbeStore {
             barrier: None,
             entered: Mutex::new(None),
             global: None,
+            panic_on_amount: None,
             _dir: dir,
         }
     }
@@ -114,6 +117,12 @@ impl ProbeStore {
     /// Every commit waits at `barrier`; one that waits longer than `patience` fails.
     pub fn with_barrier(mut self, barrier: Arc<Barrier>, patience: Duration) -> Self {
         self.barrier = Some((barrier, patience));
+        self
+    }
+
+    /// A commit of `amount` panics (after passing the gate), changing nothing.
+    pub fn with_panic_on(mut self, amount: u64) -> Self {
+        self.panic_on_amount = Some(amount);
         self
     }
 
@@ -166,6 +175,11 @@ impl PointStore for ProbeStore {
                         .await
                         .map_err(|_| StoreError::new("barrier: other users never arrived"))?;
                 }
+                assert_ne!(
+                    Some(change.amount.get()),
+                    self.panic_on_amount,
+                    "ProbeStore: a commit of this amount panics"
+                );
                 self.delay().await;
                 self.inner.commit(change).await
             }
