@@ -70,3 +70,7 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
         });
     }
 }
+
+/// The same allocator as the `pointlock` binary (a runtime setting both share).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
