@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+// foldhash, like the lock's tables: a charge looks its user up three times.
+use foldhash::fast::RandomState;
+
 use crate::domain::{PointHistory, UserId, UserPoint};
 use crate::error::StoreError;
 use crate::store::{BoxFuture, Change, Committed, PointStore, Sleeper};
@@ -26,9 +29,9 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Tables {
-    points: HashMap<UserId, UserPoint>,
+    points: HashMap<UserId, UserPoint, RandomState>,
     /// Each user's rows, oldest first (the template keeps one array and filters it).
-    histories: HashMap<UserId, Vec<PointHistory>>,
+    histories: HashMap<UserId, Vec<PointHistory>, RandomState>,
     history_id_last: u64,
 }
 
