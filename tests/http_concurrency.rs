@@ -397,6 +397,35 @@ async fn a_handler_panic_answers_500_and_releases_the_lock() {
         .await;
 }
 
+/// The whole-request timeout answers 408 `REQUEST_TIMEOUT` (JSON) while the
+/// handler is still in the store; the started change then finishes in the
+/// background and only then releases the user's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_answers_408_json_and_the_started_change_finishes() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ProbeStore::new(0).with_gate(gate.clone());
+    let options = AppOptions {
+        request_timeout: Duration::from_millis(300),
+        ..patient()
+    };
+    let server = Arc::new(TestServer::start(store, options).await);
+    let timed_out = server.charge(1, 7).await;
+    assert_eq!(timed_out.status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(timed_out.json["code"], "REQUEST_TIMEOUT");
+    assert_eq!(timed_out.headers["content-type"], "application/json");
+    assert!(timed_out.headers.contains_key("x-request-id"));
+    assert_eq!(
+        server.lock.len(),
+        1,
+        "the started change still holds user 1"
+    );
+    gate.add_permits(1_000);
+    server
+        .wait_for_lock("lock table empty", |l| l.is_empty())
+        .await;
+    assert_eq!(server.assert_history_replays(1).await, 7);
+}
+
 async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend: Backend) {
     let options = AppOptions {
         body_timeout: Duration::from_millis(300),

@@ -5,7 +5,7 @@
 //! 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
 //!    process-wide counter; outermost, so every answer below carries it)
 //! 2. error normalisation (`map_response`): turns the non-JSON 408 and 413 of
-//!    tower-http's middleware into this API's JSON errors, copying the response's
+//!    the request deadline and the body limit into JSON errors, copying the response's
 //!    headers (not its content type or length). Outermost but one, so `Trace`,
 //!    inside it, logs the raw 408/413 (the same status code).
 //! 3. `Trace` (a span and events per request, at DEBUG). Installed only when the
@@ -17,11 +17,13 @@
 //!    lock layer's future, which then drops the handler's future and releases the
 //!    user's lock (the panicked future is never resumed). It boxes the response
 //!    body into [`AppBody`], the one box a response body gets.
-//! 5. `Timeout` (408 for the whole request, default 10 s; longer than the lock timeout)
+//! 5. the request deadline (`map_future` with [`deadline::within`]: a bare 408
+//!    for the whole request, default 10 s; longer than the lock timeout). Its
+//!    timer is only made if the request is not done in its first poll.
 //! 6. `RequestBodyLimit` (413, default 4 KiB)
 //! 7. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
 //!    only when [`AppOptions::lock_layer`] is false, for negative-control tests).
-//!    Its body type has an empty `Default`, which `Timeout` needs for its 408.
+//!    Its body type has an empty `Default`, which the deadline needs for its 408.
 //! 8. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
 //!    counted from when the user's lock is held: a slow uploader holds its user no
 //!    longer than this)
@@ -49,10 +51,10 @@ use tower::ServiceBuilder;
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tower_service::Service;
 
+use crate::deadline;
 use crate::error::ApiError;
 use crate::layer::{UserLockBody, UserLockLayer};
 use crate::request_id::RequestIdLayer;
@@ -126,6 +128,7 @@ pub fn build_stack(
        + Sync
        + 'static {
     let limit = options.body_limit_bytes;
+    let request_timeout = options.request_timeout;
     let router = Router::new(Arc::clone(&service), options);
     // Both variants answer `Response<UserLockBody<_>>`; `Either` joins them without
     // boxing the service and its future on every request (measured: two
@@ -152,10 +155,7 @@ pub fn build_stack(
         }))
         // CatchPanic boxes the body into `AppBody`: the one box of a response.
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            options.request_timeout,
-        ))
+        .map_future(move |future| within_request_timeout(future, request_timeout))
         .layer(RequestBodyLimitLayer::new(limit))
         .service(inner)
 }
@@ -165,6 +165,27 @@ pub fn build_stack(
 /// filter): a filter reloaded later does not add the layer.
 fn trace_enabled() -> bool {
     tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG
+}
+
+/// What [`within_request_timeout`] answers when the deadline passes.
+type TimeoutAnswer<B> = fn() -> Result<Response<B>, Infallible>;
+
+/// The whole request within `timeout` (counted from here), or a bare 408 answer,
+/// which [`normalize_error`] turns into JSON like the body limit's 413. The timer
+/// is only made if the request is not done in its first poll ([`deadline::within`]).
+fn within_request_timeout<F, B>(
+    future: F,
+    timeout: Duration,
+) -> deadline::Within<F, TimeoutAnswer<B>>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    B: Default,
+{
+    deadline::within(tokio::time::Instant::now() + timeout, future, || {
+        let mut res = Response::new(B::default());
+        *res.status_mut() = StatusCode::REQUEST_TIMEOUT;
+        Ok(res)
+    })
 }
 
 /// The body type of the lock layer's answers, for the stack without the layer.
@@ -196,29 +217,26 @@ fn panic_response(
 /// Turn the non-JSON answers of tower-http middleware (408 from the timeout, 413
 /// from the body limit) into this API's JSON errors; pass every other answer on.
 fn normalize_error(res: Response<AppBody>, limit_bytes: usize) -> Response<AppBody> {
+    let error = match res.status() {
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit_bytes },
+        _ => return res,
+    };
     let is_json = res
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let error = match res.status() {
-        _ if is_json => None,
-        StatusCode::REQUEST_TIMEOUT => Some(ApiError::RequestTimeout),
-        StatusCode::PAYLOAD_TOO_LARGE => Some(ApiError::PayloadTooLarge { limit_bytes }),
-        _ => None,
-    };
-    match error {
-        Some(error) => {
-            let (parts, _) = res.into_parts();
-            let mut fresh = error.into_response();
-            for (name, value) in parts.headers.iter() {
-                if name != CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
-                    fresh.headers_mut().append(name, value.clone());
-                }
-            }
-            fresh.map(|b| AppBody::new(b.map_err(|never| match never {})))
-        }
-        None => res,
+    if is_json {
+        return res;
     }
+    let (parts, _) = res.into_parts();
+    let mut fresh = error.into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            fresh.headers_mut().append(name, value.clone());
+        }
+    }
+    fresh.map(|b| AppBody::new(b.map_err(|never| match never {})))
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then stop accepting and

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod layer;
 pub mod request_id;

@@ -74,13 +74,21 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let id = match req.headers().get(&X_REQUEST_ID) {
             Some(theirs) => theirs.clone(),
-            None => HeaderValue::from(self.next.fetch_add(1, Ordering::Relaxed) + 1),
+            None => generated_id(self.next.fetch_add(1, Ordering::Relaxed) + 1),
         };
         ResponseFuture {
             inner: self.inner.call(req),
             id: Some(id),
         }
     }
+}
+
+/// The header value of a generated id: one exact-size allocation
+/// (`HeaderValue::from(u64)` makes two).
+fn generated_id(n: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    // Digits are always a valid header value; the fallback is never taken.
+    HeaderValue::from_str(digits.format(n)).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 pin_project! {
@@ -102,9 +110,8 @@ where
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            if !res.headers().contains_key(&X_REQUEST_ID) {
-                res.headers_mut().insert(X_REQUEST_ID, id);
-            }
+            // One lookup: an id the inner service set wins.
+            res.headers_mut().entry(X_REQUEST_ID).or_insert(id);
         }
         Poll::Ready(Ok(res))
     }

@@ -24,9 +24,11 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError};
 use pointlock_core::{Amount, BoxFuture, KeyGuard, PointError, PointService, PointStore, UserId};
 use serde::Serialize;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::app::AppOptions;
+use crate::deadline;
 use crate::error::{json_response, ApiError};
 use crate::layer::HeldLock;
 
@@ -230,25 +232,28 @@ fn get_only(
     }
 }
 
-/// Read the body (within the size limit and `deadline`, counted from this call,
+/// Read the body (within the size limit and `timeout`, counted from this call,
 /// which runs under the user's lock) and parse the amount.
 ///
-/// A slow uploader holds its user's lock no longer than `deadline`. The timer is
-/// only armed if the body is not already here: `tokio::time::timeout` polls the
-/// read first, and almost every body arrives with its headers, so the common case
-/// registers no timer at all (tower-http's `RequestBodyDeadline` armed one per
-/// request: ~1,200 instructions per charge, measured with
-/// `benches/instructions.sh`).
-async fn read_amount<B>(body: B, limit_bytes: usize, deadline: Duration) -> Result<Amount, ApiError>
+/// A slow uploader holds its user's lock no longer than `timeout`. The timer is
+/// only made if the body is not already here ([`deadline::within`]): almost every
+/// body arrives with its headers, so the common case makes no timer at all
+/// (tower-http's `RequestBodyDeadline` registered one per request: ~1,200
+/// instructions per charge, measured with `benches/instructions.sh`).
+async fn read_amount<B>(body: B, limit_bytes: usize, timeout: Duration) -> Result<Amount, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let collected = tokio::time::timeout(deadline, body.collect())
-        .await
-        .map_err(|_| ApiError::BodyTimeout {
-            timeout_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
-        })?;
+    let collected = deadline::within(
+        Instant::now() + timeout,
+        async { Some(body.collect().await) },
+        || None,
+    )
+    .await
+    .ok_or_else(|| ApiError::BodyTimeout {
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    })?;
     let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
