@@ -73,22 +73,38 @@ wait_ready() { # url
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# CPU time (user + system, all threads) a process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 # run_wrk NAME PORT SCENARIO ROUND -> appends one JSON line to $results
+# Besides wrk's own figures it records the CPU time per request of the server and
+# of wrk (user + system, from /proc and bash's `time`): on 2 shared cores the
+# req/s of a round moves with whatever else the host runs, CPU per request much
+# less, and the req/s ratio follows from them (wrk's share is the same for both).
 run_wrk() {
-  local name=$1 port=$2 scenario=$3 round=$4 line keys=null rss
-  line=$(SCENARIO=$scenario USERS=$USERS HOT_USER=$HOT_USER \
+  local name=$1 port=$2 scenario=$3 round=$4 line keys=null rss cpu_before cpu_after wrk_cpu
+  local TIMEFORMAT='%U %S'
+  cpu_before=$(cpu_ticks "$server_pid")
+  { time SCENARIO=$scenario USERS=$USERS HOT_USER=$HOT_USER \
     timeout $((DURATION + 30)) "${on_client_cpu[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
-    --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:$port" | grep '^RESULT ' | cut -c8-)
+    --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:$port" >"$OUT/wrk.out" 2>"$OUT/wrk.err"; } 2>"$OUT/wrk.time"
+  cpu_after=$(cpu_ticks "$server_pid")
+  line=$(grep '^RESULT ' "$OUT/wrk.out" | cut -c8-)
+  wrk_cpu=$(awk '{print $1 + $2}' "$OUT/wrk.time")
   if [ "$name" = pointlock ]; then
     keys=$(curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lock"]["keys"])')
   fi
   rss=$(rss_kib "$server_pid")
-  python3 - "$line" "$name" "$round" "$keys" "$rss" "$CONNECTIONS" >>"$results" <<'PY'
+  python3 - "$line" "$name" "$round" "$keys" "$rss" "$CONNECTIONS" \
+    "$((cpu_after - cpu_before))" "$(getconf CLK_TCK)" "$wrk_cpu" >>"$results" <<'PY'
 import json, sys
-line, name, round_, keys, rss, conns = sys.argv[1:]
+line, name, round_, keys, rss, conns, ticks, hz, wrk_cpu = sys.argv[1:]
 r = json.loads(line)
+n = max(r["requests"], 1)
 r.update(server=name, round=int(round_), connections=int(conns),
-         lock_keys_after=None if keys == "null" else int(keys), rss_kib=int(rss))
+         lock_keys_after=None if keys == "null" else int(keys), rss_kib=int(rss),
+         server_cpu_us_per_req=round(int(ticks) / int(hz) * 1e6 / n, 2),
+         wrk_cpu_us_per_req=round(float(wrk_cpu) * 1e6 / n, 2))
 print(json.dumps(r))
 PY
   tail -n 1 "$results"
@@ -132,8 +148,14 @@ for r in rows:
     if r["scenario"] not in scenarios:
         scenarios.append(r["scenario"])
 print()
-print("| scenario | pointlock req/s | baseline req/s | ratio | p50 / p99 (ms) pointlock | p50 / p99 (ms) baseline | non-2xx | lock keys after |")
-print("|---|---|---|---|---|---|---|---|")
+def ratios(s):
+    by_round = {}
+    for r in rows:
+        if r["scenario"] == s:
+            by_round.setdefault(r["round"], {})[r["server"]] = r["rps"]
+    return [v["pointlock"] / v["baseline"] for v in by_round.values() if len(v) == 2]
+print("| scenario | pointlock req/s | baseline req/s | ratio | ratio per round | server CPU us/req pointlock / baseline | wrk CPU us/req | p50 / p99 (ms) pointlock | p50 / p99 (ms) baseline | non-2xx | lock keys after |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for s in scenarios:
     p, b = med("pointlock", s, "rps"), med("baseline", s, "rps")
     non2xx = sum(r["non2xx"] for r in rows if r["server"] == "pointlock" and r["scenario"] == s)
@@ -141,7 +163,10 @@ for s in scenarios:
     ratio = f"{p / b:.2f}" if p and b else "-"
     def lat(server):
         return f'{med(server, s, "p50_us") / 1000:.2f} / {med(server, s, "p99_us") / 1000:.2f}'
-    print(f"| {s} | {p:,.0f} | {b:,.0f} | {ratio} | {lat('pointlock')} | {lat('baseline')} | {non2xx} | {keys} |")
+    per_round = " ".join(f"{x:.2f}" for x in ratios(s))
+    cpu = f'{med("pointlock", s, "server_cpu_us_per_req"):.1f} / {med("baseline", s, "server_cpu_us_per_req"):.1f}'
+    wrk_cpu = f'{med("pointlock", s, "wrk_cpu_us_per_req"):.1f} / {med("baseline", s, "wrk_cpu_us_per_req"):.1f}'
+    print(f"| {s} | {p:,.0f} | {b:,.0f} | {ratio} | {per_round} | {cpu} | {wrk_cpu} | {lat('pointlock')} | {lat('baseline')} | {non2xx} | {keys} |")
 hot, spread = med("pointlock", "hot", "rps"), med("pointlock", "charge", "rps")
 if hot and spread:
     print(f"\nhot user / spread charge (pointlock): {hot / spread:.2f}")
