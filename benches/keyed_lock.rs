@@ -9,7 +9,10 @@
 //!
 //! Contenders: `no_lock` (nothing: the cost and scaling of the loop and runtime
 //! alone); `pointlock`; `tokio_mutex` (one pre-created `tokio::sync::Mutex`, the
-//! floor: no map at all); `std_map_of_tokio_mutex` and `dashmap_tokio_mutex` (a map
+//! floor: no map at all); `tokio_mutex_owned` (the same, locked with
+//! `lock_owned` for a `'static` guard like pointlock's); `tokio_mutex_per_key` (a
+//! pre-created mutex per key: nothing shared, the scaling ceiling for
+//! `distinct_keys`); `std_map_of_tokio_mutex` and `dashmap_tokio_mutex` (a map
 //! of `Arc<tokio::sync::Mutex<()>>` with removal when idle, as hand-written in the
 //! course); `lockable` (the `lockable` crate's `LockPool`).
 //!
@@ -52,6 +55,38 @@ struct TokioMutex(tokio::sync::Mutex<()>);
 impl Contender for TokioMutex {
     async fn hold(&self, _key: u64) {
         drop(self.0.lock().await);
+    }
+}
+
+/// The same mutex behind an `Arc`, locked for an owned guard (`lock_owned`):
+/// the floor for a lock whose guard must be `'static`, as a keyed lock's guard
+/// held across a request's futures must be (pointlock's guards are owned).
+struct TokioMutexOwned(Arc<tokio::sync::Mutex<()>>);
+
+impl Contender for TokioMutexOwned {
+    async fn hold(&self, _key: u64) {
+        drop(Arc::clone(&self.0).lock_owned().await);
+    }
+}
+
+/// A pre-created tokio mutex per key (64 keys, each mutex on its own cache lines):
+/// nothing shared between distinct keys, so `distinct_keys` shows how far
+/// per-key work of about a lock's cost scales on this machine's cores.
+struct TokioMutexPerKey(Vec<Padded>);
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(tokio::sync::Mutex<()>);
+
+impl Default for TokioMutexPerKey {
+    fn default() -> Self {
+        Self((0..64).map(|_| Padded::default()).collect())
+    }
+}
+
+impl Contender for TokioMutexPerKey {
+    async fn hold(&self, key: u64) {
+        drop(self.0[(key % 64) as usize].0.lock().await);
     }
 }
 
@@ -114,12 +149,16 @@ macro_rules! each_contender {
         let no_lock = Arc::new(NoLock);
         let pointlock = Arc::new(KeyedLock::<u64>::new());
         let tokio_mutex = Arc::new(TokioMutex(tokio::sync::Mutex::new(())));
+        let tokio_mutex_owned = Arc::new(TokioMutexOwned(Arc::new(tokio::sync::Mutex::new(()))));
+        let per_key = Arc::new(TokioMutexPerKey::default());
         let std_map = Arc::new(StdMapOfTokioMutex::default());
         let dashmap = Arc::new(DashMapTokioMutex::default());
         let lockable = Arc::new(Lockable(lockable::LockPool::new()));
         each_contender!(@one $group, $id, $rt, "no_lock", no_lock, |$c| $body);
         each_contender!(@one $group, $id, $rt, "pointlock", pointlock, |$c| $body);
         each_contender!(@one $group, $id, $rt, "tokio_mutex", tokio_mutex, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "tokio_mutex_owned", tokio_mutex_owned, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "tokio_mutex_per_key", per_key, |$c| $body);
         each_contender!(@one $group, $id, $rt, "std_map_of_tokio_mutex", std_map, |$c| $body);
         each_contender!(@one $group, $id, $rt, "dashmap_tokio_mutex", dashmap, |$c| $body);
         each_contender!(@one $group, $id, $rt, "lockable", lockable, |$c| $body);

@@ -69,8 +69,9 @@ use crate::clock::Clock;
 /// that hash picks the shard and finds the entry again on every later step.
 type Table<K> = hashbrown::HashTable<(K, Entry)>;
 
-/// Independent tables, so unrelated keys rarely touch the same mutex.
-const SHARD_COUNT: usize = 64;
+/// Independent tables, so unrelated keys rarely touch the same mutex: 2^SHARD_BITS.
+const SHARD_BITS: u32 = 8;
+const SHARD_COUNT: usize = 1 << SHARD_BITS;
 
 /// One shard: its table, counters and a reference count of its own, alone on its
 /// cache lines. Waiters and guards point at their key's shard, not at the whole
@@ -118,11 +119,45 @@ struct Inner<K> {
 
 /// A held key. Invariant: the entry exists iff the key is held by a guard, is being
 /// handed to a waiter (`handoff`), or both; waiters queue only behind a holder.
+///
+/// 16 bytes, so an uncontended lock and unlock (which insert and remove the entry)
+/// move little: the queue is only allocated once a second acquirer waits, and the
+/// hand-off is a waiter id (ids start at 1; 0 is none).
 #[derive(Default)]
 struct Entry {
-    queue: VecDeque<Waiter>,
-    /// The waiter the lock has been handed to, until it collects the guard.
-    handoff: Option<u64>,
+    // Boxed on purpose: 8 bytes instead of a 32-byte `VecDeque` in every entry
+    // (and in every table slot), for an extra allocation only when a key is contended.
+    #[allow(clippy::box_collection)]
+    queue: Option<Box<VecDeque<Waiter>>>,
+    /// The id of the waiter the lock has been handed to, until it collects the
+    /// guard; 0 if none.
+    handoff: u64,
+}
+
+impl Entry {
+    fn waiters(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn push(&mut self, waiter: Waiter) {
+        self.queue
+            .get_or_insert_with(Box::default)
+            .push_back(waiter);
+    }
+
+    fn pop(&mut self) -> Option<Waiter> {
+        self.queue.as_mut()?.pop_front()
+    }
+
+    fn waiter_mut(&mut self, id: u64) -> Option<&mut Waiter> {
+        self.queue.as_mut()?.iter_mut().find(|w| w.id == id)
+    }
+
+    fn remove_waiter(&mut self, id: u64) {
+        if let Some(queue) = &mut self.queue {
+            queue.retain(|w| w.id != id);
+        }
+    }
 }
 
 struct Waiter {
@@ -262,17 +297,18 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
                 granted_at_once,
                 waiter_id_next,
             } = &mut *state;
-            match table.find_mut(hash, |(k, _)| *k == key) {
-                None => {
-                    let value = (key.clone(), Entry::default());
-                    table.insert_unique(hash, value, shard.rehash());
+            // One probe whether the key is free or held.
+            match table.entry(hash, |(k, _)| *k == key, shard.rehash()) {
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert((key.clone(), Entry::default()));
                     *granted_at_once += 1;
                     AcquireState::Granted
                 }
-                Some((_, entry)) => {
+                hashbrown::hash_table::Entry::Occupied(mut held) => {
+                    let (_, entry) = held.get_mut();
                     let id = *waiter_id_next;
                     *waiter_id_next += 1;
-                    entry.queue.push_back(Waiter { id, waker: None });
+                    entry.push(Waiter { id, waker: None });
                     AcquireState::Queued {
                         id,
                         since_nanos: shard.now_nanos(),
@@ -362,7 +398,7 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
                 s.lock()
                     .table
                     .iter()
-                    .map(|(_, e)| e.queue.len())
+                    .map(|(_, e)| e.waiters())
                     .sum::<usize>()
             })
             .sum()
@@ -379,11 +415,7 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
             {
                 let state = shard.lock();
                 m.keys += state.table.len();
-                m.waiters += state
-                    .table
-                    .iter()
-                    .map(|(_, e)| e.queue.len())
-                    .sum::<usize>();
+                m.waiters += state.table.iter().map(|(_, e)| e.waiters()).sum::<usize>();
                 m.acquisitions += state.granted_at_once;
             }
             let c = &shard.counters;
@@ -410,7 +442,7 @@ impl<K> Inner<K> {
     /// The shard that owns the key whose hash is `hash`.
     fn shard_at(&self, hash: u64) -> &Arc<Shard<K>> {
         // The high bits pick the shard; the table inside uses the whole hash.
-        &self.shards[(hash >> 58) as usize % SHARD_COUNT]
+        &self.shards[(hash >> (u64::BITS - SHARD_BITS)) as usize]
     }
 }
 
@@ -473,9 +505,9 @@ fn hand_off<K: Hash + Eq>(
         unreachable!("KeyedLock invariant: a released key has an entry");
     };
     let entry = &mut found.get_mut().1;
-    match entry.queue.pop_front() {
+    match entry.pop() {
         Some(next) => {
-            entry.handoff = Some(next.id);
+            entry.handoff = next.id;
             next.waker
         }
         None => {
@@ -487,7 +519,7 @@ fn hand_off<K: Hash + Eq>(
 }
 
 /// Smallest shard capacity worth shrinking: below it the table costs a few KiB.
-const SHRINK_CAPACITY_MIN: usize = 64;
+const SHRINK_CAPACITY_MIN: usize = 32;
 
 /// Give back a shard's memory as its keys leave: a table never shrinks by itself,
 /// so one burst of a million held keys would otherwise keep its peak size for
@@ -542,7 +574,7 @@ impl<K: Hash + Eq + Clone> Acquire<K> {
             AcquireState::Queued { id, .. } => {
                 let state = self.shard().lock();
                 let entry = state.table.find(self.hash, |(k, _)| *k == self.key);
-                entry.and_then(|(_, e)| e.handoff) == Some(id)
+                entry.is_some_and(|(_, e)| e.handoff == id)
             }
             AcquireState::Done => false,
         }
@@ -587,16 +619,14 @@ impl<K: Hash + Eq + Clone> Future for Acquire<K> {
                     .table
                     .find_mut(this.hash, |(k, _)| *k == this.key)
                     .expect("KeyedLock invariant: a queued waiter's key has an entry");
-                if entry.handoff == Some(id) {
-                    entry.handoff = None;
+                if entry.handoff == id {
+                    entry.handoff = 0;
                     drop(state);
                     shard.record_contended(since_nanos);
                     return Poll::Ready(this.guard());
                 }
                 let waiter = entry
-                    .queue
-                    .iter_mut()
-                    .find(|w| w.id == id)
+                    .waiter_mut(id)
                     .expect("KeyedLock invariant: a queued waiter is in its queue");
                 match &mut waiter.waker {
                     Some(waker) => waker.clone_from(cx.waker()),
@@ -624,12 +654,12 @@ impl<K: Hash + Eq + Clone> Drop for Acquire<K> {
                 .table
                 .find_mut(self.hash, |(k, _)| *k == self.key)
                 .expect("KeyedLock invariant: a queued waiter's key has an entry");
-            if entry.handoff == Some(id) {
+            if entry.handoff == id {
                 // Handed to us but never collected: pass it on.
-                entry.handoff = None;
+                entry.handoff = 0;
                 hand_off(shard, &mut state.table, self.hash, &self.key)
             } else {
-                entry.queue.retain(|w| w.id != id);
+                entry.remove_waiter(id);
                 None
             }
         };
