@@ -51,7 +51,7 @@ def http_chart():
 
 def lock_chart():
     rows = load("keyed_lock")
-    contenders = ["pointlock", "tokio_mutex", "std_map_of_tokio_mutex", "dashmap_tokio_mutex", "lockable"]
+    contenders = ["pointlock", "tokio_mutex", "tokio_mutex_owned", "std_map_of_tokio_mutex", "dashmap_tokio_mutex", "lockable"]
     scenarios = ["uncontended", "same_key/2", "same_key/8", "same_key/64"]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for name in contenders:
