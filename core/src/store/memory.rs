@@ -27,7 +27,7 @@ const SHARDS: usize = 64;
 
 /// In-memory balances and histories. See the [module docs](self).
 ///
-/// The tables are split into [`SHARDS`] shards by user, each behind its own
+/// The tables are split into 64 shards by user, each behind its own
 /// mutex, so requests of different users on different worker threads do not
 /// queue for one mutex (a profile of the server under load showed the single
 /// mutex's two lock/unlock pairs per charge among its most expensive lines).
