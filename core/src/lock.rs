@@ -69,9 +69,8 @@ use crate::clock::Clock;
 /// that hash picks the shard and finds the entry again on every later step.
 type Table<K> = hashbrown::HashTable<(K, Entry)>;
 
-/// Independent tables, so unrelated keys rarely touch the same mutex: 2^SHARD_BITS.
-const SHARD_BITS: u32 = 8;
-const SHARD_COUNT: usize = 1 << SHARD_BITS;
+/// Independent tables, so unrelated keys rarely touch the same mutex (a power of 2).
+const SHARD_COUNT: usize = 256;
 
 /// One shard: its table, counters and a reference count of its own, alone on its
 /// cache lines. Waiters and guards point at their key's shard, not at the whole
@@ -441,8 +440,11 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
 impl<K> Inner<K> {
     /// The shard that owns the key whose hash is `hash`.
     fn shard_at(&self, hash: u64) -> &Arc<Shard<K>> {
-        // The high bits pick the shard; the table inside uses the whole hash.
-        &self.shards[(hash >> (u64::BITS - SHARD_BITS)) as usize]
+        // Bits 32.. pick the shard: hashbrown takes a slot's position from the low
+        // bits and its 7-bit tag from the top ones, so keys of one shard still
+        // differ in both (with the top bits here, they would share one tag and
+        // every probe would compare every key of a group).
+        &self.shards[((hash >> 32) as usize) & (SHARD_COUNT - 1)]
     }
 }
 

@@ -14,9 +14,10 @@
 //!    with `benches/instructions.sh`). Server errors are logged by
 //!    [`ApiError::into_response`] either way.
 //! 4. `CatchPanic` (a panic becomes a 500 JSON answer). A panic unwinds through the
-//!    lock layer's future, which then drops the handler's future and releases the
-//!    user's lock (the panicked future is never resumed). It boxes the response
-//!    body into [`AppBody`], the one box a response body gets.
+//!    lock layer's future, whose `polling` flag marks it as panicked: it is never
+//!    resumed, and when `CatchPanic`'s future is dropped (right after the 500 is
+//!    ready) it drops the handler's future and releases the user's lock. It boxes
+//!    the response body into [`AppBody`], the one box a response body gets.
 //! 5. the request deadline (`map_future` with [`deadline::within`]: a bare 408
 //!    for the whole request, default 10 s; longer than the lock timeout). Its
 //!    timer is only made if the request is not done in its first poll.
@@ -214,8 +215,9 @@ fn panic_response(
     ApiError::Internal("the request failed unexpectedly".into()).into_response()
 }
 
-/// Turn the non-JSON answers of tower-http middleware (408 from the timeout, 413
-/// from the body limit) into this API's JSON errors; pass every other answer on.
+/// Turn the bare answers of the middleware (408 from the request deadline, 413
+/// from tower-http's body limit) into this API's JSON errors; pass every other
+/// answer on.
 fn normalize_error(res: Response<AppBody>, limit_bytes: usize) -> Response<AppBody> {
     let error = match res.status() {
         StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout,

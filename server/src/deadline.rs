@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
+use tokio::task::{unconstrained, Unconstrained};
 use tokio::time::{Instant, Sleep};
 
 /// `future`'s output, or `on_elapsed()` if `deadline` passes first.
@@ -42,7 +43,7 @@ pin_project! {
         #[pin]
         future: F,
         deadline: Instant,
-        sleep: Option<Pin<Box<Sleep>>>,
+        sleep: Option<Pin<Box<Unconstrained<Sleep>>>>,
         on_elapsed: Option<G>,
     }
 }
@@ -60,9 +61,11 @@ where
             return Poll::Ready(output);
         }
         let deadline = *this.deadline;
+        // Unconstrained, like `tokio::time::timeout`'s own timer: work that spends
+        // the task's cooperative budget must not keep a passed deadline from firing.
         let sleep = this
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .get_or_insert_with(|| Box::pin(unconstrained(tokio::time::sleep_until(deadline))));
         ready!(sleep.as_mut().poll(cx));
         let on_elapsed = this.on_elapsed.take().expect("polled after completion");
         Poll::Ready(on_elapsed())

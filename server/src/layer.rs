@@ -106,8 +106,8 @@ pin_project! {
     /// rejection made here (400 `INVALID_USER_ID`, 503 `LOCK_TIMEOUT`).
     ///
     /// Its [`Default`] is an empty body, so that middleware which answers by
-    /// itself with a default body (tower-http's `Timeout`) can sit right outside
-    /// this layer without boxing the body in between.
+    /// itself with a default body (the server's request deadline, with its 408)
+    /// can sit outside this layer without boxing the body in between.
     #[project = UserLockBodyProj]
     pub enum UserLockBody<B> {
         /// The inner service's body.

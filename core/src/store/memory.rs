@@ -108,8 +108,10 @@ impl MemoryStore {
     /// The tables holding `id`, locked.
     fn tables(&self, id: UserId) -> MutexGuard<'_, Tables> {
         let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
-        // The top bits: the maps inside use the low bits of the same hash.
-        let shard = &self.shards[(hash >> 58) as usize % SHARDS];
+        // Bits 32..: the maps inside take a slot's position from the low bits of
+        // the same hash and its tag from the top 7, which must still differ
+        // between the users of one shard.
+        let shard = &self.shards[((hash >> 32) as usize) % SHARDS];
         // Every critical section below is infallible map work; poisoning cannot
         // leave the tables half-written.
         shard.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -228,15 +230,17 @@ mod tests {
     }
 
     #[test]
-    fn history_ids_are_unique_from_one_across_shards_and_threads() {
+    fn history_ids_are_unique_gapless_and_in_order_per_user_across_threads() {
         let store = Arc::new(MemoryStore::new());
-        let threads: Vec<_> = (0..4u64)
-            .map(|t| {
+        // Four threads commit to the same 100 users at once (no user lock here):
+        // each user's rows must still come out in id order, so the id must be
+        // taken under the same lock that appends the row.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
                 let store = Arc::clone(&store);
                 std::thread::spawn(move || {
-                    // Each thread its own users, many of them (every shard).
                     for round in 1..=50 {
-                        for user in (t * 1_000 + 1)..=(t * 1_000 + 100) {
+                        for user in 1..=100 {
                             charge(&store, user, round);
                         }
                     }
@@ -247,16 +251,15 @@ mod tests {
             thread.join().unwrap();
         }
         let mut ids = HashSet::new();
-        for user in (0..4u64).flat_map(|t| (t * 1_000 + 1)..=(t * 1_000 + 100)) {
+        for user in 1..=100 {
             let id = UserId::new(user).unwrap();
             let history = ready(store.histories(id)).unwrap();
-            assert_eq!(history.len(), 50);
+            assert_eq!(history.len(), 200);
             assert!(
                 history.windows(2).all(|w| w[0].id < w[1].id),
                 "a user's rows are in id order"
             );
-            let point = ready(store.user_point(id)).unwrap().unwrap();
-            assert_eq!(point.point, 50, "the last commit's balance");
+            assert!(ready(store.user_point(id)).unwrap().is_some());
             ids.extend(history.iter().map(|h| h.id));
         }
         assert_eq!(ids.len(), 20_000, "no id given twice");
