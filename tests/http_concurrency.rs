@@ -27,12 +27,7 @@ use tokio::sync::{Barrier, Semaphore};
 const LATENCY_MS: u64 = 10;
 
 async fn hundred_concurrent_charges(server: &Arc<TestServer>) -> (u64, BTreeSet<u64>) {
-    let tasks: Vec<_> = (0..100)
-        .map(|_| {
-            let server = Arc::clone(server);
-            tokio::spawn(async move { server.charge(1, 10).await })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..100).map(|_| server.spawn_charge(1, 10)).collect();
     let mut balances = BTreeSet::new();
     for task in tasks {
         let reply = task.await.unwrap();
@@ -149,18 +144,12 @@ async fn a_failing_request_does_not_fail_those_queued_behind_it_on(backend: Back
     let server = Arc::new(TestServer::start(store, patient()).await);
     // Hold the lock with a commit at the gate, then queue: a use that must fail,
     // a malformed body, then ten charges.
-    let first = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.charge(1, 5).await })
-    };
+    let first = server.spawn_charge(1, 5);
     server
         .wait_for_lock("first holds the lock", |l| l.len() == 1)
         .await;
     let mut queued = Vec::new();
-    let doomed = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.use_points(1, 1_000).await })
-    };
+    let doomed = server.spawn_use(1, 1_000);
     server
         .wait_for_lock("use queued", |l| l.waiters() == 1)
         .await;
@@ -176,8 +165,7 @@ async fn a_failing_request_does_not_fail_those_queued_behind_it_on(backend: Back
         .wait_for_lock("bad body queued", |l| l.waiters() == 2)
         .await;
     for i in 0..10 {
-        let server2 = Arc::clone(&server);
-        queued.push(tokio::spawn(async move { server2.charge(1, 10).await }));
+        queued.push(server.spawn_charge(1, 10));
         server
             .wait_for_lock("charge queued", |l| l.waiters() == 3 + i)
             .await;
@@ -201,14 +189,11 @@ async fn same_user_requests_apply_in_arrival_order_on(backend: Backend) {
     let server = Arc::new(TestServer::start(store, patient()).await);
     let mut tasks = Vec::new();
     for i in 0..20_u64 {
-        let s = Arc::clone(&server);
-        tasks.push(tokio::spawn(async move {
-            if i % 5 == 4 {
-                s.use_points(1, 1).await
-            } else {
-                s.charge(1, i + 1).await
-            }
-        }));
+        tasks.push(if i % 5 == 4 {
+            server.spawn_use(1, 1)
+        } else {
+            server.spawn_charge(1, i + 1)
+        });
         // Request i has reached the server and taken its place before i+1 is sent.
         let waiting = usize::try_from(i).unwrap();
         server
@@ -256,14 +241,11 @@ async fn users_meeting_at_a_barrier(backend: Backend, serialize_all: bool) -> Ve
     }
     let server = Arc::new(TestServer::start(store, patient()).await);
     let tasks: Vec<_> = (1..=USERS as u64)
-        .map(|user| {
-            let server = Arc::clone(&server);
-            tokio::spawn(async move { server.charge(user, 100).await.status })
-        })
+        .map(|user| server.spawn_charge(user, 100))
         .collect();
     let mut statuses = Vec::new();
     for task in tasks {
-        statuses.push(task.await.unwrap());
+        statuses.push(task.await.unwrap().status);
     }
     if !serialize_all {
         assert_eq!(server.store.in_flight_max(), USERS);
@@ -305,10 +287,7 @@ async fn client_disconnect_mid_request_leaves_consistent_state_on(backend: Backe
     raw.write_all(request.as_bytes()).await.unwrap();
     assert_eq!(entered.recv().await.unwrap().get(), 1, "commit started");
     // A second request queues behind it.
-    let second = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.charge(1, 30).await })
-    };
+    let second = server.spawn_charge(1, 30);
     server
         .wait_for_lock("second queued", |l| l.waiters() == 1)
         .await;
@@ -337,10 +316,7 @@ async fn lock_timeout_answers_503_and_changes_nothing_on(backend: Backend) {
         ..AppOptions::default()
     };
     let server = Arc::new(TestServer::start(store, options).await);
-    let first = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.charge(1, 10).await })
-    };
+    let first = server.spawn_charge(1, 10);
     server.wait_for_lock("first holds", |l| l.len() == 1).await;
     let timed_out = server.charge(1, 20).await;
     assert_eq!(timed_out.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -369,17 +345,11 @@ async fn a_handler_panic_answers_500_and_releases_the_lock() {
         ..patient()
     };
     let server = Arc::new(TestServer::start(store, options).await);
-    let panicking = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.charge(1, 13).await })
-    };
+    let panicking = server.spawn_charge(1, 13);
     server
         .wait_for_lock("panicking holds", |l| l.len() == 1)
         .await;
-    let queued = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.charge(1, 5).await })
-    };
+    let queued = server.spawn_charge(1, 5);
     server
         .wait_for_lock("charge queued", |l| l.waiters() == 1)
         .await;
@@ -442,10 +412,7 @@ async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend:
     server
         .wait_for_lock("uploader holds user 1", |l| l.len() == 1)
         .await;
-    let queued = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.charge(1, 10).await })
-    };
+    let queued = server.spawn_charge(1, 10);
     server
         .wait_for_lock("charge queued", |l| l.waiters() == 1)
         .await;

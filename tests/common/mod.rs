@@ -22,6 +22,7 @@ use pointlock::server::clock::SystemClock;
 use pointlock::server::{AppOptions, SqliteOptions, SqliteStore};
 use serde_json::Value;
 use tokio::sync::{mpsc, Barrier, Semaphore};
+use tokio::task::JoinHandle;
 
 /// Which store a scenario runs on.
 #[derive(Clone, Copy, Debug)]
@@ -283,6 +284,18 @@ impl TestServer {
         let body = format!("{{\"amount\":{amount}}}");
         self.send(Method::PATCH, &format!("/point/{user}/charge"), Some(&body))
             .await
+    }
+
+    /// `charge` in a task of its own (to queue it behind a holder).
+    pub fn spawn_charge(self: &Arc<Self>, user: u64, amount: u64) -> JoinHandle<Reply> {
+        let server = Arc::clone(self);
+        tokio::spawn(async move { server.charge(user, amount).await })
+    }
+
+    /// `use_points` in a task of its own.
+    pub fn spawn_use(self: &Arc<Self>, user: u64, amount: u64) -> JoinHandle<Reply> {
+        let server = Arc::clone(self);
+        tokio::spawn(async move { server.use_points(user, amount).await })
     }
 
     pub async fn use_points(&self, user: u64, amount: u64) -> Reply {
