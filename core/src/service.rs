@@ -253,6 +253,28 @@ mod tests {
     }
 
     #[test]
+    fn use_from_a_balance_above_a_lowered_max_works_and_charge_is_refused() {
+        // A balance of 15,000 written while the maximum was higher; then the
+        // operator lowers --max-balance to 10,000 (operator input: no panic).
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::new(0));
+        let before = PointService::new(Arc::clone(&store), Policy::new(20_000), clock.clone());
+        let held = now(before.lock().lock(id(1)));
+        now(before.charge(&held, amount(15_000))).unwrap();
+        drop(held);
+
+        let after = PointService::new(store, Policy::new(10_000), clock);
+        let held = now(after.lock().lock(id(1)));
+        assert_eq!(now(after.use_points(&held, amount(1_000))).unwrap().point, 14_000);
+        assert!(matches!(
+            now(after.charge(&held, amount(1))),
+            Err(PointError::MaxBalanceExceeded { balance: 14_000, .. })
+        ));
+        drop(held);
+        assert_eq!(now(after.point(id(1))).unwrap().point, 14_000);
+    }
+
+    #[test]
     fn a_guard_of_another_lock_is_refused() {
         let (svc, _) = service();
         let other: KeyedLock<UserId> = KeyedLock::new();

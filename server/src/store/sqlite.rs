@@ -407,6 +407,7 @@ pub struct SqliteStore {
     path: PathBuf,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     queue: Arc<Semaphore>,
+    queue_ops_max: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
     stats: Arc<Stats>,
@@ -499,6 +500,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             sender: Mutex::new(Some(sender)),
             queue: Arc::new(Semaphore::new(options.queue_ops_max.max(1))),
+            queue_ops_max: options.queue_ops_max.max(1),
             writer: Mutex::new(Some(writer)),
             readers,
             stats,
@@ -510,6 +512,13 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Changes handed to the writer and not yet answered (queued or in the
+    /// batch being written).
+    pub fn queued_ops(&self) -> usize {
+        self.queue_ops_max
+            .saturating_sub(self.queue.available_permits())
     }
 
     /// How commits have been batched so far.
