@@ -39,6 +39,19 @@ pub enum PointError {
     #[error("timed out waiting for this user's other requests to finish; retry later")]
     LockTimeout,
 
+    /// The user's balance kept changing under the service between its read and
+    /// its commit (the store refused every attempt's condition, a bounded number
+    /// of times). Nothing was changed; the request may be retried. With the
+    /// service's lock in front (one process) this never happens: it takes
+    /// writers that skip the lock, or several processes on one database.
+    #[error(
+        "the balance changed concurrently {attempts} times in a row; nothing was changed; retry"
+    )]
+    WriteConflict {
+        /// Commits attempted, each refused by the store's condition.
+        attempts: u32,
+    },
+
     /// A mutation was attempted with a guard of a different lock than the service's.
     #[error("the guard passed to the service belongs to another lock (a programming error)")]
     ForeignGuard,
@@ -57,29 +70,82 @@ impl PointError {
             Self::InsufficientBalance { .. } => "INSUFFICIENT_BALANCE",
             Self::MaxBalanceExceeded { .. } => "MAX_BALANCE_EXCEEDED",
             Self::LockTimeout => "LOCK_TIMEOUT",
+            Self::WriteConflict { .. } => "WRITE_CONFLICT",
             Self::ForeignGuard => "INTERNAL",
-            Self::Store(_) => "STORE_ERROR",
+            Self::Store(e) => e.code(),
         }
     }
 }
 
-/// A store failed to read or commit. A failed commit changed nothing.
+/// How a store failed; the faces map each kind to its own status and code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// A read or a commit failed; a failed commit changed nothing.
+    Failed,
+    /// The change's condition did not hold: the stored balance is no longer the
+    /// one the change was computed from. Nothing was changed; the service re-reads
+    /// and tries again (see [`PointService`](crate::PointService)).
+    Conflict,
+    /// The store has stopped taking changes (it failed and stopped rather than
+    /// risk an unknown state) until it is restarted. Nothing was changed.
+    Unavailable,
+    /// The commit failed at a point where the store cannot tell whether the
+    /// change is durable (a failed COMMIT or fsync). The store stops taking
+    /// changes; read the history after a restart to learn the outcome.
+    OutcomeUnknown,
+}
+
+/// A store failed to read or commit. Unless its kind is
+/// [`OutcomeUnknown`](StoreErrorKind::OutcomeUnknown), a failed commit changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[error("store error: {message}")]
 pub struct StoreError {
+    kind: StoreErrorKind,
     message: String,
 }
 
 impl StoreError {
-    /// A store error with a human-readable cause.
+    /// A failure ([`StoreErrorKind::Failed`]) with a human-readable cause.
     pub fn new(message: impl Into<String>) -> Self {
+        Self::with_kind(StoreErrorKind::Failed, message)
+    }
+
+    /// The change's condition did not hold ([`StoreErrorKind::Conflict`]).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::with_kind(StoreErrorKind::Conflict, message)
+    }
+
+    /// An error of `kind` with a human-readable cause.
+    pub fn with_kind(kind: StoreErrorKind, message: impl Into<String>) -> Self {
         Self {
+            kind,
             message: message.into(),
         }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// Whether the change's condition did not hold (nothing was changed).
+    pub fn is_conflict(&self) -> bool {
+        self.kind == StoreErrorKind::Conflict
     }
 
     /// The cause, as given by the store.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The stable machine-readable code of this kind.
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            StoreErrorKind::Failed => "STORE_ERROR",
+            StoreErrorKind::Conflict => "WRITE_CONFLICT",
+            StoreErrorKind::Unavailable => "STORE_UNAVAILABLE",
+            StoreErrorKind::OutcomeUnknown => "STORE_OUTCOME_UNKNOWN",
+        }
     }
 }

@@ -8,9 +8,18 @@
 //!   with checked arithmetic.
 //! - [`lock`]: [`KeyedLock`], an async mutex per key: FIFO per key, cancel safe,
 //!   owned `Send + 'static` guards, an entry only while a key is held or awaited.
-//! - [`store`]: the [`PointStore`] trait (atomic commit of balance + history row)
-//!   and the in-memory [`MemoryStore`] modelled on the course template's tables.
-//! - [`service`]: [`PointService`]; its mutations demand a guard of that user's lock.
+//! - [`store`]: the [`PointStore`] trait (atomic, conditional commit of balance +
+//!   history row) and the in-memory [`MemoryStore`] modelled on the course
+//!   template's tables.
+//! - [`service`]: [`PointService`]; its mutations demand a guard of that user's
+//!   lock, and retry a bounded number of times when the store's condition refuses
+//!   a change computed from a stale balance.
+//!
+//! # Features
+//!
+//! `test-util`: negative controls for tests and benchmarks only
+//! (`KeyedLock::unsynchronized`, `PointService::without_commit_condition`,
+//! `Change::for_tests`). Never enable it in a build that serves anyone.
 //!
 //! The crate has no async runtime and does no I/O: time comes from an injected
 //! [`Clock`], sleeping from an injected [`store::Sleeper`], and lock timeouts from a
@@ -27,9 +36,9 @@ mod sync;
 
 pub use clock::{Clock, ManualClock};
 pub use domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
-pub use error::{PointError, StoreError};
-pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut};
+pub use error::{PointError, StoreError, StoreErrorKind};
+pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut, QueueFull};
 pub use policy::Policy;
 pub use service::PointService;
-pub use store::{memory::MemoryStore, BoxFuture, Change, CommitStats, Committed, PointStore};
+pub use store::{memory::MemoryStore, BoxFuture, Change, Committed, PointStore};
 pub use sync::{MaybeSend, MaybeSync};

@@ -148,15 +148,45 @@ impl Entry {
         self.queue.as_mut()?.pop_front()
     }
 
+    /// The waiter `id`, found by binary search: ids are handed out in increasing
+    /// order within a shard and waiters only join at the back, so every queue is
+    /// sorted by id (a linear scan made each poll of a waiter deep in a long
+    /// queue cost the queue's length).
     fn waiter_mut(&mut self, id: u64) -> Option<&mut Waiter> {
-        self.queue.as_mut()?.iter_mut().find(|w| w.id == id)
+        let queue = self.queue.as_mut()?;
+        let at = position(queue, id)?;
+        queue.get_mut(at)
     }
 
     fn remove_waiter(&mut self, id: u64) {
         if let Some(queue) = &mut self.queue {
-            queue.retain(|w| w.id != id);
+            if let Some(at) = position(queue, id) {
+                // Moves the shorter side of the ring buffer: at most half the queue,
+                // which `lock_bounded` caps.
+                queue.remove(at);
+            }
         }
     }
+}
+
+/// Where waiter `id` is in `queue` (sorted by id), by binary search.
+fn position(queue: &VecDeque<Waiter>, id: u64) -> Option<usize> {
+    #[cfg(test)]
+    let queue_probes = std::cell::Cell::new(0_usize);
+    let found = queue.binary_search_by(|w| {
+        #[cfg(test)]
+        queue_probes.set(queue_probes.get() + 1);
+        w.id.cmp(&id)
+    });
+    #[cfg(test)]
+    PROBES.with(|probes| probes.set(probes.get() + queue_probes.get()));
+    found.ok()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Waiters compared by `position` on this thread (tests of the lookup's cost).
+    static PROBES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 struct Waiter {
@@ -171,6 +201,7 @@ struct Counters {
     contended: AtomicU64,
     timeouts: AtomicU64,
     cancelled: AtomicU64,
+    queue_full: AtomicU64,
     wait_nanos_total: AtomicU64,
     wait_nanos_max: AtomicU64,
     wait_buckets: [AtomicU64; WAIT_BUCKETS_MICROS.len() + 1],
@@ -192,6 +223,9 @@ pub struct LockMetrics {
     pub timeouts: u64,
     /// Waits abandoned by dropping the future (timeouts included).
     pub cancelled: u64,
+    /// Acquisitions refused at once because the key's queue was full
+    /// ([`KeyedLock::lock_bounded`]).
+    pub queue_full: u64,
     /// Total time contended acquisitions spent queued (0 without a clock).
     pub wait_nanos_total: u64,
     /// Longest single wait (0 without a clock).
@@ -211,6 +245,26 @@ impl fmt::Display for LockTimedOut {
 }
 
 impl std::error::Error for LockTimedOut {}
+
+/// The key already had as many waiters as the caller allows
+/// ([`KeyedLock::lock_bounded`]). Nothing was queued or held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueFull {
+    /// The bound that was reached: waiters queued behind the holder.
+    pub waiters_max: usize,
+}
+
+impl fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the key already has {} waiters, the most allowed",
+            self.waiters_max
+        )
+    }
+}
+
+impl std::error::Error for QueueFull {}
 
 impl<K> Clone for KeyedLock<K> {
     fn clone(&self) -> Self {
@@ -248,7 +302,8 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
     /// A "lock" that grants every request at once and excludes nothing.
     ///
     /// It exists for negative controls: tests that show what goes wrong without the
-    /// lock, to prove that they could fail. Never use it to protect anything.
+    /// lock, to prove that they could fail. Only with the `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn unsynchronized() -> Self {
         Self::build(None, true)
     }
@@ -282,8 +337,23 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
     /// Acquire `key`, waiting behind the current holder and earlier waiters.
     ///
     /// The place in the queue is taken now, by this call; the returned future only
-    /// waits for its turn. It is cancel safe (see the [module docs](self)).
+    /// waits for its turn. It is cancel safe (see the [module docs](self)). The
+    /// queue is not bounded: see [`lock_bounded`](Self::lock_bounded).
     pub fn lock(&self, key: K) -> Acquire<K> {
+        match self.enqueue(key, usize::MAX) {
+            Ok(acquire) => acquire,
+            Err(_) => unreachable!("no queue holds usize::MAX waiters"),
+        }
+    }
+
+    /// [`lock`](Self::lock), unless `waiters_max` callers already wait for `key`
+    /// behind its holder: then refuse at once, queueing nothing (counted in
+    /// [`LockMetrics::queue_full`]). `0` admits only an uncontended acquisition.
+    pub fn lock_bounded(&self, key: K, waiters_max: usize) -> Result<Acquire<K>, QueueFull> {
+        self.enqueue(key, waiters_max)
+    }
+
+    fn enqueue(&self, key: K, waiters_max: usize) -> Result<Acquire<K>, QueueFull> {
         let hash = self.inner.hasher.hash_one(&key);
         let shard = self.inner.shard_at(hash);
         let state = if shard.unsynchronized {
@@ -305,6 +375,11 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
                 }
                 hashbrown::hash_table::Entry::Occupied(mut held) => {
                     let (_, entry) = held.get_mut();
+                    if entry.waiters() >= waiters_max {
+                        drop(state);
+                        shard.counters.queue_full.fetch_add(1, Relaxed);
+                        return Err(QueueFull { waiters_max });
+                    }
                     let id = *waiter_id_next;
                     *waiter_id_next += 1;
                     entry.push(Waiter { id, waker: None });
@@ -315,12 +390,12 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
                 }
             }
         };
-        Acquire {
+        Ok(Acquire {
             shard: Some(Arc::clone(shard)),
             hash,
             key,
             state,
-        }
+        })
     }
 
     /// Acquire `key` unless `timeout` completes first.
@@ -422,6 +497,7 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
             m.contended += c.contended.load(Relaxed);
             m.timeouts += c.timeouts.load(Relaxed);
             m.cancelled += c.cancelled.load(Relaxed);
+            m.queue_full += c.queue_full.load(Relaxed);
             m.wait_nanos_total += c.wait_nanos_total.load(Relaxed);
             m.wait_nanos_max = m.wait_nanos_max.max(c.wait_nanos_max.load(Relaxed));
             for (sum, bucket) in m.wait_histogram.iter_mut().zip(&c.wait_buckets) {
@@ -431,7 +507,7 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
         m
     }
 
-    /// Whether this lock hands out no exclusion (see [`KeyedLock::unsynchronized`]).
+    /// Whether this lock hands out no exclusion (a test-util negative control).
     pub fn is_unsynchronized(&self) -> bool {
         self.inner.unsynchronized
     }
@@ -1045,6 +1121,60 @@ mod tests {
         assert_eq!(m.wait_nanos_max, 5_000_000);
         // 5 ms falls in the "<= 10 ms" bucket.
         assert_eq!(m.wait_histogram[4], 1);
+    }
+
+    #[test]
+    fn lock_bounded_refuses_past_the_bound_queues_nothing_and_counts() {
+        let lock = KeyedLock::new();
+        let holder = lock.lock_bounded(1, 2).unwrap();
+        assert!(
+            holder.is_granted(),
+            "a free key is granted whatever the bound"
+        );
+        let mut waiting: Vec<Probe> = (0..2)
+            .map(|_| Probe {
+                acquire: lock.lock_bounded(1, 2).unwrap(),
+                flag: Arc::default(),
+            })
+            .collect();
+        assert_eq!(
+            lock.lock_bounded(1, 2).err(),
+            Some(QueueFull { waiters_max: 2 })
+        );
+        assert_eq!(lock.waiters(), 2, "the refused call queued nothing");
+        assert_eq!(lock.metrics().queue_full, 1);
+        assert!(
+            lock.lock_bounded(2, 0).is_ok(),
+            "other keys are not affected"
+        );
+        assert!(lock.lock_bounded(1, 3).is_ok(), "the bound is the caller's");
+        drop(holder);
+        drop(waiting.remove(0).ready());
+        assert!(
+            lock.lock_bounded(1, 0).is_err(),
+            "held by the second waiter"
+        );
+    }
+
+    #[test]
+    fn finding_a_waiter_deep_in_a_long_queue_compares_few_waiters() {
+        let lock = KeyedLock::new();
+        let holder = ready_now(lock.lock(1));
+        let mut waiters: Vec<Probe> = (0..10_000).map(|_| Probe::new(&lock, 1)).collect();
+        PROBES.with(|p| p.set(0));
+        // Poll the last waiter and cancel one in the middle: each finds its place
+        // in the queue by binary search (a scan would compare ~15,000 waiters).
+        assert!(waiters[9_999].pending());
+        drop(waiters.remove(5_000));
+        let probes = PROBES.with(|p| p.get());
+        assert!(probes <= 2 * 15, "{probes} waiters compared");
+        drop(holder);
+        assert_eq!(lock.waiters(), 9_998);
+        // Order is kept: the head is granted first, then the next.
+        assert!(waiters[1].pending());
+        drop(waiters.remove(0).ready());
+        assert!(waiters[1].pending());
+        drop(waiters.remove(0).ready());
     }
 
     #[test]

@@ -7,10 +7,24 @@
 //! comes from the guard, so a mutation for user 1 cannot run under user 2's lock, and
 //! there is no way to call one without holding the lock.
 //!
-//! The guard must stay alive until the returned future completes: the read, the
-//! policy check and the atomic commit all happen under it, so no other mutation of
-//! the same user can interleave (no lost update).
+//! # Two lines of defence
+//!
+//! 1. **The lock** (the caller's): one request of a user at a time, in arrival
+//!    order. The read, the policy check and the commit all happen under it.
+//! 2. **The store's condition**: each [`Change`] carries the balance it was
+//!    computed from, and the store applies it only if that is still the stored
+//!    balance. If it is not (something bypassed the lock: another process on the
+//!    same database), the store refuses the change, changing nothing, and the
+//!    service reads the balance again, applies the policy again and retries, at
+//!    most [`COMMIT_ATTEMPTS_MAX`] times in all; past that it answers
+//!    [`PointError::WriteConflict`] (retryable; nothing changed). With the lock in
+//!    front the condition never fails.
+//!
+//! The guard (a clone of the `Arc`) travels with the change into the store, which
+//! keeps it until it has answered for the change: dropping the mutation's future
+//! mid-commit does not release the user while the change may still be applied.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::clock::Clock;
@@ -20,12 +34,25 @@ use crate::lock::{KeyGuard, KeyedLock};
 use crate::policy::Policy;
 use crate::store::{Change, PointStore};
 
+/// The most commits one mutation attempts before it answers
+/// [`PointError::WriteConflict`]: the first, and re-reads after refused ones.
+/// Bounded so that a user whose balance changes without pause (a lock bypassed on
+/// purpose, many processes on one hot row) costs each request a few round trips,
+/// never an unbounded loop.
+pub const COMMIT_ATTEMPTS_MAX: u32 = 8;
+
 /// The point wallet. Cheap to share behind an `Arc`.
 pub struct PointService<S> {
     store: S,
     lock: KeyedLock<UserId>,
     policy: Policy,
     clock: Arc<dyn Clock>,
+    /// Commits the store refused because the balance had changed (each retried
+    /// or, past the bound, answered with a conflict).
+    conflicts: AtomicU64,
+    /// Test-util negative controls only: make unconditional changes.
+    #[cfg(any(test, feature = "test-util"))]
+    unconditional: bool,
 }
 
 impl<S: PointStore> PointService<S> {
@@ -35,8 +62,7 @@ impl<S: PointStore> PointService<S> {
         Self::with_lock(store, policy, clock, lock)
     }
 
-    /// A service using `lock` for its users: share it with an HTTP layer, or pass
-    /// [`KeyedLock::unsynchronized`] for a negative control.
+    /// A service using `lock` for its users: share it with an HTTP layer.
     pub fn with_lock(
         store: S,
         policy: Policy,
@@ -48,7 +74,19 @@ impl<S: PointStore> PointService<S> {
             lock,
             policy,
             clock,
+            conflicts: AtomicU64::new(0),
+            #[cfg(any(test, feature = "test-util"))]
+            unconditional: false,
         }
+    }
+
+    /// The same service making **unconditional** changes: the store's condition
+    /// switched off, for negative controls that show the lost updates it prevents.
+    /// Only with the `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn without_commit_condition(mut self) -> Self {
+        self.unconditional = true;
+        self
     }
 
     /// The per-user lock whose guards the mutations demand.
@@ -61,9 +99,10 @@ impl<S: PointStore> PointService<S> {
         self.policy
     }
 
-    /// The store.
-    pub fn store(&self) -> &S {
-        &self.store
+    /// Commits the store refused because the balance had changed since it was
+    /// read (0 while every writer goes through the lock).
+    pub fn commit_conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     /// The user's balance; a user never charged has 0 (stamped now).
@@ -82,18 +121,23 @@ impl<S: PointStore> PointService<S> {
     }
 
     /// Add `amount` to the balance of the user whose lock `held` is.
+    ///
+    /// The store keeps a clone of `held` until it has answered for the change,
+    /// so the user stays locked until then even if this future is dropped.
     pub async fn charge(
         &self,
-        held: &KeyGuard<UserId>,
+        held: &Arc<KeyGuard<UserId>>,
         amount: Amount,
     ) -> Result<UserPoint, PointError> {
         self.mutate(held, TransactionType::Charge, amount).await
     }
 
     /// Take `amount` from the balance of the user whose lock `held` is.
+    ///
+    /// The store keeps a clone of `held` until it has answered for the change.
     pub async fn use_points(
         &self,
-        held: &KeyGuard<UserId>,
+        held: &Arc<KeyGuard<UserId>>,
         amount: Amount,
     ) -> Result<UserPoint, PointError> {
         self.mutate(held, TransactionType::Use, amount).await
@@ -101,7 +145,7 @@ impl<S: PointStore> PointService<S> {
 
     async fn mutate(
         &self,
-        held: &KeyGuard<UserId>,
+        held: &Arc<KeyGuard<UserId>>,
         kind: TransactionType,
         amount: Amount,
     ) -> Result<UserPoint, PointError> {
@@ -109,24 +153,48 @@ impl<S: PointStore> PointService<S> {
             return Err(PointError::ForeignGuard);
         }
         let id = *held.key();
-        let balance = self.store.user_point(id).await?.map_or(0, |p| p.point);
-        let point = match kind {
-            TransactionType::Charge => self.policy.charge(balance, amount)?,
-            TransactionType::Use => self.policy.use_points(balance, amount)?,
-        };
-        // Checked before writing; a store that disagrees is a broken invariant.
-        debug_assert!(point <= self.policy.max_balance);
-        let change = Change {
-            user_id: id,
-            point,
-            kind,
-            amount,
-            time_millis: self.clock.now_millis(),
-        };
-        let committed = self.store.commit(change).await?;
-        debug_assert_eq!(committed.user_point.point, point);
-        debug_assert_eq!(committed.history.user_id, id);
-        Ok(committed.user_point)
+        for _ in 0..COMMIT_ATTEMPTS_MAX {
+            let balance = self.store.user_point(id).await?.map_or(0, |p| p.point);
+            let point = match kind {
+                TransactionType::Charge => self.policy.charge(balance, amount)?,
+                // A use never raises a balance: one above a maximum lowered since
+                // it was reached may still be spent (and no charge is allowed).
+                TransactionType::Use => self.policy.use_points(balance, amount)?,
+            };
+            // Checked before writing; a store that disagrees is a broken invariant.
+            debug_assert!(point <= self.policy.max_balance || point < balance);
+            let change = Change::new(
+                Arc::clone(held),
+                self.expected(balance),
+                point,
+                kind,
+                amount,
+                self.clock.now_millis(),
+            );
+            match self.store.commit(change).await {
+                Ok(committed) => {
+                    debug_assert_eq!(committed.user_point.point, point);
+                    debug_assert_eq!(committed.history.user_id, id);
+                    return Ok(committed.user_point);
+                }
+                Err(refused) if refused.is_conflict() => {
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(failed) => return Err(failed.into()),
+            }
+        }
+        Err(PointError::WriteConflict {
+            attempts: COMMIT_ATTEMPTS_MAX,
+        })
+    }
+
+    /// The condition of a change computed from `balance`.
+    fn expected(&self, balance: u64) -> Option<u64> {
+        #[cfg(any(test, feature = "test-util"))]
+        if self.unconditional {
+            return None;
+        }
+        Some(balance)
     }
 }
 
@@ -138,6 +206,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::domain::PointHistory;
     use crate::store::memory::MemoryStore;
 
     /// Drive a future that never waits (the fast memory store) to completion.
@@ -174,7 +243,7 @@ mod tests {
     #[test]
     fn charge_and_use_update_balance_and_history_in_order() {
         let (svc, clock) = service();
-        let held = now(svc.lock().lock(id(1)));
+        let held = Arc::new(now(svc.lock().lock(id(1))));
         assert_eq!(now(svc.charge(&held, amount(100))).unwrap().point, 100);
         clock.advance_millis(10);
         let after = now(svc.use_points(&held, amount(40))).unwrap();
@@ -199,7 +268,7 @@ mod tests {
     fn history_ids_increase_across_users() {
         let (svc, _) = service();
         for user in [3, 1, 2] {
-            let held = now(svc.lock().lock(id(user)));
+            let held = Arc::new(now(svc.lock().lock(id(user))));
             now(svc.charge(&held, amount(1))).unwrap();
         }
         let ids: Vec<u64> = [3, 1, 2]
@@ -213,7 +282,7 @@ mod tests {
     #[test]
     fn rejected_changes_change_nothing() {
         let (svc, _) = service();
-        let held = now(svc.lock().lock(id(1)));
+        let held = Arc::new(now(svc.lock().lock(id(1))));
         now(svc.charge(&held, amount(10_000))).unwrap();
         assert!(matches!(
             now(svc.charge(&held, amount(1))),
@@ -240,7 +309,7 @@ mod tests {
     fn repeated_i64_max_charges_never_overflow() {
         let clock = Arc::new(ManualClock::new(0));
         let svc = PointService::new(MemoryStore::new(), Policy::new(u64::MAX), clock);
-        let held = now(svc.lock().lock(id(1)));
+        let held = Arc::new(now(svc.lock().lock(id(1))));
         let max = amount(u64::try_from(i64::MAX).unwrap());
         assert!(now(svc.charge(&held, max)).is_ok());
         assert!(now(svc.charge(&held, max)).is_ok());
@@ -259,26 +328,154 @@ mod tests {
         let store = std::sync::Arc::new(MemoryStore::new());
         let clock = Arc::new(ManualClock::new(0));
         let before = PointService::new(Arc::clone(&store), Policy::new(20_000), clock.clone());
-        let held = now(before.lock().lock(id(1)));
+        let held = Arc::new(now(before.lock().lock(id(1))));
         now(before.charge(&held, amount(15_000))).unwrap();
         drop(held);
 
         let after = PointService::new(store, Policy::new(10_000), clock);
-        let held = now(after.lock().lock(id(1)));
-        assert_eq!(now(after.use_points(&held, amount(1_000))).unwrap().point, 14_000);
+        let held = Arc::new(now(after.lock().lock(id(1))));
+        assert_eq!(
+            now(after.use_points(&held, amount(1_000))).unwrap().point,
+            14_000
+        );
         assert!(matches!(
             now(after.charge(&held, amount(1))),
-            Err(PointError::MaxBalanceExceeded { balance: 14_000, .. })
+            Err(PointError::MaxBalanceExceeded {
+                balance: 14_000,
+                ..
+            })
         ));
         drop(held);
         assert_eq!(now(after.point(id(1))).unwrap().point, 14_000);
+    }
+
+    /// A store that, before each of its first `meddle` commits, slips in a change
+    /// of +1 behind the service's back (as another process on the same database
+    /// would), so the service's change was computed from a stale balance.
+    struct Meddler {
+        inner: MemoryStore,
+        meddle: std::sync::atomic::AtomicU32,
+    }
+
+    impl PointStore for Meddler {
+        fn user_point(
+            &self,
+            id: UserId,
+        ) -> crate::BoxFuture<'_, Result<Option<UserPoint>, crate::StoreError>> {
+            self.inner.user_point(id)
+        }
+
+        fn histories(
+            &self,
+            id: UserId,
+        ) -> crate::BoxFuture<'_, Result<Vec<PointHistory>, crate::StoreError>> {
+            self.inner.histories(id)
+        }
+
+        fn commit(
+            &self,
+            change: Change,
+        ) -> crate::BoxFuture<'_, Result<crate::Committed, crate::StoreError>> {
+            let meddle = self
+                .meddle
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if meddle {
+                let id = change.user_id();
+                let stored = now(self.inner.user_point(id))
+                    .unwrap()
+                    .map_or(0, |p| p.point);
+                let bypass = KeyedLock::unsynchronized();
+                let sneaked = Change::for_tests(
+                    Arc::new(now(bypass.lock(id))),
+                    None,
+                    stored + 1,
+                    TransactionType::Charge,
+                    amount(1),
+                    0,
+                );
+                now(self.inner.commit(sneaked)).unwrap();
+            }
+            self.inner.commit(change)
+        }
+    }
+
+    fn meddled(times: u32) -> PointService<Meddler> {
+        let store = Meddler {
+            inner: MemoryStore::new(),
+            meddle: std::sync::atomic::AtomicU32::new(times),
+        };
+        PointService::new(store, Policy::default(), Arc::new(ManualClock::new(0)))
+    }
+
+    /// Invariant 1 over the memory store: the balance equals the replayed history.
+    fn replays(svc: &PointService<Meddler>, user: u64) -> u64 {
+        let balance = now(svc.point(id(user))).unwrap().point;
+        let mut sum: i128 = 0;
+        for row in now(svc.histories(id(user))).unwrap() {
+            match row.kind {
+                TransactionType::Charge => sum += i128::from(row.amount.get()),
+                TransactionType::Use => sum -= i128::from(row.amount.get()),
+            }
+        }
+        assert_eq!(i128::from(balance), sum, "balance != history");
+        balance
+    }
+
+    #[test]
+    fn a_refused_commit_is_read_again_and_retried_on_top_of_the_newer_balance() {
+        let svc = meddled(2);
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        // Two sneaked +1s, each refusing one attempt; the third applies on top.
+        assert_eq!(now(svc.charge(&held, amount(100))).unwrap().point, 102);
+        assert_eq!(svc.commit_conflicts(), 2);
+        assert_eq!(replays(&svc, 1), 102);
+        // The policy is applied again to the new balance: a use of 102 fits.
+        assert_eq!(now(svc.use_points(&held, amount(102))).unwrap().point, 0);
+    }
+
+    #[test]
+    fn a_balance_that_keeps_changing_ends_in_a_retryable_conflict_that_changed_nothing() {
+        let svc = meddled(u32::MAX);
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        assert_eq!(
+            now(svc.charge(&held, amount(100))),
+            Err(PointError::WriteConflict {
+                attempts: COMMIT_ATTEMPTS_MAX
+            })
+        );
+        assert_eq!(
+            PointError::WriteConflict { attempts: 1 }.code(),
+            "WRITE_CONFLICT"
+        );
+        assert_eq!(svc.commit_conflicts(), u64::from(COMMIT_ATTEMPTS_MAX));
+        // Only the sneaked +1s are there: none of the service's 100.
+        assert_eq!(replays(&svc, 1), u64::from(COMMIT_ATTEMPTS_MAX));
+    }
+
+    #[test]
+    fn negative_control_without_the_condition_a_sneaked_change_is_lost() {
+        let svc = meddled(1).without_commit_condition();
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        assert_eq!(now(svc.charge(&held, amount(100))).unwrap().point, 100);
+        let history: u64 = now(svc.histories(id(1)))
+            .unwrap()
+            .iter()
+            .map(|h| h.amount.get())
+            .sum();
+        assert_eq!(history, 101, "the sneaked +1 is in the history");
+        assert_eq!(
+            now(svc.point(id(1))).unwrap().point,
+            100,
+            "but not in the balance"
+        );
     }
 
     #[test]
     fn a_guard_of_another_lock_is_refused() {
         let (svc, _) = service();
         let other: KeyedLock<UserId> = KeyedLock::new();
-        let foreign = now(other.lock(id(1)));
+        let foreign = Arc::new(now(other.lock(id(1))));
         assert_eq!(
             now(svc.charge(&foreign, amount(1))),
             Err(PointError::ForeignGuard)

@@ -72,5 +72,9 @@ async fn a_dropped_charge_keeps_its_user_locked_until_the_store_answers() {
     let history = svc.histories(id(1)).await.unwrap();
     let sum: u64 = history.iter().map(|h| h.amount.get()).sum();
     assert_eq!(history.len(), 2);
-    assert_eq!(svc.point(id(1)).await.unwrap().point, sum, "balance == history");
+    assert_eq!(
+        svc.point(id(1)).await.unwrap().point,
+        sum,
+        "balance == history"
+    );
 }

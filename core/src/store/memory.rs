@@ -161,37 +161,34 @@ impl PointStore for MemoryStore {
             if let Some(delay) = delay {
                 delay.await;
             }
-            // One synchronous step: all of the change or none of it.
-            let mut tables = self.tables(change.user_id);
-            let history = PointHistory {
-                id: self.history_id_last.fetch_add(1, Ordering::Relaxed) + 1,
-                user_id: change.user_id,
-                kind: change.kind,
-                amount: change.amount,
-                time_millis: change.time_millis,
+            // One synchronous step under the user's shard lock: the condition,
+            // then all of the change, or none of it.
+            let user_id = change.user_id();
+            let mut tables = self.tables(user_id);
+            let account = tables.accounts.entry(user_id);
+            let stored = match &account {
+                Entry::Occupied(found) => found.get().point.point,
+                Entry::Vacant(_) => 0,
             };
-            let user_point = UserPoint {
-                id: change.user_id,
-                point: change.point,
-                update_millis: change.time_millis,
-            };
-            match tables.accounts.entry(change.user_id) {
-                Entry::Occupied(mut account) => {
-                    let account = account.get_mut();
-                    account.point = user_point;
-                    account.history.push(history);
+            if !change.holds_for(stored) {
+                return Err(change.conflict(stored));
+            }
+            let committed =
+                change.committed(self.history_id_last.fetch_add(1, Ordering::Relaxed) + 1);
+            match account {
+                Entry::Occupied(mut found) => {
+                    let found = found.get_mut();
+                    found.point = committed.user_point;
+                    found.history.push(committed.history);
                 }
                 Entry::Vacant(slot) => {
                     slot.insert(Account {
-                        point: user_point,
-                        history: vec![history],
+                        point: committed.user_point,
+                        history: vec![committed.history],
                     });
                 }
             }
-            Ok(Committed {
-                user_point,
-                history,
-            })
+            Ok(committed)
         })
     }
 }
@@ -205,6 +202,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{Amount, TransactionType};
+    use crate::lock::KeyedLock;
 
     /// The output of a future that is ready in its first poll (a store without latency).
     fn ready<F: Future>(future: F) -> F::Output {
@@ -218,15 +216,60 @@ mod tests {
         }
     }
 
+    /// A charge from `read` to `point`, conditional on `read` or not, under a
+    /// guard of a lock that excludes nothing (these tests are about the store
+    /// alone, as if the lock had been bypassed).
+    fn change(user: u64, read: u64, point: u64, conditional: bool) -> Change {
+        let lock = KeyedLock::unsynchronized();
+        let held = Arc::new(ready(lock.lock(UserId::new(user).unwrap())));
+        let amount = Amount::new(point - read).unwrap();
+        let expected = conditional.then_some(read);
+        Change::for_tests(held, expected, point, TransactionType::Charge, amount, 0)
+    }
+
     fn charge(store: &MemoryStore, user: u64, point: u64) -> Committed {
-        let change = Change {
-            user_id: UserId::new(user).unwrap(),
-            point,
-            kind: TransactionType::Charge,
-            amount: Amount::new(1).unwrap(),
-            time_millis: 0,
-        };
-        ready(store.commit(change)).unwrap()
+        ready(store.commit(change(user, 0, point, false))).unwrap()
+    }
+
+    #[test]
+    fn a_change_computed_from_a_stale_balance_is_refused_and_changes_nothing() {
+        let store = MemoryStore::new();
+        let id = UserId::new(1).unwrap();
+        ready(store.commit(change(1, 0, 100, true))).unwrap();
+        // Two changes computed from the same read (100), committed without the
+        // lock: the first applies, the second is refused, nothing is lost.
+        let first = ready(store.commit(change(1, 100, 110, true)));
+        let second = ready(store.commit(change(1, 100, 120, true)));
+        assert_eq!(first.unwrap().user_point.point, 110);
+        let refused = second.unwrap_err();
+        assert!(refused.is_conflict(), "{refused}");
+        assert_eq!(refused.code(), "WRITE_CONFLICT");
+        assert_eq!(ready(store.user_point(id)).unwrap().unwrap().point, 110);
+        assert_eq!(ready(store.histories(id)).unwrap().len(), 2);
+        // An absent user counts as 0.
+        assert!(ready(store.commit(change(2, 5, 6, true)))
+            .unwrap_err()
+            .is_conflict());
+        assert!(ready(store.user_point(UserId::new(2).unwrap()))
+            .unwrap()
+            .is_none());
+        assert!(ready(store.histories(UserId::new(2).unwrap()))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn negative_control_without_the_condition_the_same_two_changes_lose_an_update() {
+        let store = MemoryStore::new();
+        let id = UserId::new(1).unwrap();
+        ready(store.commit(change(1, 0, 100, false))).unwrap();
+        ready(store.commit(change(1, 100, 110, false))).unwrap();
+        ready(store.commit(change(1, 100, 120, false))).unwrap();
+        // History: +100, +10, +20 = 130; balance 120: an update was lost.
+        let history = ready(store.histories(id)).unwrap();
+        let sum: u64 = history.iter().map(|h| h.amount.get()).sum();
+        assert_eq!(sum, 130);
+        assert_eq!(ready(store.user_point(id)).unwrap().unwrap().point, 120);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Where balances and histories live.
 //!
 //! A [`PointStore`] reads balances and histories and commits one change at a time
-//! **atomically**: the new balance and its history row are written together or not
-//! at all. The store does not check policies or serialize users: the
-//! [`PointService`](crate::PointService) does that, under the user's lock.
+//! **atomically** and **conditionally**: the new balance and its history row are
+//! written together or not at all, and only if the stored balance is still the one
+//! the change was computed from. The store does not check policies or order a
+//! user's requests: the [`PointService`](crate::PointService) does that, under the
+//! user's lock. The condition is the second line of defence: it holds even where
+//! the lock does not (see [`Change`]).
 
 pub mod memory;
 
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use crate::domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
 use crate::error::StoreError;
+use crate::lock::KeyGuard;
 use crate::sync::{MaybeSend, MaybeSync};
 
 /// A boxed store future: `Send` on native targets, not on wasm32 (see [`MaybeSend`]).
@@ -26,19 +30,154 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// An injected sleep: the memory store's simulated latency waits through it.
 pub type Sleeper = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// One change to commit: the user's new balance and the history row explaining it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One change to commit: the user's new balance, the history row explaining it,
+/// the balance it was computed from, and the user's lock.
+///
+/// Only [`PointService`](crate::PointService) makes changes, from a guard of its
+/// own lock: no public constructor exists (outside the `test-util` feature), so
+/// nothing outside the service can commit a change without holding that user's
+/// lock.
+///
+/// **The condition.** A store applies a change only if the user's stored balance
+/// still equals [`expected_point`](Change::expected_point) (a user with no row
+/// counts as 0), atomically with the write; otherwise it refuses it with a
+/// [`StoreError::conflict`] that changes nothing. With the lock in front this
+/// never fires; it is what keeps a stale change from overwriting a newer balance
+/// when something bypasses the lock (another process on the same database, or a
+/// guard released too early).
+///
+/// **The guard travels with the change.** A store keeps the change, and so the
+/// user's lock, until it has answered for it (committed or refused), whatever
+/// happens to the caller's future in the meantime: a store that keeps working on
+/// a change after its caller stopped waiting (a writer thread, a database round
+/// trip) must hold the change until then, so the next request of that user
+/// cannot read the balance before this change is settled.
+#[derive(Clone)]
 pub struct Change {
-    /// Whose balance changes.
-    pub user_id: UserId,
+    held: Arc<KeyGuard<UserId>>,
+    /// `None` only in the test-util negative controls: apply unconditionally.
+    expected_point: Option<u64>,
+    point: u64,
+    kind: TransactionType,
+    amount: Amount,
+    time_millis: i64,
+}
+
+impl Change {
+    /// A change of the user whose lock `held` is (the service checked the lock).
+    pub(crate) fn new(
+        held: Arc<KeyGuard<UserId>>,
+        expected_point: Option<u64>,
+        point: u64,
+        kind: TransactionType,
+        amount: Amount,
+        time_millis: i64,
+    ) -> Self {
+        Self {
+            held,
+            expected_point,
+            point,
+            kind,
+            amount,
+            time_millis,
+        }
+    }
+
+    /// A change for store tests and benchmarks, which commit without a service.
+    ///
+    /// `expected_point: None` makes the change unconditional: the negative control
+    /// that shows what the condition prevents. Only with the `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn for_tests(
+        held: Arc<KeyGuard<UserId>>,
+        expected_point: Option<u64>,
+        point: u64,
+        kind: TransactionType,
+        amount: Amount,
+        time_millis: i64,
+    ) -> Self {
+        Self::new(held, expected_point, point, kind, amount, time_millis)
+    }
+
+    /// Whose balance changes (the key of the guard the change carries).
+    pub fn user_id(&self) -> UserId {
+        *self.held.key()
+    }
+
+    /// The stored balance this change was computed from: the store applies the
+    /// change only if the balance is still this (an absent user counts as 0).
+    /// `None` (test-util negative controls only): apply unconditionally.
+    pub fn expected_point(&self) -> Option<u64> {
+        self.expected_point
+    }
+
     /// The balance after the change (already checked against the policy).
-    pub point: u64,
+    pub fn point(&self) -> u64 {
+        self.point
+    }
+
     /// Charge or use.
-    pub kind: TransactionType,
+    pub fn kind(&self) -> TransactionType {
+        self.kind
+    }
+
     /// The amount charged or used.
-    pub amount: Amount,
+    pub fn amount(&self) -> Amount {
+        self.amount
+    }
+
     /// When the change is made: both `updateMillis` and `timeMillis`.
-    pub time_millis: i64,
+    pub fn time_millis(&self) -> i64 {
+        self.time_millis
+    }
+
+    /// Whether `stored` (the user's current balance, 0 if absent) satisfies the
+    /// change's condition.
+    pub fn holds_for(&self, stored: u64) -> bool {
+        self.expected_point
+            .is_none_or(|expected| expected == stored)
+    }
+
+    /// The conflict error for a stored balance that fails the condition.
+    pub fn conflict(&self, stored: u64) -> StoreError {
+        StoreError::conflict(format!(
+            "user {}: the balance is {stored}, not the {} this change was computed from",
+            self.user_id(),
+            self.expected_point.unwrap_or(stored)
+        ))
+    }
+
+    /// The rows this change writes, with the history id the store assigned.
+    pub fn committed(&self, history_id: u64) -> Committed {
+        let user_id = self.user_id();
+        Committed {
+            user_point: UserPoint {
+                id: user_id,
+                point: self.point,
+                update_millis: self.time_millis,
+            },
+            history: PointHistory {
+                id: history_id,
+                user_id,
+                kind: self.kind,
+                amount: self.amount,
+                time_millis: self.time_millis,
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Change")
+            .field("user_id", &self.user_id())
+            .field("expected_point", &self.expected_point)
+            .field("point", &self.point)
+            .field("kind", &self.kind)
+            .field("amount", &self.amount)
+            .field("time_millis", &self.time_millis)
+            .finish()
+    }
 }
 
 /// What a commit wrote.
@@ -50,31 +189,12 @@ pub struct Committed {
     pub history: PointHistory,
 }
 
-/// How a store that batches commits (group commit) has batched them so far.
-///
-/// `batch_ops_log2[i]` counts batches of `2^i..2^(i+1)` changes (the last bucket
-/// also takes anything larger).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CommitStats {
-    /// Transactions committed (or attempted) by the writer.
-    pub batches: u64,
-    /// Changes those batches carried.
-    pub ops: u64,
-    /// The largest batch so far.
-    pub batch_ops_max: u64,
-    /// Batches that failed as a whole and were retried one change at a time.
-    pub batches_retried: u64,
-    /// Changes that failed (each answered with its own store error).
-    pub ops_failed: u64,
-    /// Batch sizes by powers of two: 1, 2-3, 4-7, … 256+.
-    pub batch_ops_log2: [u64; 9],
-}
-
 /// Storage for balances and histories.
 ///
 /// Futures may be dropped at any await (a client disconnects): an implementation
-/// must then have committed the change entirely or not at all.
+/// must then have committed the change entirely or not at all, and must keep the
+/// [`Change`] (which holds the user's lock) until the change is committed or
+/// refused.
 pub trait PointStore: MaybeSend + MaybeSync {
     /// The user's balance row, or `None` for a user never charged.
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>>;
@@ -82,13 +202,10 @@ pub trait PointStore: MaybeSend + MaybeSync {
     /// The user's history, oldest first.
     fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>>;
 
-    /// Write the new balance and its history row atomically.
+    /// Write the new balance and its history row atomically, if the stored
+    /// balance is still [`Change::expected_point`]; otherwise refuse with
+    /// [`StoreError::conflict`], changing nothing.
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>>;
-
-    /// Group-commit statistics, for stores that batch commits (`None` otherwise).
-    fn commit_stats(&self) -> Option<CommitStats> {
-        None
-    }
 }
 
 impl<S: PointStore + ?Sized> PointStore for Arc<S> {
@@ -103,10 +220,6 @@ impl<S: PointStore + ?Sized> PointStore for Arc<S> {
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         (**self).commit(change)
     }
-
-    fn commit_stats(&self) -> Option<CommitStats> {
-        (**self).commit_stats()
-    }
 }
 
 impl<S: PointStore + ?Sized> PointStore for Box<S> {
@@ -120,9 +233,5 @@ impl<S: PointStore + ?Sized> PointStore for Box<S> {
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         (**self).commit(change)
-    }
-
-    fn commit_stats(&self) -> Option<CommitStats> {
-        (**self).commit_stats()
     }
 }
