@@ -24,7 +24,11 @@ export interface PointHistory {
   id: number; userId: number; type: 'CHARGE' | 'USE'; amount: number; timeMillis: number;
 }
 
-/** The course NestJS template's `UserPointTable`; methods may return values or Promises. */
+/**
+ * The course NestJS template's `UserPointTable`; methods may return values or Promises.
+ * `selectById` is also called right before each write: a balance that changed since
+ * the service read it is not overwritten (the call is retried, or WRITE_CONFLICT).
+ */
 export interface UserPointTableLike {
   selectById(id: number): UserPoint | undefined | Promise<UserPoint | undefined>;
   insertOrUpdate(id: number, point: number): unknown;
@@ -51,10 +55,17 @@ export interface PointServiceOptions {
 /** Options of `new KeyedLock(...)`. Without `timeoutMs`, waits are unbounded. */
 export interface KeyedLockOptions { timeoutMs?: number; }
 
-/** Every rejection is an `Error` with one of these codes. */
+/**
+ * Every rejection is an `Error` with one of these codes. WRITE_CONFLICT: the
+ * balance kept changing between the service's read and its write (a writer that
+ * bypassed the lock); nothing was changed, retry. STORE_ERROR: a table method
+ * threw or rejected. STORE_UNAVAILABLE and STORE_OUTCOME_UNKNOWN are the core's
+ * codes for stores that stop after a failure; this package's stores never give them.
+ */
 export type PointlockErrorCode =
   | 'INVALID_USER_ID' | 'INVALID_AMOUNT' | 'INSUFFICIENT_BALANCE' | 'MAX_BALANCE_EXCEEDED'
-  | 'LOCK_TIMEOUT' | 'STORE_ERROR' | 'INVALID_OPTION' | 'INVALID_KEY' | 'INVALID_ARGUMENT' | 'INTERNAL';
+  | 'LOCK_TIMEOUT' | 'WRITE_CONFLICT' | 'STORE_ERROR' | 'STORE_UNAVAILABLE' | 'STORE_OUTCOME_UNKNOWN'
+  | 'INVALID_OPTION' | 'INVALID_KEY' | 'INVALID_ARGUMENT' | 'INTERNAL';
 
 export interface PointlockError extends Error { code: PointlockErrorCode; }
 "#;
@@ -222,7 +233,14 @@ impl PointService {
         let acquiring = self.acquire(id);
         let core = Rc::clone(&self.core);
         future_to_promise(async move {
-            let held = acquiring.await?;
+            // The core takes the guard as an `Arc` (the store keeps a clone until it
+            // has answered for the change). On wasm32 the guard is not `Send`, and
+            // there is one thread: the lint's concern does not arise.
+            #[expect(
+                clippy::arc_with_non_send_sync,
+                reason = "the core's API is Arc<KeyGuard>; wasm32 has one thread"
+            )]
+            let held = Arc::new(acquiring.await?);
             let updated = if charge {
                 core.charge(&held, amount).await
             } else {

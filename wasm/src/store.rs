@@ -6,9 +6,32 @@
 //! `selectAllByUserId(userId)`. History rows read back are normalised to
 //! `type: 'CHARGE' | 'USE'`.
 //!
-//! The template's tables have no transactions, so a commit is two calls. If the
-//! history insert fails after the balance was written, the balance is written back
-//! (best effort) and the call rejects with `STORE_ERROR`.
+//! # The commit condition, as far as such tables allow
+//!
+//! The template's tables have no transactions and no compare-and-set, so a commit
+//! is a sequence of awaited calls:
+//!
+//! 1. `selectById(id)`: the balance is read again, right before writing. If it is
+//!    not the balance the change was computed from ([`Change::holds_for`]), the
+//!    commit is refused with [`Change::conflict`] (nothing written) and the
+//!    service reads, re-applies the policy and retries, a bounded number of times,
+//!    then rejects with `WRITE_CONFLICT`.
+//! 2. `insertOrUpdate(id, point)`: the new balance.
+//! 3. `insert(userId, amount, type, timeMillis)`: the history row. If it fails,
+//!    the balance read in step 1 is written back (best effort) and the call
+//!    rejects with `STORE_ERROR`.
+//!
+//! What this guarantees: a change computed from a balance that some other writer
+//! changed *before* step 1 (a write that bypassed the package's lock, between the
+//! service's read and this commit) is refused, not written over the newer
+//! balance. What it does not: steps 1 and 2 are separate awaited calls, so a
+//! writer that bypasses the lock and writes *between* them is not caught (its
+//! write is overwritten, a lost update), and the write-back of step 3 can likewise
+//! overwrite such a write. Only a store that checks and writes atomically closes
+//! that window. With the package's own lock in front of every write (all writes
+//! go through one `PointService`), nothing bypasses it and neither window exists.
+//!
+//! The future owns the [`Change`] (and so the user's lock) until it has answered.
 
 use pointlock_core::store::{BoxFuture, Change, Committed, PointStore};
 use pointlock_core::{Amount, PointHistory, StoreError, TransactionType, UserId, UserPoint};
@@ -119,12 +142,23 @@ impl PointStore for TemplateStore {
     }
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        // `change` moves into the future: the user stays locked until it answers.
         Box::pin(async move {
-            let point_arg = JsValue::from_f64(change.point as f64);
+            let user = id_arg(change.user_id());
+            // The condition: as close to the write as these tables allow (see the
+            // module docs for the window between this read and the write).
+            let stored = self
+                .user_point(change.user_id())
+                .await?
+                .map_or(0, |p| p.point);
+            if !change.holds_for(stored) {
+                return Err(change.conflict(stored));
+            }
+            let point_arg = JsValue::from_f64(change.point() as f64);
             call_method(
                 &self.user_points,
                 "insertOrUpdate",
-                &[id_arg(change.user_id), point_arg],
+                &[user.clone(), point_arg],
             )
             .await
             .map_err(StoreError::new)?;
@@ -132,48 +166,31 @@ impl PointStore for TemplateStore {
                 &self.histories,
                 "insert",
                 &[
-                    id_arg(change.user_id),
-                    JsValue::from_f64(change.amount.get() as f64),
-                    type_code(change.kind),
-                    JsValue::from_f64(change.time_millis as f64),
+                    user.clone(),
+                    JsValue::from_f64(change.amount().get() as f64),
+                    type_code(change.kind()),
+                    JsValue::from_f64(change.time_millis() as f64),
                 ],
             )
             .await;
             let row = match inserted {
                 Ok(row) => row,
                 Err(message) => {
-                    // Undo the balance write so the tables stay consistent.
-                    let previous = match change.kind {
-                        TransactionType::Charge => change.point - change.amount.get(),
-                        TransactionType::Use => change.point + change.amount.get(),
-                    };
+                    // Undo the balance write so the tables stay consistent: back to
+                    // the balance read above (best effort).
                     let _ = call_method(
                         &self.user_points,
                         "insertOrUpdate",
-                        &[id_arg(change.user_id), JsValue::from_f64(previous as f64)],
+                        &[user, JsValue::from_f64(stored as f64)],
                     )
                     .await;
                     return Err(StoreError::new(message));
                 }
             };
-            let history = match get(&row, "id") {
-                Some(_) => PointHistory {
-                    id: count(&row, "id")?,
-                    user_id: change.user_id,
-                    kind: change.kind,
-                    amount: change.amount,
-                    time_millis: change.time_millis,
-                },
-                None => return Err(StoreError::new("insert did not return the history row")),
-            };
-            Ok(Committed {
-                user_point: UserPoint {
-                    id: change.user_id,
-                    point: change.point,
-                    update_millis: change.time_millis,
-                },
-                history,
-            })
+            if get(&row, "id").is_none() {
+                return Err(StoreError::new("insert did not return the history row"));
+            }
+            Ok(change.committed(count(&row, "id")?))
         })
     }
 }

@@ -112,6 +112,94 @@ test('a table that throws rejects with STORE_ERROR and keeps its message', async
   assert.equal(svc.lockedUsers, 0, 'the lock is released after a store error');
 });
 
+test('a failed history insert writes the balance back and rejects with STORE_ERROR', async () => {
+  const points = new UserPointTable(0);
+  const history = new PointHistoryTable(0);
+  const svc = new PointService({ userPointTable: points, pointHistoryTable: history });
+  await svc.charge(1, 30);
+  history.insert = async () => { throw new Error('history table full'); };
+  await assert.rejects(svc.charge(1, 5), (e) => e.code === 'STORE_ERROR' && /history table full/.test(e.message));
+  assert.equal((await svc.point(1)).point, 30, 'the balance written before the failed insert is undone');
+  assert.equal((await svc.histories(1)).length, 1);
+  assert.equal(svc.lockedUsers, 0);
+});
+
+// Template tables with a writer that bypasses the lock, as another process on the
+// same tables would: it adds 1 point straight on the tables (balance and history
+// row) before the selectById calls `bypass.on(n)` picks (n counts from 1), and
+// before every service write while `bypass.onWrite` is set.
+function bypassedTables() {
+  const points = new UserPointTable(0);
+  const history = new PointHistoryTable(0);
+  const read = points.selectById.bind(points);
+  const write = points.insertOrUpdate.bind(points);
+  const bypass = { on: () => false, onWrite: false, reads: 0, sneaked: 0, serviceWrites: [] };
+  const sneak = async (id) => {
+    bypass.sneaked += 1;
+    await write(id, (await read(id)).point + 1);
+    await history.insert(id, 1, TransactionType.CHARGE, Date.now());
+  };
+  points.selectById = async (id) => {
+    bypass.reads += 1;
+    if (bypass.on(bypass.reads)) await sneak(id);
+    return read(id);
+  };
+  points.insertOrUpdate = async (id, point) => {
+    bypass.serviceWrites.push(point);
+    if (bypass.onWrite) await sneak(id);
+    return write(id, point);
+  };
+  const svc = new PointService({ userPointTable: points, pointHistoryTable: history });
+  return { svc, bypass };
+}
+
+const replay = (rows) => rows.reduce((sum, h) => sum + (h.type === 'CHARGE' ? h.amount : -h.amount), 0);
+
+test('template tables: a balance changed behind the lock is re-read, not overwritten', async () => {
+  const { svc, bypass } = bypassedTables();
+  // The service's read sees 0; the commit's re-read (read 2) sees the sneaked 1.
+  bypass.on = (n) => n === 2;
+  assert.equal((await svc.charge(1, 100)).point, 101, 'retried on top of the sneaked point');
+  assert.equal(bypass.reads, 4, 'two attempts: read and re-read each');
+  assert.deepEqual(bypass.serviceWrites, [101], 'the stale 100 was never written');
+  const rows = await svc.histories(1);
+  assert.deepEqual(rows.map((h) => h.amount), [1, 100]);
+  assert.equal((await svc.point(1)).point, 101);
+  assert.equal(replay(rows), 101, 'the history replays to the balance');
+  assert.equal(svc.lockedUsers, 0);
+});
+
+test('template tables: a balance that changes on every read ends in WRITE_CONFLICT, nothing written', async () => {
+  const { svc, bypass } = bypassedTables();
+  await svc.charge(1, 50);
+  bypass.serviceWrites.length = 0;
+  bypass.on = () => true;
+  await assert.rejects(svc.charge(1, 100),
+    (e) => e instanceof Error && e.code === 'WRITE_CONFLICT' && /nothing was changed/.test(e.message));
+  bypass.on = () => false;
+  assert.ok(bypass.sneaked > 2, `retried before giving up (${bypass.sneaked} sneaked writes)`);
+  assert.deepEqual(bypass.serviceWrites, [], 'the call wrote no balance');
+  const rows = await svc.histories(1);
+  assert.deepEqual(rows.map((h) => h.amount), [50, ...Array(bypass.sneaked).fill(1)],
+    'no history row of the call: only the sneaked ones');
+  const balance = (await svc.point(1)).point;
+  assert.equal(balance, 50 + bypass.sneaked);
+  assert.equal(replay(rows), balance);
+  assert.equal(svc.lockedUsers, 0);
+  assert.equal((await svc.charge(1, 100)).point, balance + 100, 'a retry goes through');
+});
+
+test('template tables, the window the docs admit: a write between the re-read and the write is lost', async () => {
+  // No compare-and-set on these tables: this is what only an atomic store closes.
+  const { svc, bypass } = bypassedTables();
+  bypass.onWrite = true;
+  assert.equal((await svc.charge(1, 100)).point, 100);
+  bypass.onWrite = false;
+  assert.equal(bypass.sneaked, 1);
+  assert.equal((await svc.point(1)).point, 100, 'the sneaked point was overwritten');
+  assert.equal(replay(await svc.histories(1)), 101, 'so the history no longer replays');
+});
+
 test('PointService: lockTimeoutMs bounds the wait; a LOCK_TIMEOUT changes nothing', async () => {
   let open;
   const gate = new Promise((resolve) => { open = resolve; });
