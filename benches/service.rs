@@ -17,17 +17,21 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pointlock::core::{
-    Amount, Change, ManualClock, MemoryStore, PointService, PointStore, Policy, TransactionType,
-    UserId,
+    Amount, Change, KeyedLock, ManualClock, MemoryStore, PointService, PointStore, Policy,
+    TransactionType, UserId,
 };
 
-type Service = PointService<MemoryStore>;
+type Service = PointService<Arc<MemoryStore>>;
 
 fn service() -> Arc<Service> {
+    service_over(Arc::new(MemoryStore::new()))
+}
+
+fn service_over(store: Arc<MemoryStore>) -> Arc<Service> {
     // A policy cap high enough that no benchmark ever reaches it.
     let policy = Policy::new(u64::MAX / 2);
     Arc::new(PointService::new(
-        MemoryStore::new(),
+        store,
         policy,
         Arc::new(ManualClock::new(0)),
     ))
@@ -42,7 +46,7 @@ fn one() -> Amount {
 }
 
 async fn locked(svc: &Service, id: u64, kind: TransactionType) {
-    let held = svc.lock().lock(user(id)).await;
+    let held = Arc::new(svc.lock().lock(user(id)).await);
     let result = match kind {
         TransactionType::Charge => svc.charge(&held, one()).await,
         TransactionType::Use => svc.use_points(&held, one()).await,
@@ -52,14 +56,20 @@ async fn locked(svc: &Service, id: u64, kind: TransactionType) {
 
 /// Give user 1 a balance no benchmark can use up, so `use` never fails.
 async fn seed(svc: &Service) {
-    let held = svc.lock().lock(user(1)).await;
+    let held = Arc::new(svc.lock().lock(user(1)).await);
     let plenty = Amount::new(1 << 40).expect("valid amount");
     svc.charge(&held, plenty).await.expect("within policy");
 }
 
 /// The store alone: read the balance, commit the new one (no lock, no policy).
-async fn store_only(svc: &Service, id: u64, kind: TransactionType) {
-    let store = svc.store();
+/// A change must carry a guard: it comes from a lock that excludes nothing (a
+/// counter bump), so this measures the store, the change and its `Arc`.
+async fn store_only(
+    store: &MemoryStore,
+    bypass: &KeyedLock<UserId>,
+    id: u64,
+    kind: TransactionType,
+) {
     let balance = store
         .user_point(user(id))
         .await
@@ -69,13 +79,8 @@ async fn store_only(svc: &Service, id: u64, kind: TransactionType) {
         TransactionType::Charge => balance + 1,
         TransactionType::Use => balance - 1,
     };
-    let change = Change {
-        user_id: user(id),
-        point,
-        kind,
-        amount: one(),
-        time_millis: 0,
-    };
+    let held = Arc::new(bypass.lock(user(id)).await);
+    let change = Change::for_tests(held, Some(balance), point, kind, one(), 0);
     store.commit(change).await.expect("commit");
 }
 
@@ -106,11 +111,13 @@ fn service_group(criterion: &mut Criterion) {
         ("charge", TransactionType::Charge),
         ("use", TransactionType::Use),
     ] {
-        let svc = service();
+        let store = Arc::new(MemoryStore::new());
+        let svc = service_over(Arc::clone(&store));
         single.block_on(seed(&svc));
-        let s = Arc::clone(&svc);
+        let bypass = KeyedLock::unsynchronized();
         group.bench_function(BenchmarkId::new(name, "store_only"), |b| {
-            b.to_async(&single).iter(|| store_only(&s, 1, kind))
+            b.to_async(&single)
+                .iter(|| store_only(&store, &bypass, 1, kind))
         });
         single.block_on(seed(&svc));
         group.bench_function(BenchmarkId::new(name, "locked"), |b| {

@@ -48,7 +48,7 @@ async fn charges(service: Arc<Service>, next: Arc<AtomicU64>, ops: u64, in_fligh
                 while done.fetch_add(1, Ordering::Relaxed) < ops {
                     let user = UserId::new(1 + next.fetch_add(1, Ordering::Relaxed) % USERS)
                         .expect("a valid id");
-                    let held = service.lock().lock(user).await;
+                    let held = Arc::new(service.lock().lock(user).await);
                     service.charge(&held, one).await.expect("charge");
                 }
             })

@@ -58,9 +58,10 @@ async fn negative_control_without_lock_loses_updates_on(backend: Backend) {
         lock_layer: false,
         ..patient()
     };
-    // No layer, and the service's lock replaced by one that excludes nothing.
+    // Both lines of defence off: no layer, the service's lock replaced by one
+    // that excludes nothing, and the store's condition switched off.
     let server = Arc::new(
-        TestServer::start_with_lock(
+        TestServer::start_unconditional(
             ProbeStore::on(backend, LATENCY_MS),
             options,
             KeyedLock::unsynchronized(),
@@ -78,6 +79,52 @@ async fn negative_control_without_lock_loses_updates_on(backend: Backend) {
         "without the lock the race must lose updates, but the balance is {balance}"
     );
     assert!(running.len() < 100, "some responses saw the same balance");
+}
+
+async fn without_the_lock_the_condition_still_loses_no_update_on(backend: Backend) {
+    // The lock off (no layer, a lock that excludes nothing), the store's
+    // condition on: racing charges are refused and retried, or answered 503
+    // WRITE_CONFLICT, never lost. (What the lock alone gives, order and no
+    // conflicts, is gone: the conflicts counted below show it.)
+    let options = AppOptions {
+        lock_layer: false,
+        ..patient()
+    };
+    let server = Arc::new(
+        TestServer::start_with_lock(
+            ProbeStore::on(backend, LATENCY_MS),
+            options,
+            KeyedLock::unsynchronized(),
+        )
+        .await,
+    );
+    let tasks: Vec<_> = (0..100).map(|_| server.spawn_charge(1, 10)).collect();
+    let mut applied = 0;
+    for task in tasks {
+        let reply = task.await.unwrap();
+        match reply.status {
+            StatusCode::OK => applied += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply.json["code"], "WRITE_CONFLICT", "{}", reply.json);
+                assert_eq!(reply.headers["retry-after"], "1");
+            }
+            other => panic!("unexpected {other}: {}", reply.json),
+        }
+    }
+    assert!(applied > 0);
+    assert_eq!(
+        server.balance(1).await,
+        10 * applied,
+        "every 200 is in the balance"
+    );
+    assert_eq!(server.history(1).await.len() as u64, applied);
+    server.assert_history_replays(1).await;
+    let stats = server.get("/stats").await.json;
+    let conflicts = stats["service"]["commitConflicts"].as_u64().unwrap();
+    assert!(
+        conflicts > 0,
+        "without the lock the condition had to fire: {stats}"
+    );
 }
 
 async fn staggered_charges_over_two_seconds_sum_exactly_on(backend: Backend) {
@@ -452,6 +499,7 @@ macro_rules! on_both_stores {
 on_both_stores! {
     hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / sqlite_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances => hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on;
     negative_control_without_lock_loses_updates / sqlite_negative_control_without_lock_loses_updates => negative_control_without_lock_loses_updates_on;
+    without_the_lock_the_condition_still_loses_no_update / sqlite_without_the_lock_the_condition_still_loses_no_update => without_the_lock_the_condition_still_loses_no_update_on;
     staggered_charges_over_two_seconds_sum_exactly / sqlite_staggered_charges_over_two_seconds_sum_exactly => staggered_charges_over_two_seconds_sum_exactly_on;
     mixed_charge_and_use_conserve_total_and_replay_history / sqlite_mixed_charge_and_use_conserve_total_and_replay_history => mixed_charge_and_use_conserve_total_and_replay_history_on;
     a_failing_request_does_not_fail_those_queued_behind_it / sqlite_a_failing_request_does_not_fail_those_queued_behind_it => a_failing_request_does_not_fail_those_queued_behind_it_on;

@@ -3,7 +3,8 @@
 //! Layers as [`build_app`] assembles them, outermost first:
 //!
 //! 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
-//!    process-wide counter; outermost, so every answer below carries it)
+//!    process-wide counter; outermost, so every answer below carries it; the id
+//!    is also in the request's extensions and on every log line of the request)
 //! 2. error normalisation (`map_response`): turns the non-JSON 408 and 413 of
 //!    the request deadline and the body limit into JSON errors, copying the response's
 //!    headers (not its content type or length). Outermost but one, so `Trace`,
@@ -22,9 +23,10 @@
 //!    for the whole request, default 10 s; longer than the lock timeout). Its
 //!    timer is only made if the request is not done in its first poll.
 //! 6. `RequestBodyLimit` (413, default 4 KiB)
-//! 7. [`UserLockLayer`] (per-user FIFO lock for the life of the request; left out
-//!    only when [`AppOptions::lock_layer`] is false, for negative-control tests).
-//!    Its body type has an empty `Default`, which the deadline needs for its 408.
+//! 7. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
+//!    lock for the life of the request, a bounded queue per user; left out only
+//!    when [`AppOptions::lock_layer`] is false, for negative-control tests). Its
+//!    body type has an empty `Default`, which the deadline needs for its 408.
 //! 8. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
 //!    counted from when the user's lock is held: a slow uploader holds its user no
 //!    longer than this)
@@ -49,17 +51,17 @@ use pointlock_core::{Clock, KeyedLock, PointService, PointStore, Policy, UserId}
 use tokio::net::TcpListener;
 use tower::util::{BoxCloneSyncService, Either};
 use tower::ServiceBuilder;
-use tower_http::body::UnsyncBoxBody;
+use tower_http::body::{Limited, UnsyncBoxBody};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 use tower_service::Service;
 
 use crate::deadline;
-use crate::error::ApiError;
-use crate::layer::{UserLockBody, UserLockLayer};
+use crate::error::{refusal_response, ApiError};
+use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use crate::request_id::RequestIdLayer;
-use crate::routes::{Router, SharedService};
+use crate::routes::{user_key, Router, RouterOptions, SharedService, StoreStats};
 
 /// The boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,8 +82,13 @@ pub struct AppOptions {
     /// The longest a handler may wait for the request body once it holds the
     /// user's lock: a slow uploader cannot hold a user's lock longer than this.
     pub body_timeout: Duration,
-    /// Whether to install [`UserLockLayer`]. Only negative-control tests turn it off.
+    /// The most requests that may wait for one user's lock; a request beyond it
+    /// is refused at once with 503 `LOCK_QUEUE_FULL` (`None`: no bound but time).
+    pub lock_queue_max: Option<usize>,
+    /// Whether to install the lock layer. Only negative-control tests turn it off.
     pub lock_layer: bool,
+    /// The store's statistics for `GET /stats` (`null` without).
+    pub store_stats: Option<StoreStats>,
 }
 
 impl Default for AppOptions {
@@ -91,10 +98,17 @@ impl Default for AppOptions {
             request_timeout: Duration::from_millis(10_000),
             body_limit_bytes: 4 * 1024,
             body_timeout: Duration::from_millis(2_000),
+            lock_queue_max: Some(LOCK_QUEUE_MAX_DEFAULT),
             lock_layer: true,
+            store_stats: None,
         }
     }
 }
+
+/// The default bound on requests waiting for one user's lock: far above any
+/// honest client's concurrency for one user, and a cap on the memory one hot
+/// user can pin (a waiter costs a connection and a request).
+pub const LOCK_QUEUE_MAX_DEFAULT: usize = 1_024;
 
 /// A `PointService` over `store` sharing `lock` with the layer.
 pub fn service(
@@ -130,12 +144,24 @@ pub fn build_stack(
        + 'static {
     let limit = options.body_limit_bytes;
     let request_timeout = options.request_timeout;
-    let router = Router::new(Arc::clone(&service), options);
-    // Both variants answer `Response<UserLockBody<_>>`; `Either` joins them without
+    let router = Router::new(
+        Arc::clone(&service),
+        RouterOptions {
+            lock_timeout: options.lock_timeout,
+            body_limit_bytes: options.body_limit_bytes,
+            body_timeout: options.body_timeout,
+            store_stats: options.store_stats.clone(),
+        },
+    );
+    // Both variants answer `Response<KeyedLockBody<_>>`; `Either` joins them without
     // boxing the service and its future on every request (measured: two
     // allocations and a dynamic call per request, see docs/performance.md).
     let inner = if options.lock_layer {
-        let lock = UserLockLayer::new(service.lock().clone(), options.lock_timeout);
+        let extract: fn(&Request<Limited<Incoming>>) -> KeyDecision<UserId> = user_key;
+        let lock = KeyedLockLayer::new(service.lock().clone(), extract)
+            .timeout(options.lock_timeout)
+            .queue_max(options.lock_queue_max)
+            .on_refusal(refusal_response);
         Either::Left(ServiceBuilder::new().layer(lock).service(router))
     } else {
         Either::Right(
@@ -190,8 +216,8 @@ where
 }
 
 /// The body type of the lock layer's answers, for the stack without the layer.
-fn unlocked_body<B>(res: Response<B>) -> Response<UserLockBody<B>> {
-    res.map(UserLockBody::inner)
+fn unlocked_body<B>(res: Response<B>) -> Response<KeyedLockBody<B>> {
+    res.map(KeyedLockBody::inner)
 }
 
 fn box_body<B>(res: Response<B>) -> Response<AppBody>

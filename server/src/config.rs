@@ -73,6 +73,12 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_LOCK_TIMEOUT_MS", default_value_t = 3_000)]
     pub lock_timeout_ms: u64,
 
+    /// The most requests that may wait for one user's lock; beyond it a request is
+    /// refused at once with 503 LOCK_QUEUE_FULL, changing nothing. 0: no bound
+    /// (waits are still bounded by --lock-timeout-ms).
+    #[arg(long, env = "POINTLOCK_LOCK_QUEUE_MAX", default_value_t = crate::app::LOCK_QUEUE_MAX_DEFAULT)]
+    pub lock_queue_max: usize,
+
     /// Memory store only: make every store call wait a random 0..=N ms, like the
     /// course template's tables, to expose races. 0 disables it.
     #[arg(long, env = "POINTLOCK_SIMULATE_LATENCY_MS", default_value_t = 0)]
@@ -100,7 +106,9 @@ impl Config {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             body_limit_bytes: self.body_limit_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
+            lock_queue_max: (self.lock_queue_max > 0).then_some(self.lock_queue_max),
             lock_layer: true,
+            store_stats: None,
         }
     }
 

@@ -7,14 +7,17 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use pointlock_core::PointError;
+use pointlock_core::{PointError, StoreErrorKind};
 use serde::Serialize;
 use thiserror::Error;
+
+use crate::layer::Refusal;
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, Error)]
 pub enum ApiError {
-    /// A wallet error: invalid id or amount, a policy conflict, a lock timeout, a store failure.
+    /// A wallet error: invalid id or amount, a policy conflict, a lock timeout, a
+    /// write conflict, a store failure.
     #[error(transparent)]
     Point(#[from] PointError),
 
@@ -64,9 +67,32 @@ pub enum ApiError {
         timeout_ms: u64,
     },
 
+    /// Too many requests already wait for this user's lock (`--lock-queue-max`).
+    /// Nothing was queued or changed.
+    #[error("{waiters_max} requests for this user are already waiting; retry later")]
+    LockQueueFull {
+        /// The configured bound.
+        waiters_max: usize,
+    },
+
     /// A bug or a panic; details are in the server log.
     #[error("internal server error: {0}")]
     Internal(String),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TimedOut { .. } => Self::Point(PointError::LockTimeout),
+            Refusal::QueueFull { waiters_max } => Self::LockQueueFull { waiters_max },
+        }
+    }
+}
+
+/// The wallet's answer to a request the lock layer refused: this API's JSON
+/// errors (`LOCK_TIMEOUT`, `LOCK_QUEUE_FULL`; 503 with `Retry-After`).
+pub fn refusal_response(refusal: Refusal) -> Response<Full<Bytes>> {
+    ApiError::from(refusal).into_response()
 }
 
 #[derive(Serialize)]
@@ -84,16 +110,23 @@ impl ApiError {
                 PointError::InsufficientBalance { .. } | PointError::MaxBalanceExceeded { .. } => {
                     StatusCode::CONFLICT
                 }
-                PointError::LockTimeout => StatusCode::SERVICE_UNAVAILABLE,
-                PointError::ForeignGuard | PointError::Store(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
+                PointError::LockTimeout | PointError::WriteConflict { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
                 }
+                PointError::Store(e) => match e.kind() {
+                    StoreErrorKind::Conflict | StoreErrorKind::Unavailable => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                },
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::InvalidJson(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout | Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::LockQueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +142,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::BodyTimeout { .. } => "BODY_TIMEOUT",
+            Self::LockQueueFull { .. } => "LOCK_QUEUE_FULL",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -130,7 +164,10 @@ impl ApiError {
             Self::MethodNotAllowed { allow, .. } => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            Self::Point(PointError::LockTimeout) => {
+            // Retryable at once: the next attempt normally succeeds. (A store
+            // that failed stop answers 503 without Retry-After: not before a restart.)
+            Self::Point(PointError::LockTimeout | PointError::WriteConflict { .. })
+            | Self::LockQueueFull { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

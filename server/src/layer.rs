@@ -1,115 +1,315 @@
-//! [`UserLockLayer`]: hold a user's lock for the life of that user's request.
+//! [`KeyedLockLayer`]: serialise requests per key, in arrival order, for the life
+//! of each request.
 //!
-//! For requests whose path is `/point/{id}` or `/point/{id}/...` the middleware
-//! parses `{id}` from the raw URI and takes that user's [`KeyedLock`] before calling
-//! the inner service. Other paths pass through untouched.
+//! A tower middleware for any HTTP service whose requests for one key (a user, an
+//! account, a document, a counter) must not interleave: a key extractor names the
+//! request's key; the middleware takes that key's [`KeyedLock`] before calling the
+//! inner service and releases it when the inner response future completes.
+//! Requests of different keys never wait for each other.
 //!
-//! - **Starts**: the request's place in the user's queue is taken in
-//!   [`Service::call`], so same-user requests are served in the order they reached
-//!   this layer (FIFO). Driving the service to ready takes no lock.
-//! - **Ends**: the lock is released when the inner response future resolves, after
-//!   the handler committed its change. Requests of other users never wait for it.
-//! - **Rejects**: an invalid id answers `400 INVALID_USER_ID` without locking; a
-//!   wait longer than the configured timeout answers `503 LOCK_TIMEOUT` with
-//!   `Retry-After` and never reaches the inner service, so it changes nothing.
-//! - **Cancellation**: if the response future is dropped while the inner future is
-//!   running (a client disconnects; an outer timeout fires), the inner future and the
-//!   guard are moved into a spawned tokio task and run to completion there. A change
-//!   that has started always finishes, and the lock is released only after it.
-//!   A drop while still queued just leaves the queue.
+//! - **Starts**: the request's place in its key's queue is taken in
+//!   [`Service::call`], so requests for one key are served in the order they
+//!   reached this layer (**FIFO**). Driving the service to ready takes no lock.
+//! - **Ends**: the key is released when the inner response future resolves (the
+//!   response head is ready; the inner service has finished its work). A clone of
+//!   the guard taken through [`HeldLock::guard`] keeps the key held until it is
+//!   dropped too: that is how the wallet's store keeps a user locked until it has
+//!   answered for a change.
+//! - **The extractor decides** per request ([`KeyDecision`]): lock a key, pass
+//!   the request through unlocked, or reject it at once without taking any lock.
+//! - **Timeout**: a wait longer than [`KeyedLockLayer::timeout`] (3 s by default)
+//!   is answered by the layer (503 with `Retry-After` unless
+//!   [`KeyedLockLayer::on_refusal`] says otherwise); the inner service is never
+//!   called. **Queue bound**: with [`KeyedLockLayer::queue_max`], a request that
+//!   finds that many already waiting for its key is refused at once the same way,
+//!   queueing nothing.
+//! - **Cancel safety**: dropped while queued, the request leaves the queue and
+//!   never strands the next one. Dropped while the inner future runs (a client
+//!   disconnects, an outer timeout fires), the inner future and the guard move
+//!   into a spawned tokio task and run to completion there: work that started
+//!   under the lock finishes under it. A panic in the inner future is not resumed:
+//!   the future is dropped and the key released.
+//! - **Metrics**: the lock's own ([`KeyedLock::metrics`]): keys held, waiters,
+//!   acquisitions, contended acquisitions, timeouts, queue-full refusals, wait
+//!   times.
 //!
-//! The inner service finds the guard in the request's extensions as [`HeldLock`],
-//! the proof [`PointService`](pointlock_core::PointService)'s mutations require.
+//! The inner service finds a [`HeldLock`] in the request's extensions: the key and
+//! a weak handle on the guard. Keeping the request or the extension does not keep
+//! the key locked past the response.
 //!
 //! # Example
 //!
 //! ```
 //! use std::time::Duration;
-//! use pointlock_core::{KeyedLock, UserId};
-//! use pointlock_server::layer::UserLockLayer;
-//! use tower::ServiceBuilder;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use pointlock_core::KeyedLock;
+//! use pointlock_server::layer::{KeyDecision, KeyedLockLayer};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
-//! # #[derive(Clone)] struct Handler;
-//! # impl<B> tower::Service<http::Request<B>> for Handler {
-//! #     type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
-//! #     type Error = std::convert::Infallible;
-//! #     type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-//! #     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> { std::task::Poll::Ready(Ok(())) }
-//! #     fn call(&mut self, _: http::Request<B>) -> Self::Future { std::future::ready(Ok(http::Response::default())) }
-//! # }
-//! let lock: KeyedLock<UserId> = KeyedLock::new();
+//! /// `/counter/{name}/...` locks `name`; other paths pass; a bad name is a 400.
+//! fn counter_name(req: &Request<Full<Bytes>>) -> KeyDecision<String> {
+//!     let Some(rest) = req.uri().path().strip_prefix("/counter/") else {
+//!         return KeyDecision::Pass;
+//!     };
+//!     let name = rest.split('/').next().unwrap_or_default();
+//!     if name.is_empty() {
+//!         let mut bad = Response::new(Full::from("bad name"));
+//!         *bad.status_mut() = StatusCode::BAD_REQUEST;
+//!         return KeyDecision::Reject(bad);
+//!     }
+//!     KeyDecision::Lock(name.to_owned())
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let service = ServiceBuilder::new()
-//!     .layer(UserLockLayer::new(lock.clone(), Duration::from_secs(3)))
-//!     .service(Handler);
-//! # let _ = service;
+//!     .layer(
+//!         KeyedLockLayer::new(KeyedLock::new(), counter_name)
+//!             .timeout(Duration::from_secs(3))
+//!             .queue_max(1_000),
+//!     )
+//!     .service(service_fn(|_req: Request<Full<Bytes>>| async {
+//!         // Runs alone for its counter: read, wait, write without a race.
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::from("ok")))
+//!     }));
+//! let req = Request::builder().uri("/counter/a/incr").body(Full::default()).unwrap();
+//! let res = service.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! # });
 //! ```
 
+use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
-use pointlock_core::{Acquire, KeyGuard, KeyedLock, PointError, UserId};
+use pointlock_core::{Acquire, KeyGuard, KeyedLock};
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::ApiError;
-use crate::routes::user_segment;
-
-/// The user's guard, shared with the handler through the request's extensions.
-#[derive(Clone, Debug)]
-pub struct HeldLock(pub Arc<KeyGuard<UserId>>);
-
-/// Applies [`UserLock`] to a service. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct UserLockLayer {
-    lock: KeyedLock<UserId>,
-    timeout: Duration,
+/// What the extractor decided for one request.
+#[derive(Debug)]
+pub enum KeyDecision<K> {
+    /// Hold this key's lock for the life of the request.
+    Lock(K),
+    /// Call the inner service without any lock.
+    Pass,
+    /// Answer with this response at once: no lock taken, inner service not called.
+    Reject(Response<Full<Bytes>>),
 }
 
-impl UserLockLayer {
-    /// Lock users in `lock`, giving up after `timeout` with a 503.
-    pub fn new(lock: KeyedLock<UserId>, timeout: Duration) -> Self {
-        Self { lock, timeout }
+/// Names the key of a request. Implemented by every
+/// `Fn(&Request<B>) -> KeyDecision<K>` (a closure or a function).
+pub trait ExtractKey<B> {
+    /// The key type.
+    type Key;
+
+    /// Decide what to do with `req` (it is read only; the body is not touched).
+    fn extract_key(&self, req: &Request<B>) -> KeyDecision<Self::Key>;
+}
+
+impl<F, B, K> ExtractKey<B> for F
+where
+    F: Fn(&Request<B>) -> KeyDecision<K>,
+{
+    type Key = K;
+
+    fn extract_key(&self, req: &Request<B>) -> KeyDecision<K> {
+        self(req)
     }
 }
 
-impl<S> Layer<S> for UserLockLayer {
-    type Service = UserLock<S>;
+/// Why the layer answered a request itself after its key was named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key was not acquired within the timeout. Nothing ran.
+    TimedOut {
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// The key already had `waiters_max` waiters. Nothing was queued.
+    QueueFull {
+        /// The configured bound.
+        waiters_max: usize,
+    },
+}
 
-    fn layer(&self, inner: S) -> Self::Service {
-        UserLock {
-            inner,
+/// Makes the response of a [`Refusal`].
+pub type RefusalResponse = fn(Refusal) -> Response<Full<Bytes>>;
+
+/// The default refusal: `503` with `Retry-After: 1` and a JSON body
+/// `{"code":"LOCK_TIMEOUT"|"LOCK_QUEUE_FULL","message":…}`.
+pub fn default_refusal(refusal: Refusal) -> Response<Full<Bytes>> {
+    let body: &'static str = match refusal {
+        Refusal::TimedOut { .. } => {
+            r#"{"code":"LOCK_TIMEOUT","message":"timed out waiting for earlier requests for the same key; retry later"}"#
+        }
+        Refusal::QueueFull { .. } => {
+            r#"{"code":"LOCK_QUEUE_FULL","message":"too many requests are already waiting for the same key; retry later"}"#
+        }
+    };
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    res
+}
+
+/// The key's guard as the inner service sees it, in the request's extensions.
+///
+/// It holds the key and only a *weak* handle on the guard: an inner service that
+/// keeps the request, or this extension, past its response does not keep the key
+/// locked. [`guard`](Self::guard) lends a strong handle for work that must finish
+/// under the lock even if the response is dropped (the wallet hands it to its
+/// store, which drops it once the change is settled); a strong handle kept longer
+/// keeps the key locked longer.
+#[derive(Clone)]
+pub struct HeldLock<K: Hash + Eq + Clone> {
+    key: K,
+    guard: Weak<KeyGuard<K>>,
+}
+
+impl<K: Hash + Eq + Clone> HeldLock<K> {
+    /// The locked key.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// A strong handle on the guard while the key is still held by this request
+    /// (always, while the inner service works on it); `None` once released.
+    pub fn guard(&self) -> Option<Arc<KeyGuard<K>>> {
+        self.guard.upgrade()
+    }
+}
+
+impl<K: Hash + Eq + Clone + fmt::Debug> fmt::Debug for HeldLock<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldLock").field("key", &self.key).finish()
+    }
+}
+
+/// Applies [`KeyedLockService`] to a service. Cheap to clone.
+pub struct KeyedLockLayer<K, X> {
+    lock: KeyedLock<K>,
+    extract: X,
+    timeout: Duration,
+    queue_max: Option<usize>,
+    refuse: RefusalResponse,
+}
+
+impl<K, X: Clone> Clone for KeyedLockLayer<K, X> {
+    fn clone(&self) -> Self {
+        Self {
             lock: self.lock.clone(),
+            extract: self.extract.clone(),
             timeout: self.timeout,
+            queue_max: self.queue_max,
+            refuse: self.refuse,
         }
     }
 }
 
-/// The middleware built by [`UserLockLayer`]. See the [module docs](self).
-#[derive(Clone, Debug)]
-pub struct UserLock<S> {
+impl<K, X> fmt::Debug for KeyedLockLayer<K, X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLockLayer")
+            .field("timeout", &self.timeout)
+            .field("queue_max", &self.queue_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, X> KeyedLockLayer<K, X> {
+    /// The default lock wait before a [`Refusal::TimedOut`].
+    pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+
+    /// Lock the keys `extract` names in `lock` (share `lock` with whatever else
+    /// must see the same keys). Timeout 3 s, no queue bound, [`default_refusal`].
+    pub fn new(lock: KeyedLock<K>, extract: X) -> Self {
+        Self {
+            lock,
+            extract,
+            timeout: Self::TIMEOUT_DEFAULT,
+            queue_max: None,
+            refuse: default_refusal,
+        }
+    }
+
+    /// The longest a request waits for its key before it is refused.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Refuse at once a request that finds `waiters_max` requests already waiting
+    /// for its key (`None`: no bound; the wait is bounded in time only).
+    pub fn queue_max(mut self, waiters_max: impl Into<Option<usize>>) -> Self {
+        self.queue_max = waiters_max.into();
+        self
+    }
+
+    /// How to answer a request the layer refuses (timeout, full queue).
+    pub fn on_refusal(mut self, refuse: RefusalResponse) -> Self {
+        self.refuse = refuse;
+        self
+    }
+}
+
+impl<S, K, X: Clone> Layer<S> for KeyedLockLayer<K, X> {
+    type Service = KeyedLockService<S, K, X>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedLockService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The middleware built by [`KeyedLockLayer`]. See the [module docs](self).
+pub struct KeyedLockService<S, K, X> {
     inner: S,
-    lock: KeyedLock<UserId>,
-    timeout: Duration,
+    layer: KeyedLockLayer<K, X>,
+}
+
+impl<S: Clone, K, X: Clone> Clone for KeyedLockService<S, K, X> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, X> fmt::Debug for KeyedLockService<S, K, X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLockService")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
 }
 
 pin_project! {
-    /// The response body of [`UserLock`]: the inner service's body, or a JSON
-    /// rejection made here (400 `INVALID_USER_ID`, 503 `LOCK_TIMEOUT`).
+    /// The response body of [`KeyedLockService`]: the inner service's body, or an
+    /// answer made here (a rejection or a refusal).
     ///
     /// Its [`Default`] is an empty body, so that middleware which answers by
-    /// itself with a default body (the server's request deadline, with its 408)
-    /// can sit outside this layer without boxing the body in between.
-    #[project = UserLockBodyProj]
-    pub enum UserLockBody<B> {
+    /// itself with a default body (a request deadline's 408) can sit outside this
+    /// layer without boxing the body in between.
+    #[project = KeyedLockBodyProj]
+    pub enum KeyedLockBody<B> {
         /// The inner service's body.
         Inner {
             #[pin]
@@ -122,14 +322,14 @@ pin_project! {
     }
 }
 
-impl<B> UserLockBody<B> {
+impl<B> KeyedLockBody<B> {
     /// Wrap the inner service's body.
     pub fn inner(body: B) -> Self {
         Self::Inner { body }
     }
 }
 
-impl<B> Default for UserLockBody<B> {
+impl<B> Default for KeyedLockBody<B> {
     fn default() -> Self {
         Self::Local {
             body: Full::default(),
@@ -137,7 +337,7 @@ impl<B> Default for UserLockBody<B> {
     }
 }
 
-impl<B> Body for UserLockBody<B>
+impl<B> Body for KeyedLockBody<B>
 where
     B: Body<Data = Bytes>,
 {
@@ -149,8 +349,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project() {
-            UserLockBodyProj::Inner { body } => body.poll_frame(cx),
-            UserLockBodyProj::Local { body } => Pin::new(body)
+            KeyedLockBodyProj::Inner { body } => body.poll_frame(cx),
+            KeyedLockBodyProj::Local { body } => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|frame| frame.map_err(|never| match never {}))),
         }
@@ -171,36 +371,50 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for UserLock<S>
+impl<S, K, X, ReqBody, ResBody> Service<Request<ReqBody>> for KeyedLockService<S, K, X>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    X: ExtractKey<ReqBody, Key = K> + Clone,
     ResBody: Send + 'static,
 {
-    type Response = Response<UserLockBody<ResBody>>;
+    type Response = Response<KeyedLockBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, K>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let Some(segment) = user_segment(req.uri().path()) else {
-            return ResponseFuture::running(self.inner.call(req), None);
+        let key = match self.layer.extract.extract_key(&req) {
+            KeyDecision::Lock(key) => key,
+            KeyDecision::Pass => return ResponseFuture::running(self.inner.call(req), None),
+            KeyDecision::Reject(response) => return ResponseFuture::answered(response),
         };
-        let id = match segment.parse::<UserId>() {
-            Ok(id) => id,
-            Err(error) => return ResponseFuture::rejected(error),
+        let acquire = match self.layer.queue_max {
+            None => self.layer.lock.lock(key),
+            Some(waiters_max) => match self.layer.lock.lock_bounded(key, waiters_max) {
+                Ok(acquire) => acquire,
+                Err(full) => {
+                    tracing::warn!(waiters_max = full.waiters_max, "lock queue full; refused");
+                    return ResponseFuture::answered((self.layer.refuse)(Refusal::QueueFull {
+                        waiters_max: full.waiters_max,
+                    }));
+                }
+            },
         };
         // The service driven to ready is the one to call later; leave a clone here.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
             state: State::Waiting {
-                acquire: self.lock.lock(id),
-                deadline: Instant::now() + self.timeout,
+                acquire,
+                deadline: Instant::now() + self.layer.timeout,
+                timeout: self.layer.timeout,
+                refuse: self.layer.refuse,
                 sleep: None,
                 inner,
                 req: Some(req),
@@ -209,58 +423,63 @@ where
     }
 }
 
-/// Response future of [`UserLock`].
-pub struct ResponseFuture<S, B>
+/// Response future of [`KeyedLockService`].
+pub struct ResponseFuture<S, B, K>
 where
     S: Service<Request<B>>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
 {
-    state: State<S, B>,
+    state: State<S, B, K>,
 }
 
-enum State<S: Service<Request<B>>, B> {
-    /// Queued for the user's lock.
+enum State<S: Service<Request<B>>, B, K: Hash + Eq + Clone> {
+    /// Queued for the key's lock.
     Waiting {
-        acquire: Acquire<UserId>,
+        acquire: Acquire<K>,
         deadline: Instant,
+        timeout: Duration,
+        refuse: RefusalResponse,
         /// Created only if the lock is not free at once.
         sleep: Option<Pin<Box<Sleep>>>,
         inner: S,
         req: Option<Request<B>>,
     },
-    /// The inner service is working (holding the guard, for a user path).
+    /// The inner service is working (holding the guard, for a locked request).
     Running {
         future: Pin<Box<S::Future>>,
-        guard: Option<Arc<KeyGuard<UserId>>>,
+        guard: Option<Arc<KeyGuard<K>>>,
         /// Set while the inner future is being polled: if that poll panics, the
         /// future must be dropped, never resumed in a spawned task.
         polling: bool,
     },
     /// Answered here without calling the inner service.
-    Rejected(Option<Response<Full<Bytes>>>),
+    Answered(Option<Response<Full<Bytes>>>),
     Done,
 }
 
 // Nothing in `ResponseFuture` is structurally pinned: the inner future is boxed.
-impl<S, B> Unpin for ResponseFuture<S, B>
+impl<S, B, K> Unpin for ResponseFuture<S, B, K>
 where
     S: Service<Request<B>>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
 {
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, B, K> ResponseFuture<S, B, K>
 where
     S: Service<Request<B>>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
 {
-    fn running(future: S::Future, guard: Option<Arc<KeyGuard<UserId>>>) -> Self {
+    fn running(future: S::Future, guard: Option<Arc<KeyGuard<K>>>) -> Self {
         Self {
             state: State::Running {
                 future: Box::pin(future),
@@ -270,21 +489,22 @@ where
         }
     }
 
-    fn rejected(error: impl Into<ApiError>) -> Self {
+    fn answered(response: Response<Full<Bytes>>) -> Self {
         Self {
-            state: State::Rejected(Some(error.into().into_response())),
+            state: State::Answered(Some(response)),
         }
     }
 }
 
-impl<S, B, ResBody> Future for ResponseFuture<S, B>
+impl<S, B, K, ResBody> Future for ResponseFuture<S, B, K>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
     ResBody: Send + 'static,
 {
-    type Output = Result<Response<UserLockBody<ResBody>>, S::Error>;
+    type Output = Result<Response<KeyedLockBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -293,6 +513,8 @@ where
                 State::Waiting {
                     acquire,
                     deadline,
+                    timeout,
+                    refuse,
                     sleep,
                     inner,
                     req,
@@ -304,16 +526,16 @@ where
                                 Box::pin(tokio::time::sleep_until(*deadline))
                             });
                             ready!(sleep.as_mut().poll(cx));
+                            let timeout = *timeout;
+                            let response = refuse(Refusal::TimedOut { timeout });
                             let State::Waiting { acquire, .. } =
                                 std::mem::replace(&mut this.state, State::Done)
                             else {
                                 unreachable!("matched Waiting above");
                             };
-                            tracing::warn!(user = %acquire.key(), "lock wait timed out");
+                            tracing::warn!(key = ?acquire.key(), ?timeout, "lock wait timed out");
                             acquire.abandon_timed_out();
-                            this.state = State::Rejected(Some(
-                                ApiError::from(PointError::LockTimeout).into_response(),
-                            ));
+                            this.state = State::Answered(Some(response));
                             continue;
                         }
                     };
@@ -321,7 +543,10 @@ where
                     let Some(mut req) = req.take() else {
                         unreachable!("the request is taken once, on acquisition");
                     };
-                    req.extensions_mut().insert(HeldLock(Arc::clone(&guard)));
+                    req.extensions_mut().insert(HeldLock {
+                        key: guard.key().clone(),
+                        guard: Arc::downgrade(&guard),
+                    });
                     let future = inner.call(req);
                     *this = ResponseFuture::running(future, Some(guard));
                 }
@@ -332,27 +557,28 @@ where
                     let poll = future.as_mut().poll(cx);
                     *polling = false;
                     let output = ready!(poll);
-                    // Releases the guard (if the handler kept no clone): after the response.
+                    // Releases the guard (unless a clone still works under it).
                     this.state = State::Done;
-                    return Poll::Ready(output.map(|res| res.map(UserLockBody::inner)));
+                    return Poll::Ready(output.map(|res| res.map(KeyedLockBody::inner)));
                 }
-                State::Rejected(response) => {
+                State::Answered(response) => {
                     let response = response.take().expect("polled after completion");
                     this.state = State::Done;
-                    return Poll::Ready(Ok(response.map(|body| UserLockBody::Local { body })));
+                    return Poll::Ready(Ok(response.map(|body| KeyedLockBody::Local { body })));
                 }
-                State::Done => panic!("UserLock ResponseFuture polled after completion"),
+                State::Done => panic!("KeyedLockService ResponseFuture polled after completion"),
             }
         }
     }
 }
 
-impl<S, B> Drop for ResponseFuture<S, B>
+impl<S, B, K> Drop for ResponseFuture<S, B, K>
 where
     S: Service<Request<B>>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
 {
     fn drop(&mut self) {
         let State::Running {
@@ -361,7 +587,7 @@ where
             ..
         } = &self.state
         else {
-            // Not in a user's locked section, or the inner future panicked: plain drop.
+            // Not in a locked section, or the inner future panicked: plain drop.
             return;
         };
         let State::Running { future, guard, .. } = std::mem::replace(&mut self.state, State::Done)
@@ -374,269 +600,29 @@ where
 
 /// Run a dropped, in-flight locked section to completion, then release its guard.
 ///
-/// Without a tokio runtime (dropped during runtime shutdown) there is nowhere to
-/// finish it: it is dropped, which releases the guard; stores commit atomically, so
-/// a change is then either wholly applied or not at all.
-fn finish_detached<F>(future: Pin<Box<F>>, guard: Option<Arc<KeyGuard<UserId>>>)
+/// The task runs in the current tracing span (the request's), so its log lines
+/// still name the request. Without a tokio runtime (dropped during runtime
+/// shutdown) there is nowhere to finish it: it is dropped, which releases this
+/// guard (a store that holds a clone for a queued change still holds that).
+fn finish_detached<F, K>(future: Pin<Box<F>>, guard: Option<Arc<KeyGuard<K>>>)
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
 {
+    use tracing::Instrument;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             tracing::debug!("response dropped mid-request; finishing the locked section");
-            runtime.spawn(async move {
+            let finish = async move {
                 let _ = future.await;
                 drop(guard);
-            });
+            };
+            runtime.spawn(finish.instrument(tracing::Span::current()));
         }
         Err(_) => tracing::warn!("response dropped without a runtime; in-flight work abandoned"),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
-    use std::convert::Infallible;
-    use std::sync::Mutex;
-
-    use http::StatusCode;
-    use http_body_util::BodyExt;
-    use tokio::sync::oneshot;
-
-    use super::*;
-
-    /// An inner service whose every response waits for the test to open its gate.
-    /// It records each request it is called with and whether it carried the guard.
-    #[derive(Clone, Default)]
-    struct Gated {
-        gates: Arc<Mutex<VecDeque<oneshot::Receiver<()>>>>,
-        calls: Arc<Mutex<Vec<(String, bool)>>>,
-        finished: Arc<Mutex<Vec<String>>>,
-    }
-
-    impl Gated {
-        fn gate(&self) -> oneshot::Sender<()> {
-            let (open, gate) = oneshot::channel();
-            self.gates.lock().unwrap().push_back(gate);
-            open
-        }
-
-        fn calls(&self) -> Vec<(String, bool)> {
-            self.calls.lock().unwrap().clone()
-        }
-    }
-
-    impl Service<Request<()>> for Gated {
-        type Response = Response<Full<Bytes>>;
-        type Error = Infallible;
-        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, req: Request<()>) -> Self::Future {
-            let path = req.uri().path().to_owned();
-            let held = req.extensions().get::<HeldLock>().is_some();
-            self.calls.lock().unwrap().push((path.clone(), held));
-            let gate = self.gates.lock().unwrap().pop_front();
-            let finished = Arc::clone(&self.finished);
-            Box::pin(async move {
-                assert!(!path.ends_with("/panic"), "inner service panicked");
-                if let Some(gate) = gate {
-                    let _ = gate.await;
-                }
-                finished.lock().unwrap().push(path);
-                Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
-            })
-        }
-    }
-
-    type Fut = ResponseFuture<Gated, ()>;
-
-    fn setup(timeout_ms: u64) -> (UserLock<Gated>, Gated, KeyedLock<UserId>) {
-        let lock = KeyedLock::new();
-        let inner = Gated::default();
-        let svc = UserLockLayer::new(lock.clone(), Duration::from_millis(timeout_ms))
-            .layer(inner.clone());
-        (svc, inner, lock)
-    }
-
-    fn request(path: &str) -> Request<()> {
-        Request::builder().uri(path).body(()).unwrap()
-    }
-
-    async fn poll_once(
-        fut: &mut Fut,
-    ) -> Poll<Result<Response<UserLockBody<Full<Bytes>>>, Infallible>> {
-        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
-    }
-
-    async fn body_json(res: Response<UserLockBody<Full<Bytes>>>) -> serde_json::Value {
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    fn user(raw: u64) -> UserId {
-        UserId::new(raw).unwrap()
-    }
-
-    #[tokio::test]
-    async fn driving_to_ready_does_not_take_the_lock() {
-        let (mut svc, _, lock) = setup(1_000);
-        std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
-        assert!(lock.is_empty());
-    }
-
-    #[tokio::test]
-    async fn the_lock_is_held_until_the_response_resolves_then_handed_on() {
-        let (mut svc, inner, lock) = setup(1_000);
-        let open_first = inner.gate();
-        let open_second = inner.gate();
-
-        let mut first = svc.call(request("/point/1/charge"));
-        let mut second = svc.call(request("/point/1/use"));
-        // Both took their places in `call`; nothing ran yet.
-        assert_eq!(lock.len(), 1);
-        assert_eq!(lock.waiters(), 1);
-        assert!(inner.calls().is_empty());
-
-        assert!(poll_once(&mut second).await.is_pending());
-        assert!(poll_once(&mut first).await.is_pending());
-        assert_eq!(inner.calls(), vec![("/point/1/charge".into(), true)]);
-
-        // The second is still queued: its inner service has not been called.
-        assert!(poll_once(&mut second).await.is_pending());
-        assert_eq!(inner.calls().len(), 1);
-
-        open_first.send(()).unwrap();
-        assert!(poll_once(&mut first).await.is_ready());
-        drop(first);
-        // Handed off, not released: the key is still held.
-        assert_eq!(lock.len(), 1);
-        assert!(poll_once(&mut second).await.is_pending());
-        assert_eq!(inner.calls()[1], ("/point/1/use".into(), true));
-        open_second.send(()).unwrap();
-        assert!(poll_once(&mut second).await.is_ready());
-        drop(second);
-        assert!(lock.is_empty());
-    }
-
-    #[tokio::test]
-    async fn other_users_are_not_blocked() {
-        let (mut svc, inner, lock) = setup(1_000);
-        let _hold_user_1 = inner.gate();
-        let mut one = svc.call(request("/point/1"));
-        assert!(poll_once(&mut one).await.is_pending());
-        let mut two = svc.call(request("/point/2"));
-        assert!(poll_once(&mut two).await.is_ready());
-        assert_eq!(lock.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn an_invalid_id_is_rejected_without_locking_or_calling_inner() {
-        let (mut svc, inner, lock) = setup(1_000);
-        for path in [
-            "/point/abc",
-            "/point/0/charge",
-            "/point/-1",
-            "/point/",
-            "/point/9223372036854775808",
-        ] {
-            let mut fut = svc.call(request(path));
-            assert!(lock.is_empty());
-            let Poll::Ready(Ok(res)) = poll_once(&mut fut).await else {
-                panic!("{path}: expected an immediate answer");
-            };
-            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
-            assert_eq!(body_json(res).await["code"], "INVALID_USER_ID");
-        }
-        assert!(inner.calls().is_empty());
-    }
-
-    #[tokio::test]
-    async fn other_paths_pass_through_without_locking() {
-        let (mut svc, inner, lock) = setup(1_000);
-        let _gate = inner.gate();
-        let mut fut = svc.call(request("/health"));
-        assert!(poll_once(&mut fut).await.is_pending());
-        assert!(lock.is_empty());
-        assert_eq!(inner.calls(), vec![("/health".into(), false)]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lock_timeout_answers_503_with_retry_after_and_never_calls_inner() {
-        let (mut svc, inner, lock) = setup(100);
-        let holder = lock.try_lock(user(1)).unwrap();
-        let mut fut = svc.call(request("/point/1/charge"));
-        assert!(poll_once(&mut fut).await.is_pending());
-        tokio::time::advance(Duration::from_millis(101)).await;
-        let Poll::Ready(Ok(res)) = poll_once(&mut fut).await else {
-            panic!("expected the timeout answer");
-        };
-        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(res.headers()["retry-after"], "1");
-        assert_eq!(body_json(res).await["code"], "LOCK_TIMEOUT");
-        assert!(inner.calls().is_empty());
-        assert_eq!(lock.waiters(), 0);
-        assert_eq!(lock.metrics().timeouts, 1);
-        drop(holder);
-        assert!(lock.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_response_dropped_mid_flight_finishes_its_work_before_releasing() {
-        let (mut svc, inner, lock) = setup(1_000);
-        let open = inner.gate();
-        let mut fut = svc.call(request("/point/1/charge"));
-        assert!(poll_once(&mut fut).await.is_pending());
-        let mut queued = svc.call(request("/point/1/use"));
-        drop(fut); // the client went away mid-request
-        assert_eq!(lock.len(), 1, "still held by the detached work");
-        assert!(poll_once(&mut queued).await.is_pending());
-        assert_eq!(inner.calls().len(), 1, "the queued request waits");
-        assert!(inner.finished.lock().unwrap().is_empty());
-        open.send(()).unwrap();
-        // The queued request gets the lock only after the detached work finished.
-        let res = std::future::poll_fn(|cx| Pin::new(&mut queued).poll(cx)).await;
-        assert!(res.is_ok());
-        assert_eq!(
-            *inner.finished.lock().unwrap(),
-            vec!["/point/1/charge".to_owned(), "/point/1/use".to_owned()]
-        );
-        drop(queued);
-        assert!(lock.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_response_dropped_while_queued_leaves_the_queue() {
-        let (mut svc, inner, lock) = setup(1_000);
-        let open = inner.gate();
-        let mut first = svc.call(request("/point/1/charge"));
-        assert!(poll_once(&mut first).await.is_pending());
-        let mut gone = svc.call(request("/point/1/use"));
-        assert!(poll_once(&mut gone).await.is_pending());
-        drop(gone);
-        assert_eq!(lock.waiters(), 0);
-        open.send(()).unwrap();
-        assert!(poll_once(&mut first).await.is_ready());
-        drop(first);
-        assert!(lock.is_empty());
-        assert_eq!(inner.calls().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_panicking_inner_future_is_dropped_not_resumed_and_releases() {
-        let (mut svc, inner, lock) = setup(1_000);
-        let mut fut = svc.call(request("/point/1/panic"));
-        let waker = std::task::Waker::noop();
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = Pin::new(&mut fut).poll(&mut Context::from_waker(waker));
-        }));
-        assert!(panicked.is_err());
-        drop(fut);
-        assert!(lock.is_empty(), "released, not detached");
-        assert!(inner.finished.lock().unwrap().is_empty());
-    }
-}
+mod tests;

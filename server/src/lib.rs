@@ -1,9 +1,15 @@
 //! pointlock-server: the HTTP face of pointlock.
 //!
-//! hyper 1 + tower + tower-http, with [`layer::UserLockLayer`] holding each user's
+//! hyper 1 + tower + tower-http, with [`layer::KeyedLockLayer`] holding each user's
 //! lock for the life of that user's request. See `ARCHITECTURE.md` for the layer
 //! stack and `README.md` for the API.
+//!
+//! Modules depend on each other in one direction only: `app` → `routes` →
+//! (`amount`, `error`) → `layer` → pointlock-core. The layer is generic (it knows
+//! no path grammar: [`routes::user_key`] is the wallet's key extractor) and
+//! usable on its own in front of any tower HTTP service.
 
+pub mod amount;
 pub mod app;
 pub mod clock;
 pub mod config;
@@ -17,5 +23,5 @@ pub mod store;
 pub use app::{build_app, serve, App, AppOptions};
 pub use config::{Config, StoreSpec};
 pub use error::ApiError;
-pub use layer::{HeldLock, UserLockLayer};
+pub use layer::{HeldLock, KeyDecision, KeyedLockLayer};
 pub use store::{SqliteOptions, SqliteStore};

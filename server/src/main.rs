@@ -9,6 +9,7 @@ use pointlock_core::store::Sleeper;
 use pointlock_core::{KeyedLock, MemoryStore, PointStore, Policy};
 use pointlock_server::app::{build_stack, serve, service};
 use pointlock_server::clock::SystemClock;
+use pointlock_server::routes::StoreStats;
 use pointlock_server::{Config, SqliteStore, StoreSpec};
 use tokio::net::TcpListener;
 
@@ -79,7 +80,11 @@ async fn run(config: Config) -> Result<(), String> {
     let clock = Arc::new(SystemClock::default());
     let lock = KeyedLock::with_clock(clock.clone());
     let service = service(store, Policy::new(config.max_balance), clock, lock);
-    let app = build_stack(service, &config.app_options());
+    let mut options = config.app_options();
+    options.store_stats = durable.clone().map(|store| {
+        StoreStats::new(move || serde_json::to_value(store.stats()).unwrap_or_default())
+    });
+    let app = build_stack(service, &options);
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;

@@ -13,11 +13,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pointlock::core::store::Sleeper;
+use pointlock::core::PointService;
 use pointlock::core::{
     BoxFuture, Change, Committed, KeyedLock, MemoryStore, PointHistory, PointStore, Policy,
     StoreError, UserId, UserPoint,
 };
-use pointlock::server::app::{build_app, serve, service};
+use pointlock::server::app::{build_app, serve};
 use pointlock::server::clock::SystemClock;
 use pointlock::server::{AppOptions, SqliteOptions, SqliteStore};
 use serde_json::Value;
@@ -161,7 +162,7 @@ impl PointStore for ProbeStore {
             // (Counted on entry: the gauge measures commits the service issued at once.)
             self.in_flight_max.fetch_max(now, Ordering::SeqCst);
             if let Some(tx) = self.entered.lock().unwrap().as_ref() {
-                let _ = tx.send(change.user_id);
+                let _ = tx.send(change.user_id());
             }
             let result = async {
                 let _global = match &self.global {
@@ -177,7 +178,7 @@ impl PointStore for ProbeStore {
                         .map_err(|_| StoreError::new("barrier: other users never arrived"))?;
                 }
                 assert_ne!(
-                    Some(change.amount.get()),
+                    Some(change.amount().get()),
                     self.panic_on_amount,
                     "ProbeStore: a commit of this amount panics"
                 );
@@ -225,13 +226,39 @@ impl TestServer {
         lock: KeyedLock<UserId>,
         policy: Policy,
     ) -> Self {
+        Self::start_inner(store, options, lock, policy, true).await
+    }
+
+    /// A server whose service makes unconditional changes (the store's condition
+    /// switched off: test-util negative controls only).
+    pub async fn start_unconditional(
+        store: ProbeStore,
+        options: AppOptions,
+        lock: KeyedLock<UserId>,
+    ) -> Self {
+        Self::start_inner(store, options, lock, Policy::default(), false).await
+    }
+
+    async fn start_inner(
+        store: ProbeStore,
+        options: AppOptions,
+        lock: KeyedLock<UserId>,
+        policy: Policy,
+        conditional: bool,
+    ) -> Self {
         let store = Arc::new(store);
-        let svc = service(
-            store.clone(),
+        let clock = Arc::new(SystemClock::default());
+        let core = PointService::with_lock(
+            store.clone() as Arc<dyn PointStore>,
             policy,
-            Arc::new(SystemClock::default()),
+            clock,
             lock.clone(),
         );
+        let svc = Arc::new(if conditional {
+            core
+        } else {
+            core.without_commit_condition()
+        });
         let app = build_app(svc, &options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

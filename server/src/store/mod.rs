@@ -1,9 +1,10 @@
 //! The server's stores beyond the core's in-memory one.
 //!
 //! - [`sqlite::SqliteStore`]: the durable default. One SQLite file in WAL mode,
-//!   `synchronous=FULL`, a single writer thread that group-commits changes of
-//!   different users in one transaction, and read-only connections for reads.
+//!   `synchronous=FULL`, a single writer thread that group-commits changes in one
+//!   transaction (each applied only if its condition holds), fail-stop after a
+//!   failed COMMIT, and read-only connections for reads.
 
 pub mod sqlite;
 
-pub use sqlite::{OpenError, SqliteOptions, SqliteStore};
+pub use sqlite::{CommitStats, OpenError, SqliteOptions, SqliteStore};

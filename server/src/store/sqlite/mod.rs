@@ -1,0 +1,417 @@
+//! [`SqliteStore`]: the durable store. An acknowledged change is on disk.
+//!
+//! One SQLite file (bundled SQLite, no system library) in WAL mode with
+//! `synchronous=FULL`: every commit fsyncs the write-ahead log before it returns,
+//! so a change the caller was told about survives `kill -9` and power loss (to the
+//! extent the disk honours fsync).
+//!
+//! The store in five parts, one file each:
+//!
+//! - this file: [`SqliteStore`], its options, and the [`PointStore`] methods;
+//! - `open.rs`: the file lock, the checks that refuse a bad file, WAL, migrations;
+//! - `writer.rs`: the writer thread, group commit, the **conditional** write of
+//!   each change, and **fail-stop** after a failed COMMIT;
+//! - `cache.rs`: the write-through cache of committed balances;
+//! - `readers.rs`: the read-only connections.
+//!
+//! # Writes: one writer thread, group commit, a condition per change
+//!
+//! [`commit`](PointStore::commit) queues the change on a bounded channel and
+//! waits for its answer. A single writer thread owns the only writable
+//! connection and commits changes in batches, one transaction and one fsync per
+//! batch, then answers each caller (details in `writer.rs`). Each change is
+//! written only if the user's stored balance is still the one the change was
+//! computed from; otherwise it is refused as a conflict and changes nothing, and
+//! the rest of its batch commits. With the per-user lock in front a user has one
+//! change in flight, so the condition never fires; it is the second line of
+//! defence, for writers that bypass the lock.
+//!
+//! **Cancel safety and the guard.** Once queued, a change is committed or refused
+//! by the writer whether or not its caller still waits, so a dropped `commit`
+//! future leaves all of the change or none of it. The change carries its user's
+//! guard, and the writer drops it only after answering (after the COMMIT and the
+//! cache update): the user stays locked until the change is settled, whatever
+//! happens to the caller. [`SqliteStore::close`] (also run on drop) stops taking
+//! changes, lets the writer finish everything already queued, and joins it.
+//!
+//! **Fail-stop.** A statement that fails rolls its transaction back and its
+//! batch is retried one change at a time. A COMMIT that fails (an I/O error, a
+//! failed fsync) is never retried: the store stops taking changes until restart
+//! ([`SqliteStore::is_stopped`]); the batch's callers get
+//! `STORE_OUTCOME_UNKNOWN`, every later change `STORE_UNAVAILABLE`; reads go on.
+//! Why: after a failed fsync the kernel may have dropped the dirty pages, so a
+//! retried COMMIT can report success for data that is not on disk, and frames of
+//! the failed one may reappear at the next start; only a restart, where SQLite
+//! recovers from what is really on disk, gives a known state.
+//!
+//! # Reads: a balance cache, and read-only connections never behind the writer
+//!
+//! Balances are read through a write-through cache of committed balances
+//! (`cache.rs`); with it, the read before each charge and most `GET
+//! /point/{id}` cost a hash-map lookup instead of a blocking-pool hand-off and a
+//! SQLite query. Cache misses and [`histories`](PointStore::histories) run on a
+//! small pool of read-only connections in tokio's blocking pool (`readers.rs`).
+//! A caller is answered only after its batch commits and its balance is cached,
+//! so a read issued after an answer sees that change.
+
+mod cache;
+mod open;
+mod readers;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pointlock_core::{
+    Amount, BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, TransactionType,
+    UserId, UserPoint,
+};
+use rusqlite::{params, OptionalExtension};
+use tokio::sync::{oneshot, Semaphore};
+
+use cache::BalanceCache;
+pub use cache::CACHE_SHARDS;
+pub use open::{OpenError, SCHEMA_VERSION};
+use readers::Readers;
+pub use writer::CommitStats;
+use writer::{Batching, FailStop, Job, Stats, Writer};
+
+const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = ?1";
+const SELECT_HISTORIES: &str =
+    "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = ?1 ORDER BY id";
+
+/// Tuning of a [`SqliteStore`]. The defaults suit the server.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// The most changes one transaction carries. `1` turns group commit off (one
+    /// transaction and one fsync per change).
+    pub batch_ops_max: usize,
+    /// The longest the writer keeps collecting after the first change of a
+    /// batch. Zero: commit whatever is queued at once.
+    pub batch_wait: Duration,
+    /// How often the collecting writer looks at the queue: the batch closes at
+    /// the first look that finds nothing new (within
+    /// [`batch_wait`](Self::batch_wait)). The writer sleeps between looks.
+    pub batch_idle: Duration,
+    /// The most changes queued for the writer; further commits wait (backpressure).
+    pub queue_ops_max: usize,
+    /// Read-only connections (reads beyond this many at once wait for one).
+    pub readers: usize,
+    /// How long a connection retries when the file is busy.
+    pub busy_timeout: Duration,
+    /// Run `PRAGMA quick_check` at open (reads the whole file once).
+    pub quick_check: bool,
+    /// The most balances kept in the write-through cache (see the [module
+    /// docs](self)); `0` turns the cache off. The cache is split in
+    /// [`CACHE_SHARDS`] shards of `balance_cache_max / CACHE_SHARDS` entries; a
+    /// full shard is emptied before it takes a new entry.
+    pub balance_cache_max: usize,
+    /// Fault injection for unit tests: while set, every COMMIT fails.
+    #[cfg(test)]
+    pub(crate) fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            batch_ops_max: 256,
+            batch_wait: Duration::from_micros(250),
+            batch_idle: Duration::from_micros(50),
+            queue_ops_max: 4_096,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            quick_check: true,
+            balance_cache_max: 1 << 20,
+            #[cfg(test)]
+            fail_commits: None,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// The same options with group commit off: every change its own transaction.
+    pub fn without_group_commit(self) -> Self {
+        Self {
+            batch_ops_max: 1,
+            batch_wait: Duration::ZERO,
+            batch_idle: Duration::ZERO,
+            ..self
+        }
+    }
+}
+
+/// The durable SQLite store. See the [module docs](self).
+pub struct SqliteStore {
+    path: PathBuf,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: Arc<Semaphore>,
+    queue_ops_max: usize,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<Readers>,
+    stats: Arc<Stats>,
+    stop: Arc<FailStop>,
+    cache: Option<Arc<BalanceCache>>,
+    /// The advisory lock on the database file; dropped after everything above
+    /// has been closed (fields drop in declaration order, after `Drop::drop`).
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (or create) the database at `path`, migrate it to [`SCHEMA_VERSION`],
+    /// and start the writer. Fails fast, leaving an existing file untouched, if the
+    /// file is corrupt, foreign, newer, locked by another process, or unwritable.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let existed = path.exists();
+        let result = Self::open_inner(&path, &options);
+        if result.is_err() && !existed {
+            // Never leave behind an empty file this attempt created.
+            let _ = std::fs::remove_file(&path);
+        }
+        result
+    }
+
+    fn open_inner(path: &Path, options: &SqliteOptions) -> Result<Self, OpenError> {
+        let lock = open::lock_file(path)?;
+        let conn = open::open_writer(path, options)?;
+        #[cfg(test)]
+        if let Some(fail) = &options.fail_commits {
+            // Fault injection: while the flag is set, SQLite turns every COMMIT
+            // into a rollback and reports the COMMIT as failed.
+            let fail = Arc::clone(fail);
+            conn.commit_hook(Some(move || fail.load(std::sync::atomic::Ordering::SeqCst)))
+                .map_err(|source| OpenError::Sqlite {
+                    path: path.to_path_buf(),
+                    step: "installing the test commit hook",
+                    source,
+                })?;
+        }
+        let readers = Readers::open(path.to_path_buf(), options.busy_timeout, options.readers)
+            .map_err(|source| OpenError::Sqlite {
+                path: path.to_path_buf(),
+                step: "opening a read-only connection",
+                source,
+            })?;
+
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(FailStop::default());
+        let (sender, receiver) = mpsc::channel();
+        let batch = Batching {
+            ops_max: options.batch_ops_max.max(1),
+            wait: options.batch_wait,
+            idle: options.batch_idle,
+        };
+        let cache = BalanceCache::new(options.balance_cache_max).map(Arc::new);
+        let writer = Writer {
+            stats: Arc::clone(&stats),
+            cache: cache.clone(),
+            stop: Arc::clone(&stop),
+        };
+        let writer = std::thread::Builder::new()
+            .name("pointlock-sqlite-writer".into())
+            .spawn(move || writer.run(conn, &receiver, batch))
+            .map_err(OpenError::Thread)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            sender: Mutex::new(Some(sender)),
+            queue: Arc::new(Semaphore::new(options.queue_ops_max.max(1))),
+            queue_ops_max: options.queue_ops_max.max(1),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(readers),
+            stats,
+            stop,
+            cache,
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Changes handed to the writer and not yet answered (queued or in the
+    /// batch being written).
+    pub fn queued_ops(&self) -> usize {
+        self.queue_ops_max
+            .saturating_sub(self.queue.available_permits())
+    }
+
+    /// How commits have been batched so far.
+    pub fn stats(&self) -> CommitStats {
+        self.stats.snapshot(self.is_stopped())
+    }
+
+    /// Whether the store has failed stop after a failed COMMIT: it refuses every
+    /// change with a `STORE_UNAVAILABLE` error until the process restarts; reads
+    /// go on (see the [module docs](self)).
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_stopped()
+    }
+
+    /// Stop taking changes, let the writer commit and answer everything already
+    /// queued, and wait for it to finish. Later commits fail with a store error;
+    /// reads fail too. Blocks the calling thread; idempotent; also run on drop.
+    pub fn close(&self) {
+        // Readers first: the writer's connection, closing last, checkpoints the
+        // log into the database file and removes the -wal file.
+        self.readers.close();
+        self.queue.close();
+        drop(
+            self.sender
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            if writer.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl PointStore for SqliteStore {
+    fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
+        Box::pin(async move {
+            if self.readers.is_closed() {
+                return Err(StoreError::new("the SQLite store is closed"));
+            }
+            let miss = match self.cache.as_deref().map(|cache| cache.get(id)) {
+                Some(Ok(cached)) => return Ok(Some(cached)),
+                Some(Err(miss)) => Some(miss),
+                None => None,
+            };
+            let row = self
+                .readers
+                .read(move |conn| {
+                    conn.prepare_cached(SELECT_POINT)?
+                        .query_row(params![to_i64(id.get())], |row| {
+                            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                        })
+                        .optional()
+                })
+                .await?;
+            let found = row
+                .map(|(point, update_millis)| {
+                    Ok(UserPoint {
+                        id,
+                        point: u64::try_from(point)
+                            .map_err(|_| corrupt_row("negative balance", id))?,
+                        update_millis,
+                    })
+                })
+                .transpose()?;
+            if let (Some(cache), Some(miss), Some(found)) = (self.cache.as_deref(), miss, &found) {
+                cache.fill(found, miss);
+            }
+            Ok(found)
+        })
+    }
+
+    fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .readers
+                .read(move |conn| {
+                    let mut stmt = conn.prepare_cached(SELECT_HISTORIES)?;
+                    let rows = stmt.query_map(params![to_i64(id.get())], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    })?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await?;
+            rows.into_iter()
+                .map(|(hid, kind, amount, time_millis)| {
+                    Ok(PointHistory {
+                        id: u64::try_from(hid).map_err(|_| corrupt_row("history id", id))?,
+                        user_id: id,
+                        kind: match kind.as_str() {
+                            "CHARGE" => TransactionType::Charge,
+                            "USE" => TransactionType::Use,
+                            _ => return Err(corrupt_row("history type", id)),
+                        },
+                        amount: Amount::from_i64(amount)
+                            .map_err(|_| corrupt_row("history amount", id))?,
+                        time_millis,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        Box::pin(async move {
+            if self.stop.is_stopped() {
+                return Err(writer::unavailable());
+            }
+            // The change, and the user's guard in it, go to the writer, which keeps
+            // them until it has answered: a caller that stops waiting cannot
+            // release its user while its change may still be committed.
+            let queued = Arc::clone(&self.queue)
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::new("the SQLite store is closed"))?;
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                change,
+                reply,
+                _queued: queued,
+            };
+            // No await between taking the sender and sending: close() never waits
+            // on a sender held by a suspended caller.
+            let sent = match &*self.sender.lock().unwrap_or_else(PoisonError::into_inner) {
+                Some(sender) => sender.send(job).is_ok(),
+                None => false,
+            };
+            if !sent {
+                return Err(StoreError::new("the SQLite store is closed"));
+            }
+            answer
+                .await
+                .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+        })
+    }
+}
+
+/// Ids, amounts and balances are at most `2^63 - 1` (checked by their types).
+pub(super) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn corrupt_row(what: &str, id: UserId) -> StoreError {
+    StoreError::new(format!(
+        "corrupt row in the SQLite store: {what} of user {id}"
+    ))
+}
