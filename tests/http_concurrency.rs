@@ -384,6 +384,55 @@ async fn lock_timeout_answers_503_and_changes_nothing_on(backend: Backend) {
 /// queued behind it runs (it would get 503 LOCK_TIMEOUT if the panicked request
 /// kept the lock), and the panicked change left nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_at_once_and_changes_nothing() {
+    // --lock-queue-max 2: a holder and two waiters; the fourth request for the
+    // user is refused at once, the others are served in order.
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ProbeStore::on(Backend::Memory, 0).with_gate(gate.clone());
+    let options = AppOptions {
+        lock_queue_max: Some(2),
+        ..patient()
+    };
+    let server = Arc::new(TestServer::start(store, options).await);
+    let holder = server.spawn_charge(1, 1);
+    server
+        .wait_for_lock("the first holds", |l| l.len() == 1)
+        .await;
+    let waiters: Vec<_> = (0..2).map(|_| server.spawn_charge(1, 10)).collect();
+    server.wait_for_lock("two wait", |l| l.waiters() == 2).await;
+    let refused = server.charge(1, 100).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.json
+    );
+    assert_eq!(refused.json["code"], "LOCK_QUEUE_FULL");
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(server.lock.metrics().queue_full, 1);
+    assert_eq!(
+        server.lock.waiters(),
+        2,
+        "the refused request queued nothing"
+    );
+    // Another user is not affected by user 1's full queue.
+    let other = server.spawn_charge(2, 5);
+    gate.add_permits(1_000);
+    assert_eq!(holder.await.unwrap().status, StatusCode::OK);
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(other.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        server.assert_history_replays(1).await,
+        21,
+        "the 503 changed nothing"
+    );
+    let stats = server.get("/stats").await.json;
+    assert_eq!(stats["lock"]["queueFull"], 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_panic_answers_500_and_releases_the_lock() {
     let gate = Arc::new(Semaphore::new(0));
     let store = ProbeStore::new(0).with_gate(gate.clone()).with_panic_on(13);

@@ -22,6 +22,7 @@ fn help_explains_every_flag() {
         "--body-limit-bytes",
         "--sqlite-batch-ops-max",
         "--sqlite-batch-wait-us",
+        "--lock-queue-max",
         "sqlite:pointlock.db",
         "POINTLOCK_ADDR",
     ] {
