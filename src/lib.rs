@@ -5,7 +5,7 @@
 //!
 //! - [`core`]: domain, policies, the FIFO [`core::KeyedLock`], the store trait, the
 //!   in-memory store and the [`core::PointService`]. Runtime-agnostic; builds for wasm32.
-//! - [`server`]: the hyper + tower HTTP server and its [`server::layer::UserLockLayer`].
+//! - [`server`]: the hyper + tower HTTP server and its [`server::layer::KeyedLockLayer`] (the generic per-key lock middleware).
 
 pub use pointlock_core as core;
 pub use pointlock_server as server;
