@@ -356,12 +356,12 @@ mod tests {
         options: RouterOptions,
         charge: bool,
     ) -> serde_json::Value {
-        let service = crate::app::service(
+        let service = Arc::new(PointService::with_lock(
             store,
             Policy::default(),
             Arc::new(SystemClock::default()),
             KeyedLock::new(),
-        );
+        ));
         let mut router = Router::new(service, options);
         let mut call = |method: Method, path: &str, body: &'static str| {
             let req = Request::builder()
