@@ -12,8 +12,9 @@
 //! 3. `Trace` (a span and events per request, at DEBUG). Installed only when the
 //!    process's log filter lets DEBUG through: at the default INFO it would emit
 //!    nothing yet cost ~1,400 instructions per request (5% of a charge; measured
-//!    with `benches/instructions.sh`). Server errors are logged by
-//!    [`ApiError::into_response`] either way.
+//!    with `benches/instructions.sh`). Server errors are logged either way, with
+//!    the request's id, by the request-id layer (from the report
+//!    [`ApiError::into_response`] attaches to every 5xx).
 //! 4. `CatchPanic` (a panic becomes a 500 JSON answer). A panic unwinds through the
 //!    lock layer's future, whose `polling` flag marks it as panicked: it is never
 //!    resumed, and when `CatchPanic`'s future is dropped (right after the 500 is
@@ -58,7 +59,7 @@ use tower_http::trace::TraceLayer;
 use tower_service::Service;
 
 use crate::deadline;
-use crate::error::{refusal_response, ApiError};
+use crate::error::{refusal_response, ApiError, ServerErrorReport};
 use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use crate::request_id::RequestIdLayer;
 use crate::routes::{user_key, Router, RouterOptions, SharedService, StoreStats};
@@ -237,8 +238,13 @@ fn panic_response(
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    tracing::error!(panic = %detail, "handler panicked");
-    ApiError::Internal("the request failed unexpectedly".into()).into_response()
+    let mut response = ApiError::Internal("the request failed unexpectedly".into()).into_response();
+    // The log line (written with the request's id by the request-id layer) names
+    // the panic; the client's answer does not.
+    if let Some(report) = response.extensions_mut().get_mut::<ServerErrorReport>() {
+        report.detail = format!("handler panicked: {detail}");
+    }
+    response
 }
 
 /// Turn the bare answers of the middleware (408 from the request deadline, 413

@@ -95,6 +95,17 @@ pub fn refusal_response(refusal: Refusal) -> Response<Full<Bytes>> {
     ApiError::from(refusal).into_response()
 }
 
+/// What the log line of a failed request (a 5xx answer) says, attached to the
+/// response by [`ApiError::into_response`] and written by the request-id layer
+/// with the request's id.
+#[derive(Clone, Debug)]
+pub struct ServerErrorReport {
+    /// The error code the client got.
+    pub code: &'static str,
+    /// What went wrong, for the operator (may say more than the client saw).
+    pub detail: String,
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     code: &'a str,
@@ -150,15 +161,19 @@ impl ApiError {
     /// The JSON error response, with `Allow` or `Retry-After` where they apply.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            // Logged here, not only by the optional trace layer (see app.rs).
-            tracing::error!(code = self.code(), error = %self, "request failed");
-        }
         let body = ErrorBody {
             code: self.code(),
             message: self.to_string(),
         };
         let mut response = json_response(status, &body);
+        if status.is_server_error() {
+            // Logged, with the request's id, by the request-id layer
+            // (`request_id.rs`), the one place that knows which request this is.
+            response.extensions_mut().insert(ServerErrorReport {
+                code: body.code,
+                detail: body.message,
+            });
+        }
         let headers = response.headers_mut();
         match self {
             Self::MethodNotAllowed { allow, .. } => {

@@ -399,7 +399,7 @@ where
             Some(waiters_max) => match self.layer.lock.lock_bounded(key, waiters_max) {
                 Ok(acquire) => acquire,
                 Err(full) => {
-                    tracing::warn!(waiters_max = full.waiters_max, "lock queue full; refused");
+                    tracing::debug!(waiters_max = full.waiters_max, "lock queue full; refused");
                     return ResponseFuture::answered((self.layer.refuse)(Refusal::QueueFull {
                         waiters_max: full.waiters_max,
                     }));
@@ -533,7 +533,7 @@ where
                             else {
                                 unreachable!("matched Waiting above");
                             };
-                            tracing::warn!(key = ?acquire.key(), ?timeout, "lock wait timed out");
+                            tracing::debug!(key = ?acquire.key(), ?timeout, "lock wait timed out");
                             acquire.abandon_timed_out();
                             this.state = State::Answered(Some(response));
                             continue;
