@@ -380,9 +380,6 @@ async fn lock_timeout_answers_503_and_changes_nothing_on(backend: Backend) {
     assert_eq!(server.history(1).await.len(), 1);
 }
 
-/// A panic in a handler answers 500 JSON and releases the user's lock: the request
-/// queued behind it runs (it would get 503 LOCK_TIMEOUT if the panicked request
-/// kept the lock), and the panicked change left nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_at_once_and_changes_nothing() {
     // --lock-queue-max 2: a holder and two waiters; the fourth request for the
@@ -432,6 +429,9 @@ async fn a_full_queue_answers_503_at_once_and_changes_nothing() {
     assert_eq!(stats["lock"]["queueFull"], 1, "{stats}");
 }
 
+/// A panic in a handler answers 500 JSON and releases the user's lock: the request
+/// queued behind it runs (it would get 503 LOCK_TIMEOUT if the panicked request
+/// kept the lock), and the panicked change left nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_panic_answers_500_and_releases_the_lock() {
     let gate = Arc::new(Semaphore::new(0));

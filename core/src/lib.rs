@@ -19,7 +19,9 @@
 //!
 //! `test-util`: negative controls for tests and benchmarks only
 //! (`KeyedLock::unsynchronized`, `PointService::without_commit_condition`,
-//! `Change::for_tests`). Never enable it in a build that serves anyone.
+//! `Change::for_tests`). Only dev-dependencies enable it, and no serving code
+//! calls those functions: they exist to show what goes wrong without the lock or
+//! the condition.
 //!
 //! The crate has no async runtime and does no I/O: time comes from an injected
 //! [`Clock`], sleeping from an injected [`store::Sleeper`], and lock timeouts from a

@@ -4,7 +4,8 @@
 //!
 //! 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
 //!    process-wide counter; outermost, so every answer below carries it; the id
-//!    is also in the request's extensions and on every log line of the request)
+//!    is also in the request's extensions, on the log line of a failed (5xx)
+//!    request, and, at DEBUG, on every event of the request)
 //! 2. error normalisation (`map_response`): turns the non-JSON 408 and 413 of
 //!    the request deadline and the body limit into JSON errors, copying the response's
 //!    headers (not its content type or length). Outermost but one, so `Trace`,

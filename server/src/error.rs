@@ -185,6 +185,9 @@ impl ApiError {
             | Self::LockQueueFull { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            Self::Point(PointError::Store(e)) if e.is_conflict() => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response

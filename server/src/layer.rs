@@ -246,14 +246,17 @@ impl<K, X> KeyedLockLayer<K, X> {
         }
     }
 
-    /// The longest a request waits for its key before it is refused.
+    /// The longest a request waits for its key before it is refused
+    /// (`Duration::MAX`: no limit).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// Refuse at once a request that finds `waiters_max` requests already waiting
-    /// for its key (`None`: no bound; the wait is bounded in time only).
+    /// for its key (`None`: no bound; the wait is bounded in time only). `0`
+    /// admits only requests whose key is free. (The server's `--lock-queue-max 0`
+    /// means no bound: it passes `None`.)
     pub fn queue_max(mut self, waiters_max: impl Into<Option<usize>>) -> Self {
         self.queue_max = waiters_max.into();
         self
@@ -412,7 +415,8 @@ where
         ResponseFuture {
             state: State::Waiting {
                 acquire,
-                deadline: Instant::now() + self.layer.timeout,
+                // A timeout too long to represent (`Duration::MAX`) never fires.
+                deadline: Instant::now().checked_add(self.layer.timeout),
                 timeout: self.layer.timeout,
                 refuse: self.layer.refuse,
                 sleep: None,
@@ -439,7 +443,8 @@ enum State<S: Service<Request<B>>, B, K: Hash + Eq + Clone> {
     /// Queued for the key's lock.
     Waiting {
         acquire: Acquire<K>,
-        deadline: Instant,
+        /// `None`: no deadline (the timeout does not fit an `Instant`).
+        deadline: Option<Instant>,
         timeout: Duration,
         refuse: RefusalResponse,
         /// Created only if the lock is not free at once.
@@ -451,6 +456,10 @@ enum State<S: Service<Request<B>>, B, K: Hash + Eq + Clone> {
     Running {
         future: Pin<Box<S::Future>>,
         guard: Option<Arc<KeyGuard<K>>>,
+        /// The request's span (when DEBUG is on), for work detached on drop: a
+        /// drop usually happens outside it (hyper drops a disconnected client's
+        /// future from its connection task).
+        span: tracing::Span,
         /// Set while the inner future is being polled: if that poll panics, the
         /// future must be dropped, never resumed in a spawned task.
         polling: bool,
@@ -480,10 +489,17 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
     fn running(future: S::Future, guard: Option<Arc<KeyGuard<K>>>) -> Self {
+        // Spans are only made at DEBUG (see `request_id.rs`); skip the lookup below.
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current()
+        } else {
+            tracing::Span::none()
+        };
         Self {
             state: State::Running {
                 future: Box::pin(future),
                 guard,
+                span,
                 polling: false,
             },
         }
@@ -522,8 +538,11 @@ where
                     let guard = match Pin::new(&mut *acquire).poll(cx) {
                         Poll::Ready(guard) => guard,
                         Poll::Pending => {
+                            let Some(deadline) = *deadline else {
+                                return Poll::Pending;
+                            };
                             let sleep = sleep.get_or_insert_with(|| {
-                                Box::pin(tokio::time::sleep_until(*deadline))
+                                Box::pin(tokio::time::sleep_until(deadline))
                             });
                             ready!(sleep.as_mut().poll(cx));
                             let timeout = *timeout;
@@ -590,21 +609,26 @@ where
             // Not in a locked section, or the inner future panicked: plain drop.
             return;
         };
-        let State::Running { future, guard, .. } = std::mem::replace(&mut self.state, State::Done)
+        let State::Running {
+            future,
+            guard,
+            span,
+            ..
+        } = std::mem::replace(&mut self.state, State::Done)
         else {
             unreachable!("matched Running above");
         };
-        finish_detached(future, guard);
+        finish_detached(future, guard, span);
     }
 }
 
 /// Run a dropped, in-flight locked section to completion, then release its guard.
 ///
-/// The task runs in the current tracing span (the request's), so its log lines
-/// still name the request. Without a tokio runtime (dropped during runtime
-/// shutdown) there is nowhere to finish it: it is dropped, which releases this
-/// guard (a store that holds a clone for a queued change still holds that).
-fn finish_detached<F, K>(future: Pin<Box<F>>, guard: Option<Arc<KeyGuard<K>>>)
+/// The task runs in `span` (the request's, captured when the work started), so
+/// its log lines still name the request. Without a tokio runtime (dropped during
+/// runtime shutdown) there is nowhere to finish it: it is dropped, which releases
+/// this guard (a store that holds a clone for a queued change still holds that).
+fn finish_detached<F, K>(future: Pin<Box<F>>, guard: Option<Arc<KeyGuard<K>>>, span: tracing::Span)
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -613,12 +637,14 @@ where
     use tracing::Instrument;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            tracing::debug!("response dropped mid-request; finishing the locked section");
+            span.in_scope(|| {
+                tracing::debug!("response dropped mid-request; finishing the locked section");
+            });
             let finish = async move {
                 let _ = future.await;
                 drop(guard);
             };
-            runtime.spawn(finish.instrument(tracing::Span::current()));
+            runtime.spawn(finish.instrument(span));
         }
         Err(_) => tracing::warn!("response dropped without a runtime; in-flight work abandoned"),
     }

@@ -274,9 +274,12 @@ impl Router {
         from_layer: Option<&HeldLock<UserId>>,
         id: UserId,
     ) -> Result<Arc<KeyGuard<UserId>>, ApiError> {
+        // The layer's guard, if it is a guard of this service's lock for this user
+        // (a layer given another lock would only earn a ForeignGuard error).
         let lent = from_layer
             .filter(|held| *held.key() == id)
-            .and_then(HeldLock::guard);
+            .and_then(HeldLock::guard)
+            .filter(|guard| guard.is_from(self.service.lock()));
         if let Some(guard) = lent {
             return Ok(guard);
         }
@@ -428,6 +431,35 @@ mod tests {
         );
         assert_eq!(store["batchOpsLog2"][0], 1, "{stats}");
         assert_eq!(stats["lock"]["keys"], 0, "{stats}");
+    }
+
+    #[tokio::test]
+    async fn a_layer_on_another_lock_does_not_break_mutations() {
+        // An embedder put the layer on a lock of its own: its guard is no proof
+        // for this service, so the router takes the service's lock itself.
+        let service = Arc::new(PointService::with_lock(
+            Arc::new(MemoryStore::new()) as Arc<dyn PointStore>,
+            Policy::default(),
+            Arc::new(SystemClock::default()),
+            KeyedLock::new(),
+        ));
+        let router = Router::new(Arc::clone(&service), RouterOptions::default());
+        let mut svc = tower_layer::Layer::layer(
+            &crate::layer::KeyedLockLayer::new(KeyedLock::new(), user_key),
+            router,
+        );
+        let req = Request::builder()
+            .method(Method::PATCH)
+            .uri("/point/1/charge")
+            .body(Full::new(Bytes::from_static(b"7")))
+            .unwrap();
+        let res = svc.call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            service.point(UserId::new(1).unwrap()).await.unwrap().point,
+            7
+        );
+        assert!(service.lock().is_empty());
     }
 
     #[test]

@@ -29,9 +29,9 @@
 //! **Cancel safety and the guard.** Once queued, a change is committed or refused
 //! by the writer whether or not its caller still waits, so a dropped `commit`
 //! future leaves all of the change or none of it. The change carries its user's
-//! guard, and the writer drops it only after answering (after the COMMIT and the
-//! cache update): the user stays locked until the change is settled, whatever
-//! happens to the caller. [`SqliteStore::close`] (also run on drop) stops taking
+//! guard; the writer drops it once the change is settled: after the COMMIT and
+//! the cache update, just before it answers the caller. The user stays locked
+//! until then, whatever happens to the caller. [`SqliteStore::close`] (also run on drop) stops taking
 //! changes, lets the writer finish everything already queued, and joins it.
 //!
 //! **Fail-stop.** A statement that fails rolls its transaction back and its

@@ -9,8 +9,8 @@
 //! finds nothing new, the batch is full, or the batch wait has passed. It writes
 //! the whole batch in **one** transaction (per change: the conditional write of
 //! the balance, then the history row), commits (one fsync for the batch), brings
-//! the balance cache up to date, and only then answers each caller and drops
-//! each job, releasing the user's guard that travelled with the change.
+//! the balance cache up to date, and only then, change by change, releases the
+//! user's guard that travelled with the change and answers its caller.
 //!
 //! # The condition
 //!
@@ -35,7 +35,8 @@
 //!   batch's callers get [`StoreErrorKind::OutcomeUnknown`]; every later change,
 //!   queued or new, gets [`StoreErrorKind::Unavailable`] until the process is
 //!   restarted and SQLite recovers the file from what is really on disk. The
-//!   writable connection is never used or closed again (closing it would
+//!   writable connection is never used for a write or closed again (rusqlite
+//!   only rolls back the failed transaction; closing it would
 //!   checkpoint). Reads go on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -226,14 +227,14 @@ impl Writer {
             Err(Failure::Statement(error)) => {
                 self.stats.batches_retried.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, ops = batch.len(), "SQLite batch failed in a statement (rolled back); retrying each change alone");
-                while !batch.is_empty() {
-                    let job = batch.remove(0);
+                let mut jobs = batch.drain(..);
+                while let Some(job) = jobs.next() {
                     match write(conn, &[&job.change]) {
                         Ok(mut outcome) => self.answer(job, outcome.remove(0)),
                         Err(Failure::Statement(error)) => self.answer(job, Err(error)),
                         Err(Failure::Commit(error)) => {
-                            batch.insert(0, job);
-                            return self.fail_stop(error, batch, 1);
+                            let mut left: Vec<Job> = std::iter::once(job).chain(jobs).collect();
+                            return self.fail_stop(error, &mut left, 1);
                         }
                     }
                 }
