@@ -32,7 +32,34 @@ cargo build -p pointlock-core --target wasm32-unknown-unknown --locked
 step "rustdoc: no broken links or doc warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
-step "cargo test --workspace"
+step "PostgreSQL: a throwaway cluster for the tests (installs Debian's postgresql when missing)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then sudo_=""; else sudo_="sudo"; fi
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq postgresql
+fi
+pg_dir="$(mktemp -d)"
+# Stopped (and its directory removed) however this script ends.
+stop_pg() {
+  status=$?
+  if [ "$status" != 0 ] && [ -f "$pg_dir/postgres.log" ]; then
+    echo "--- last lines of the test cluster's log ($pg_dir/postgres.log)"
+    tail -n 40 "$pg_dir/postgres.log" || true
+  fi
+  if ./scripts/pg-cluster.sh stop "$pg_dir"; then rm -rf "$pg_dir"; fi
+  exit "$status"
+}
+trap stop_pg EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+./scripts/pg-cluster.sh start "$pg_dir"
+set -a
+# shellcheck disable=SC1091
+. "$pg_dir/env"
+set +a
+
+step "cargo test --workspace (PostgreSQL at $POINTLOCK_TEST_PG_URL)"
 cargo test --workspace --locked
 
 step "crash test against the release binary (kill -9 mid-load, several rounds)"
