@@ -6,9 +6,11 @@
 //! negative controls run the first scenario without the lock (asserting that updates
 //! ARE lost) and the barrier scenario against a globally serialised store.
 //!
-//! Every scenario runs twice: on the memory store (the plain name) and on the
-//! durable SQLite store in a temp dir (`sqlite_…`), with the same simulated
-//! latency added in front of it by the probe.
+//! Every scenario runs three times: on the memory store (the plain name), on the
+//! durable SQLite store in a temp dir (`sqlite_…`) and on a fresh database in the
+//! test PostgreSQL cluster (`pg_…`, skipped without `POINTLOCK_TEST_PG_URL`
+//! outside CI), with the same simulated latency added in front of the last two by
+//! the probe.
 
 mod common;
 
@@ -40,7 +42,8 @@ async fn hundred_concurrent_charges(server: &Arc<TestServer>) -> (u64, BTreeSet<
 async fn hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on(
     backend: Backend,
 ) {
-    let server = Arc::new(TestServer::start(ProbeStore::on(backend, LATENCY_MS), patient()).await);
+    let server =
+        Arc::new(TestServer::start(ProbeStore::on(backend, LATENCY_MS).await, patient()).await);
     let (balance, running) = hundred_concurrent_charges(&server).await;
     assert_eq!(balance, 1_000);
     let expected: BTreeSet<u64> = (1..=100).map(|i| i * 10).collect();
@@ -62,7 +65,7 @@ async fn negative_control_without_lock_loses_updates_on(backend: Backend) {
     // that excludes nothing, and the store's condition switched off.
     let server = Arc::new(
         TestServer::start_unconditional(
-            ProbeStore::on(backend, LATENCY_MS),
+            ProbeStore::on(backend, LATENCY_MS).await,
             options,
             KeyedLock::unsynchronized(),
         )
@@ -92,7 +95,7 @@ async fn without_the_lock_the_condition_still_loses_no_update_on(backend: Backen
     };
     let server = Arc::new(
         TestServer::start_with_lock(
-            ProbeStore::on(backend, LATENCY_MS),
+            ProbeStore::on(backend, LATENCY_MS).await,
             options,
             KeyedLock::unsynchronized(),
         )
@@ -130,7 +133,7 @@ async fn without_the_lock_the_condition_still_loses_no_update_on(backend: Backen
 async fn staggered_charges_over_two_seconds_sum_exactly_on(backend: Backend) {
     // 100 arrivals every 20 ms; each charge spends 0..=60 ms in the store, so
     // arrivals overlap in-flight charges all along (without the lock they race).
-    let server = Arc::new(TestServer::start(ProbeStore::on(backend, 30), patient()).await);
+    let server = Arc::new(TestServer::start(ProbeStore::on(backend, 30).await, patient()).await);
     let tasks: Vec<_> = (0..100_u64)
         .map(|i| {
             let server = Arc::clone(&server);
@@ -149,7 +152,8 @@ async fn staggered_charges_over_two_seconds_sum_exactly_on(backend: Backend) {
 }
 
 async fn mixed_charge_and_use_conserve_total_and_replay_history_on(backend: Backend) {
-    let server = Arc::new(TestServer::start(ProbeStore::on(backend, LATENCY_MS), patient()).await);
+    let server =
+        Arc::new(TestServer::start(ProbeStore::on(backend, LATENCY_MS).await, patient()).await);
     assert_eq!(server.charge(1, 300).await.status, StatusCode::OK);
     let tasks: Vec<_> = (0..100)
         .map(|i| {
@@ -187,7 +191,9 @@ async fn mixed_charge_and_use_conserve_total_and_replay_history_on(backend: Back
 
 async fn a_failing_request_does_not_fail_those_queued_behind_it_on(backend: Backend) {
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::on(backend, LATENCY_MS).with_gate(gate.clone());
+    let store = ProbeStore::on(backend, LATENCY_MS)
+        .await
+        .with_gate(gate.clone());
     let server = Arc::new(TestServer::start(store, patient()).await);
     // Hold the lock with a commit at the gate, then queue: a use that must fail,
     // a malformed body, then ten charges.
@@ -232,7 +238,9 @@ async fn a_failing_request_does_not_fail_those_queued_behind_it_on(backend: Back
 
 async fn same_user_requests_apply_in_arrival_order_on(backend: Backend) {
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::on(backend, LATENCY_MS).with_gate(gate.clone());
+    let store = ProbeStore::on(backend, LATENCY_MS)
+        .await
+        .with_gate(gate.clone());
     let server = Arc::new(TestServer::start(store, patient()).await);
     let mut tasks = Vec::new();
     for i in 0..20_u64 {
@@ -281,8 +289,9 @@ async fn users_meeting_at_a_barrier(backend: Backend, serialize_all: bool) -> Ve
     // would fail once the patience runs out.
     let barrier = Arc::new(Barrier::new(USERS));
     let patience = if serialize_all { 300 } else { 10_000 };
-    let mut store =
-        ProbeStore::on(backend, 0).with_barrier(barrier, Duration::from_millis(patience));
+    let mut store = ProbeStore::on(backend, 0)
+        .await
+        .with_barrier(barrier, Duration::from_millis(patience));
     if serialize_all {
         store = store.serialize_all();
     }
@@ -320,7 +329,9 @@ async fn negative_control_global_serialisation_fails_the_barrier_on(backend: Bac
 
 async fn client_disconnect_mid_request_leaves_consistent_state_on(backend: Backend) {
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::on(backend, LATENCY_MS).with_gate(gate.clone());
+    let store = ProbeStore::on(backend, LATENCY_MS)
+        .await
+        .with_gate(gate.clone());
     let mut entered = store.entered();
     let server = Arc::new(TestServer::start(store, patient()).await);
 
@@ -357,7 +368,7 @@ async fn client_disconnect_mid_request_leaves_consistent_state_on(backend: Backe
 
 async fn lock_timeout_answers_503_and_changes_nothing_on(backend: Backend) {
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::on(backend, 0).with_gate(gate.clone());
+    let store = ProbeStore::on(backend, 0).await.with_gate(gate.clone());
     let options = AppOptions {
         lock_timeout: Duration::from_millis(200),
         ..AppOptions::default()
@@ -385,7 +396,9 @@ async fn a_full_queue_answers_503_at_once_and_changes_nothing() {
     // --lock-queue-max 2: a holder and two waiters; the fourth request for the
     // user is refused at once, the others are served in order.
     let gate = Arc::new(Semaphore::new(0));
-    let store = ProbeStore::on(Backend::Memory, 0).with_gate(gate.clone());
+    let store = ProbeStore::on(Backend::Memory, 0)
+        .await
+        .with_gate(gate.clone());
     let options = AppOptions {
         lock_queue_max: Some(2),
         ..patient()
@@ -497,7 +510,7 @@ async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend:
         body_timeout: Duration::from_millis(300),
         ..patient()
     };
-    let server = Arc::new(TestServer::start(ProbeStore::on(backend, 0), options).await);
+    let server = Arc::new(TestServer::start(ProbeStore::on(backend, 0).await, options).await);
     // Headers promise 13 body bytes; only 5 ever come.
     let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     raw.write_all(
@@ -529,10 +542,11 @@ async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend:
     );
 }
 
-/// Each scenario as a test on the memory store (the original name) and on the
-/// SQLite store (`sqlite_` + name).
-macro_rules! on_both_stores {
-    ($($name:ident / $sqlite:ident => $scenario:ident;)*) => {$(
+/// Each scenario as a test on the memory store (the original name), on the
+/// SQLite store (`sqlite_` + name) and on PostgreSQL (`pg_` + name; skipped
+/// without `POINTLOCK_TEST_PG_URL`, outside CI).
+macro_rules! on_every_store {
+    ($($name:ident / $sqlite:ident / $pg:ident => $scenario:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             $scenario(Backend::Memory).await;
@@ -542,30 +556,38 @@ macro_rules! on_both_stores {
         async fn $sqlite() {
             $scenario(Backend::Sqlite).await;
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            if common::postgres_skipped() {
+                return;
+            }
+            $scenario(Backend::Postgres).await;
+        }
     )*};
 }
 
-on_both_stores! {
-    hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / sqlite_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances => hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on;
-    negative_control_without_lock_loses_updates / sqlite_negative_control_without_lock_loses_updates => negative_control_without_lock_loses_updates_on;
-    without_the_lock_the_condition_still_loses_no_update / sqlite_without_the_lock_the_condition_still_loses_no_update => without_the_lock_the_condition_still_loses_no_update_on;
-    staggered_charges_over_two_seconds_sum_exactly / sqlite_staggered_charges_over_two_seconds_sum_exactly => staggered_charges_over_two_seconds_sum_exactly_on;
-    mixed_charge_and_use_conserve_total_and_replay_history / sqlite_mixed_charge_and_use_conserve_total_and_replay_history => mixed_charge_and_use_conserve_total_and_replay_history_on;
-    a_failing_request_does_not_fail_those_queued_behind_it / sqlite_a_failing_request_does_not_fail_those_queued_behind_it => a_failing_request_does_not_fail_those_queued_behind_it_on;
-    same_user_requests_apply_in_arrival_order / sqlite_same_user_requests_apply_in_arrival_order => same_user_requests_apply_in_arrival_order_on;
-    different_users_run_concurrently / sqlite_different_users_run_concurrently => different_users_run_concurrently_on;
-    negative_control_global_serialisation_fails_the_barrier / sqlite_negative_control_global_serialisation_fails_the_barrier => negative_control_global_serialisation_fails_the_barrier_on;
-    client_disconnect_mid_request_leaves_consistent_state / sqlite_client_disconnect_mid_request_leaves_consistent_state => client_disconnect_mid_request_leaves_consistent_state_on;
-    lock_timeout_answers_503_and_changes_nothing / sqlite_lock_timeout_answers_503_and_changes_nothing => lock_timeout_answers_503_and_changes_nothing_on;
-    a_slow_uploader_holds_its_user_only_until_the_body_deadline / sqlite_a_slow_uploader_holds_its_user_only_until_the_body_deadline => a_slow_uploader_holds_its_user_only_until_the_body_deadline_on;
+on_every_store! {
+    hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / sqlite_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / pg_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances => hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on;
+    negative_control_without_lock_loses_updates / sqlite_negative_control_without_lock_loses_updates / pg_negative_control_without_lock_loses_updates => negative_control_without_lock_loses_updates_on;
+    without_the_lock_the_condition_still_loses_no_update / sqlite_without_the_lock_the_condition_still_loses_no_update / pg_without_the_lock_the_condition_still_loses_no_update => without_the_lock_the_condition_still_loses_no_update_on;
+    staggered_charges_over_two_seconds_sum_exactly / sqlite_staggered_charges_over_two_seconds_sum_exactly / pg_staggered_charges_over_two_seconds_sum_exactly => staggered_charges_over_two_seconds_sum_exactly_on;
+    mixed_charge_and_use_conserve_total_and_replay_history / sqlite_mixed_charge_and_use_conserve_total_and_replay_history / pg_mixed_charge_and_use_conserve_total_and_replay_history => mixed_charge_and_use_conserve_total_and_replay_history_on;
+    a_failing_request_does_not_fail_those_queued_behind_it / sqlite_a_failing_request_does_not_fail_those_queued_behind_it / pg_a_failing_request_does_not_fail_those_queued_behind_it => a_failing_request_does_not_fail_those_queued_behind_it_on;
+    same_user_requests_apply_in_arrival_order / sqlite_same_user_requests_apply_in_arrival_order / pg_same_user_requests_apply_in_arrival_order => same_user_requests_apply_in_arrival_order_on;
+    different_users_run_concurrently / sqlite_different_users_run_concurrently / pg_different_users_run_concurrently => different_users_run_concurrently_on;
+    negative_control_global_serialisation_fails_the_barrier / sqlite_negative_control_global_serialisation_fails_the_barrier / pg_negative_control_global_serialisation_fails_the_barrier => negative_control_global_serialisation_fails_the_barrier_on;
+    client_disconnect_mid_request_leaves_consistent_state / sqlite_client_disconnect_mid_request_leaves_consistent_state / pg_client_disconnect_mid_request_leaves_consistent_state => client_disconnect_mid_request_leaves_consistent_state_on;
+    lock_timeout_answers_503_and_changes_nothing / sqlite_lock_timeout_answers_503_and_changes_nothing / pg_lock_timeout_answers_503_and_changes_nothing => lock_timeout_answers_503_and_changes_nothing_on;
+    a_slow_uploader_holds_its_user_only_until_the_body_deadline / sqlite_a_slow_uploader_holds_its_user_only_until_the_body_deadline / pg_a_slow_uploader_holds_its_user_only_until_the_body_deadline => a_slow_uploader_holds_its_user_only_until_the_body_deadline_on;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_failed_commit_answers_500_changes_nothing_and_releases_the_lock() {
-    // A balance past 2^63 - 1 cannot be stored: the commit fails inside the store.
+/// A balance past 2^63 - 1 cannot be stored in SQLite or PostgreSQL (the memory
+/// store holds any u64): the commit fails inside the store.
+async fn a_failed_commit_answers_500_changes_nothing_and_releases_the_lock_on(backend: Backend) {
     let server = Arc::new(
         TestServer::start_with_policy(
-            ProbeStore::on(Backend::Sqlite, 0),
+            ProbeStore::on(backend, 0).await,
             patient(),
             KeyedLock::new(),
             Policy::new(u64::MAX),
@@ -596,4 +618,17 @@ async fn sqlite_a_failed_commit_answers_500_changes_nothing_and_releases_the_loc
         server.assert_history_replays(1).await.to_string(),
         (i64::MAX - 1).to_string()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failed_commit_answers_500_changes_nothing_and_releases_the_lock() {
+    a_failed_commit_answers_500_changes_nothing_and_releases_the_lock_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_failed_commit_answers_500_changes_nothing_and_releases_the_lock() {
+    if common::postgres_skipped() {
+        return;
+    }
+    a_failed_commit_answers_500_changes_nothing_and_releases_the_lock_on(Backend::Postgres).await;
 }

@@ -1,22 +1,64 @@
 //! The course contract over real HTTP: routes, JSON shapes, validation, policies,
 //! error codes. Every rejected request must change nothing.
+//!
+//! The tests whose outcome goes through the store (shapes of charges, uses and
+//! histories, policies, rejected input changing nothing, stats) run on every
+//! store: memory (the plain name), SQLite (`sqlite_…`) and PostgreSQL (`pg_…`,
+//! skipped without `POINTLOCK_TEST_PG_URL` outside CI). The rest is the HTTP
+//! layer's and runs on the memory store.
 
 mod common;
 
 use bytes::Bytes;
-use common::{ProbeStore, TestServer};
+use common::{Backend, ProbeStore, TestServer};
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use pointlock::server::AppOptions;
 use tokio::io::AsyncWriteExt;
 
 async fn server() -> TestServer {
-    TestServer::start(ProbeStore::new(0), AppOptions::default()).await
+    server_on(Backend::Memory).await
 }
 
-#[tokio::test]
-async fn unknown_user_has_zero_points_and_empty_history() {
-    let s = server().await;
+async fn server_on(backend: Backend) -> TestServer {
+    TestServer::start(ProbeStore::on(backend, 0).await, AppOptions::default()).await
+}
+
+/// Each store-dependent test on the memory store (the plain name), on SQLite
+/// (`sqlite_` + name) and on PostgreSQL (`pg_` + name).
+macro_rules! on_every_store {
+    ($($name:ident / $sqlite:ident / $pg:ident => $test:ident;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            $test(Backend::Memory).await;
+        }
+
+        #[tokio::test]
+        async fn $sqlite() {
+            $test(Backend::Sqlite).await;
+        }
+
+        #[tokio::test]
+        async fn $pg() {
+            if common::postgres_skipped() {
+                return;
+            }
+            $test(Backend::Postgres).await;
+        }
+    )*};
+}
+
+on_every_store! {
+    unknown_user_has_zero_points_and_empty_history / sqlite_unknown_user_has_zero_points_and_empty_history / pg_unknown_user_has_zero_points_and_empty_history => unknown_user_has_zero_points_and_empty_history_on;
+    charge_use_and_histories_have_the_template_shapes / sqlite_charge_use_and_histories_have_the_template_shapes / pg_charge_use_and_histories_have_the_template_shapes => charge_use_and_histories_have_the_template_shapes_on;
+    max_balance_is_inclusive_and_overdraft_fails / sqlite_max_balance_is_inclusive_and_overdraft_fails / pg_max_balance_is_inclusive_and_overdraft_fails => max_balance_is_inclusive_and_overdraft_fails_on;
+    invalid_ids_are_400_and_change_nothing / sqlite_invalid_ids_are_400_and_change_nothing / pg_invalid_ids_are_400_and_change_nothing => invalid_ids_are_400_and_change_nothing_on;
+    invalid_amounts_and_json_are_400_and_change_nothing / sqlite_invalid_amounts_and_json_are_400_and_change_nothing / pg_invalid_amounts_and_json_are_400_and_change_nothing => invalid_amounts_and_json_are_400_and_change_nothing_on;
+    health_and_stats_report_an_empty_lock_table_after_work / sqlite_health_and_stats_report_an_empty_lock_table_after_work / pg_health_and_stats_report_an_empty_lock_table_after_work => health_and_stats_report_an_empty_lock_table_after_work_on;
+}
+
+async fn unknown_user_has_zero_points_and_empty_history_on(backend: Backend) {
+    let s = server_on(backend).await;
     let r = s.get("/point/42").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json["id"], 42);
@@ -26,9 +68,8 @@ async fn unknown_user_has_zero_points_and_empty_history() {
     assert_eq!(s.history(42).await, Vec::<serde_json::Value>::new());
 }
 
-#[tokio::test]
-async fn charge_use_and_histories_have_the_template_shapes() {
-    let s = server().await;
+async fn charge_use_and_histories_have_the_template_shapes_on(backend: Backend) {
+    let s = server_on(backend).await;
     let r = s.charge(1, 100).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
@@ -66,9 +107,8 @@ async fn charge_use_and_histories_have_the_template_shapes() {
     assert_eq!(h[1]["userId"], 1);
 }
 
-#[tokio::test]
-async fn max_balance_is_inclusive_and_overdraft_fails() {
-    let s = server().await;
+async fn max_balance_is_inclusive_and_overdraft_fails_on(backend: Backend) {
+    let s = server_on(backend).await;
     assert_eq!(s.charge(1, 10_000).await.status, StatusCode::OK);
     let r = s.charge(1, 1).await;
     assert_eq!(
@@ -91,9 +131,8 @@ async fn max_balance_is_inclusive_and_overdraft_fails() {
     assert_eq!(s.history(1).await.len(), 2);
 }
 
-#[tokio::test]
-async fn invalid_ids_are_400_and_change_nothing() {
-    let s = server().await;
+async fn invalid_ids_are_400_and_change_nothing_on(backend: Backend) {
+    let s = server_on(backend).await;
     for path in [
         "/point/0",
         "/point/-1",
@@ -121,9 +160,8 @@ async fn invalid_ids_are_400_and_change_nothing() {
     assert_eq!(s.lock.metrics().acquisitions, 0, "invalid ids never lock");
 }
 
-#[tokio::test]
-async fn invalid_amounts_and_json_are_400_and_change_nothing() {
-    let s = server().await;
+async fn invalid_amounts_and_json_are_400_and_change_nothing_on(backend: Backend) {
+    let s = server_on(backend).await;
     assert_eq!(s.charge(1, 500).await.status, StatusCode::OK);
     for (body, code) in [
         ("", "INVALID_JSON"),
@@ -235,9 +273,8 @@ async fn request_ids_are_set_and_propagated() {
     assert_eq!(res.headers()["x-request-id"], "trace-me-123");
 }
 
-#[tokio::test]
-async fn health_and_stats_report_an_empty_lock_table_after_work() {
-    let s = server().await;
+async fn health_and_stats_report_an_empty_lock_table_after_work_on(backend: Backend) {
+    let s = server_on(backend).await;
     assert_eq!(s.get("/health").await.json["status"], "ok");
     for _ in 0..5 {
         s.charge(3, 1).await;
@@ -246,6 +283,7 @@ async fn health_and_stats_report_an_empty_lock_table_after_work() {
     assert_eq!(stats["lock"]["keys"], 0);
     assert_eq!(stats["lock"]["waiters"], 0);
     assert_eq!(stats["lock"]["acquisitions"], 5);
+    assert_eq!(s.assert_history_replays(3).await, 5, "every charge stored");
 }
 
 #[tokio::test]

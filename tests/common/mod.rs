@@ -1,6 +1,9 @@
 //! Shared harness: an in-process server on a loopback port over an instrumented store.
 #![allow(dead_code)]
 
+#[path = "../pg_support/mod.rs"]
+pub mod pg_support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,7 @@ use pointlock::core::{
 };
 use pointlock::server::app::{build_app, serve};
 use pointlock::server::clock::SystemClock;
+use pointlock::server::store::{PostgresOptions, PostgresStore};
 use pointlock::server::{AppOptions, SqliteOptions, SqliteStore};
 use serde_json::Value;
 use tokio::sync::{mpsc, Barrier, Semaphore};
@@ -31,13 +35,22 @@ pub enum Backend {
     Memory,
     /// A SQLite file in a temp dir (group commit on, default options).
     Sqlite,
+    /// A fresh database in the test cluster (`POINTLOCK_TEST_PG_URL`), default
+    /// options. Tests skip it when [`postgres_skipped`] says so.
+    Postgres,
 }
 
-/// A store (memory or SQLite, optionally slow) that measures how many commits run at once and
+/// Whether to skip a test on PostgreSQL: `POINTLOCK_TEST_PG_URL` is unset (a note
+/// goes to stderr). Panics instead under `CI=true`.
+pub fn postgres_skipped() -> bool {
+    pg_support::cluster_url().is_none()
+}
+
+/// A store (memory, SQLite or PostgreSQL, optionally slow) that measures how many commits run at once and
 /// can hold commits at a gate or a barrier, so tests wait on signals, not on time.
 pub struct ProbeStore {
     inner: Box<dyn PointStore>,
-    /// Simulated latency before each call of a store without its own (SQLite).
+    /// Simulated latency before each call of a store without its own (SQLite, PostgreSQL).
     delay: Option<(u64, Mutex<fastrand::Rng>)>,
     in_flight: AtomicUsize,
     in_flight_max: AtomicUsize,
@@ -50,6 +63,8 @@ pub struct ProbeStore {
     panic_on_amount: Option<u64>,
     /// The SQLite file's directory; dropped after `inner`.
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database; dropped after `inner`.
+    _db: Option<pg_support::TestDatabase>,
 }
 
 impl ProbeStore {
@@ -60,20 +75,28 @@ impl ProbeStore {
             Box::new(MemoryStore::with_latency(latency_ms, sleep, 42)),
             None,
             None,
+            None,
         )
     }
 
     /// A store of `backend` waiting 0..=latency_ms ms per call.
-    pub fn on(backend: Backend, latency_ms: u64) -> Self {
+    pub async fn on(backend: Backend, latency_ms: u64) -> Self {
+        let delay =
+            (latency_ms > 0).then(|| (latency_ms, Mutex::new(fastrand::Rng::with_seed(42))));
         match backend {
             Backend::Memory => Self::new(latency_ms),
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let store = SqliteStore::open(dir.path().join("p.db"), SqliteOptions::default())
                     .expect("open the SQLite store");
-                let delay = (latency_ms > 0)
-                    .then(|| (latency_ms, Mutex::new(fastrand::Rng::with_seed(42))));
-                Self::wrap(Box::new(store), delay, Some(dir))
+                Self::wrap(Box::new(store), delay, Some(dir), None)
+            }
+            Backend::Postgres => {
+                let db = pg_support::TestDatabase::create().await;
+                let store = PostgresStore::connect(db.url(), PostgresOptions::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("open the PostgreSQL store at {}: {e}", db.url()));
+                Self::wrap(Box::new(store), delay, None, Some(db))
             }
         }
     }
@@ -82,6 +105,7 @@ impl ProbeStore {
         inner: Box<dyn PointStore>,
         delay: Option<(u64, Mutex<fastrand::Rng>)>,
         dir: Option<tempfile::TempDir>,
+        db: Option<pg_support::TestDatabase>,
     ) -> Self {
         Self {
             inner,
@@ -94,6 +118,7 @@ impl ProbeStore {
             global: None,
             panic_on_amount: None,
             _dir: dir,
+            _db: db,
         }
     }
 
