@@ -8,15 +8,45 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::app::AppOptions;
-use crate::store::SqliteOptions;
+use crate::store::{PostgresOptions, SqliteOptions};
 
 /// Where balances and histories are kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     /// In memory: lost on exit. For tests and demos.
     Memory,
     /// A SQLite file (created if missing): durable, the default.
     Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://` or `postgresql://` URL), shared by
+    /// any number of instances.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreSpec {
+    /// Never shows a password: `postgres://user:***@host/db`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Self::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 impl StoreSpec {
@@ -30,11 +60,15 @@ impl FromStr for StoreSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "memory" => Ok(Self::Memory),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url.to_owned()))
+            }
             other => match other.strip_prefix("sqlite:") {
                 Some("") => Err("sqlite: needs a file path, like sqlite:pointlock.db".into()),
                 Some(path) => Ok(Self::Sqlite(PathBuf::from(path))),
                 None => Err(format!(
-                    "unknown store {other:?}; expected \"sqlite:PATH\" or \"memory\""
+                    "unknown store {:?}; expected \"sqlite:PATH\", \"postgres://USER@HOST:PORT/DB\" or \"memory\"",
+                    redact_password(other)
                 )),
             },
         }
@@ -51,7 +85,9 @@ pub struct Config {
     pub addr: SocketAddr,
 
     /// Store: "sqlite:PATH" (durable: a 2xx answer means the change is on disk;
-    /// the file is created if missing) or "memory" (lost on exit; tests and demos).
+    /// the file is created if missing; one process per file),
+    /// "postgres://USER[:PASSWORD]@HOST[:PORT]/DB" (also postgresql://; shared by
+    /// any number of pointlock processes) or "memory" (lost on exit; tests and demos).
     #[arg(long, env = "POINTLOCK_STORE", default_value = StoreSpec::DEFAULT)]
     pub store: StoreSpec,
 
@@ -64,6 +100,25 @@ pub struct Config {
     /// after the first of a batch when none is queued (at most 1000).
     #[arg(long, env = "POINTLOCK_SQLITE_BATCH_WAIT_US", default_value_t = 250)]
     pub sqlite_batch_wait_us: u64,
+
+    /// PostgreSQL store: the most connections this process opens.
+    #[arg(long, env = "POINTLOCK_PG_POOL_SIZE", default_value_t = 16)]
+    pub pg_pool_size: usize,
+
+    /// PostgreSQL store: the database cancels a statement running longer than
+    /// this (nothing is changed; the request gets a 503).
+    #[arg(
+        long,
+        env = "POINTLOCK_PG_STATEMENT_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub pg_statement_timeout_ms: u64,
+
+    /// PostgreSQL store: the longest a request waits for a database connection
+    /// (new or pooled) before a 503 STORE_UNAVAILABLE; also bounds the first
+    /// connection at start.
+    #[arg(long, env = "POINTLOCK_PG_CONNECT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub pg_connect_timeout_ms: u64,
 
     /// Largest balance a user may hold (inclusive).
     #[arg(long, env = "POINTLOCK_MAX_BALANCE", default_value_t = 10_000)]
@@ -96,6 +151,12 @@ pub struct Config {
     /// Largest accepted request body, in bytes; larger bodies get a 413.
     #[arg(long, env = "POINTLOCK_BODY_LIMIT_BYTES", default_value_t = 4_096)]
     pub body_limit_bytes: usize,
+
+    /// Negative controls only (a `test-util` build): commit unconditionally, so
+    /// that several instances lose updates, as the tests must show they would.
+    #[cfg(feature = "test-util")]
+    #[arg(long, hide = true)]
+    pub test_unconditional_commits: bool,
 }
 
 impl Config {
@@ -118,6 +179,15 @@ impl Config {
             batch_ops_max: self.sqlite_batch_ops_max,
             batch_wait: Duration::from_micros(self.sqlite_batch_wait_us),
             ..SqliteOptions::default()
+        }
+    }
+
+    /// The PostgreSQL store's tuning these flags describe.
+    pub fn postgres_options(&self) -> PostgresOptions {
+        PostgresOptions {
+            pool_size: self.pg_pool_size,
+            statement_timeout: Duration::from_millis(self.pg_statement_timeout_ms),
+            connect_timeout: Duration::from_millis(self.pg_connect_timeout_ms),
         }
     }
 
@@ -151,6 +221,32 @@ impl Config {
             }
             if self.sqlite_batch_wait_us > 1_000 {
                 return Err("--sqlite-batch-wait-us must be at most 1000".into());
+            }
+        }
+        if let StoreSpec::Postgres(_) = self.store {
+            if self.max_balance > pointlock_core::domain::VALUE_MAX {
+                return Err(format!(
+                    "--max-balance ({}) must be at most {} with the PostgreSQL store",
+                    self.max_balance,
+                    pointlock_core::domain::VALUE_MAX
+                ));
+            }
+            if self.pg_pool_size == 0 || self.pg_pool_size > 1_000 {
+                return Err("--pg-pool-size must be between 1 and 1000".into());
+            }
+            if self.pg_statement_timeout_ms == 0 || self.pg_connect_timeout_ms == 0 {
+                return Err(
+                    "--pg-statement-timeout-ms and --pg-connect-timeout-ms must be at least 1"
+                        .into(),
+                );
+            }
+            let worst = self.pg_connect_timeout_ms + self.pg_statement_timeout_ms;
+            if worst >= self.request_timeout_ms {
+                return Err(format!(
+                    "--pg-connect-timeout-ms + --pg-statement-timeout-ms ({worst}) must be shorter \
+                     than --request-timeout-ms ({}) so a stuck database gets a 503, not a 408",
+                    self.request_timeout_ms
+                ));
             }
         }
         if self.body_limit_bytes < 64 {

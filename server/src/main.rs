@@ -10,6 +10,7 @@ use pointlock_core::{KeyedLock, MemoryStore, PointStore, Policy};
 use pointlock_server::app::{build_stack, serve, service};
 use pointlock_server::clock::SystemClock;
 use pointlock_server::routes::StoreStats;
+use pointlock_server::store::PostgresStore;
 use pointlock_server::{Config, SqliteStore, StoreSpec};
 use tokio::net::TcpListener;
 
@@ -49,7 +50,28 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> Result<(), String> {
     // Kept to close it after the last request: the writer commits what is queued.
     let mut durable: Option<Arc<SqliteStore>> = None;
+    let mut store_stats: Option<StoreStats> = None;
     let store: Arc<dyn PointStore> = match &config.store {
+        StoreSpec::Postgres(url) => {
+            let opened = PostgresStore::connect(url, config.postgres_options())
+                .await
+                .map_err(|e| format!("cannot open the store: {e}"))?;
+            tracing::info!(
+                target = opened.target(),
+                pool_size = config.pg_pool_size,
+                statement_timeout_ms = config.pg_statement_timeout_ms,
+                "PostgreSQL store ready at {} (schema migrated; shared with any other instance)",
+                opened.target()
+            );
+            if config.simulate_latency_ms > 0 {
+                tracing::warn!("--simulate-latency-ms applies to the memory store only; ignored");
+            }
+            let read = opened.clone();
+            store_stats = Some(StoreStats::new(move || {
+                serde_json::to_value(read.stats()).unwrap_or_default()
+            }));
+            Arc::new(opened)
+        }
         StoreSpec::Sqlite(path) => {
             let opened = SqliteStore::open(path, config.sqlite_options())
                 .map_err(|e| format!("cannot open the store: {e}"))?;
@@ -80,9 +102,20 @@ async fn run(config: Config) -> Result<(), String> {
     let clock = Arc::new(SystemClock::default());
     let lock = KeyedLock::with_clock(clock.clone());
     let service = service(store, Policy::new(config.max_balance), clock, lock);
+    #[cfg(feature = "test-util")]
+    let service = if config.test_unconditional_commits {
+        tracing::warn!(
+            "--test-unconditional-commits: the store's condition is OFF (negative controls only)"
+        );
+        negative_control(service)
+    } else {
+        service
+    };
     let mut options = config.app_options();
-    options.store_stats = durable.clone().map(|store| {
-        StoreStats::new(move || serde_json::to_value(store.stats()).unwrap_or_default())
+    options.store_stats = store_stats.or_else(|| {
+        durable.clone().map(|store| {
+            StoreStats::new(move || serde_json::to_value(store.stats()).unwrap_or_default())
+        })
     });
     let app = build_stack(service, &options);
     let listener = TcpListener::bind(config.addr)
@@ -111,6 +144,18 @@ async fn run(config: Config) -> Result<(), String> {
         }
     }
     served
+}
+
+/// The same service with the store's condition switched off: the negative
+/// control of the multi-instance tests (a `test-util` build only).
+#[cfg(feature = "test-util")]
+fn negative_control(
+    service: pointlock_server::routes::SharedService,
+) -> pointlock_server::routes::SharedService {
+    match Arc::try_unwrap(service) {
+        Ok(service) => Arc::new(service.without_commit_condition()),
+        Err(shared) => shared,
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

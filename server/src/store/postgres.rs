@@ -1,0 +1,567 @@
+//! [`PostgresStore`]: the shared store. Several `pointlock` processes on one
+//! database stay correct.
+//!
+//! # Why it is correct across processes
+//!
+//! Each instance's in-process FIFO lock orders its own requests and keeps
+//! conflicts rare; across instances the database is the arbiter. Every change is
+//! **one statement**: the conditional write of the balance and the insert of its
+//! history row, in a data-modifying CTE, so PostgreSQL commits both or neither:
+//!
+//! ```sql
+//! WITH changed AS (
+//!   UPDATE user_point SET point = $new, update_millis = $t
+//!   WHERE id = $user AND point = $expected RETURNING id)
+//! INSERT INTO point_history (user_id, type, amount, time_millis)
+//! SELECT id, $type, $amount, $t FROM changed RETURNING id
+//! ```
+//!
+//! (from a balance of 0, the write is an `INSERT … ON CONFLICT DO UPDATE … WHERE
+//! point = 0`). The `UPDATE` takes the row's lock; a second writer of the same
+//! user waits for it and then re-evaluates its `WHERE` against the committed row
+//! (READ COMMITTED's re-check), so a change computed from a balance that has
+//! since changed updates no row, inserts no history, and is refused as a
+//! conflict; the service re-reads and retries. Two first charges of a new user
+//! race on the primary key the same way. No lost update, whatever the number of
+//! instances; FIFO holds within each instance, and across instances only as far
+//! as PostgreSQL's queue of waiters on the row lock gives it.
+//!
+//! One statement is also one round trip and no explicit transaction: nothing is
+//! held open across the network. The policy stays in Rust (core's `Policy`): the
+//! SQL only compares the balance the policy was applied to.
+//!
+//! # Cancel safety and the guard
+//!
+//! A commit runs in a task of its own that owns the [`Change`], and with it the
+//! user's guard: a caller that stops waiting does not cancel a statement that
+//! may already be on its way, and its user stays locked in this instance until
+//! the database has answered.
+//!
+//! # Failures
+//!
+//! - No connection within the pool's wait (the database is down, unreachable,
+//!   or every connection is busy): [`StoreErrorKind::Unavailable`] (503 with
+//!   `Retry-After`), nothing changed. The pool opens new connections as the
+//!   database comes back; no restart of `pointlock` is needed.
+//! - The statement failed in the database (an error answer: a constraint, the
+//!   statement timeout, a shutdown in progress): it was rolled back, nothing
+//!   changed. Operator intervention and connection classes (57, 08) are
+//!   `Unavailable`, a serialization failure or deadlock a `Conflict` (retried),
+//!   anything else `Failed`.
+//! - The connection broke while the statement was in flight (no answer): the
+//!   statement may or may not have committed: [`StoreErrorKind::OutcomeUnknown`].
+//!
+//! # Schema
+//!
+//! Versioned migrations embedded here, applied at start inside a session
+//! advisory lock, so N instances starting together migrate once; a database
+//! whose schema is newer than this build is refused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use pointlock_core::{
+    Amount, BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, StoreErrorKind,
+    TransactionType, UserId, UserPoint,
+};
+use thiserror::Error;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+/// The key of the session advisory lock held while migrating (any constant
+/// unlikely to be used by another application on the same database: "PLK1").
+const MIGRATION_LOCK_KEY: i64 = 0x504C_4B31;
+
+/// The embedded migrations: `MIGRATIONS[i]` brings the schema to version `i + 1`.
+/// Append only; never edit a step that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: balances, and the history with a store-wide id.
+    "CREATE TABLE user_point (
+        id            bigint PRIMARY KEY CHECK (id > 0),
+        point         bigint NOT NULL CHECK (point >= 0),
+        update_millis bigint NOT NULL
+    );
+    CREATE TABLE point_history (
+        id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        user_id     bigint NOT NULL CHECK (user_id > 0),
+        type        text   NOT NULL CHECK (type IN ('CHARGE', 'USE')),
+        amount      bigint NOT NULL CHECK (amount > 0),
+        time_millis bigint NOT NULL
+    );
+    CREATE INDEX point_history_by_user ON point_history (user_id, id);",
+];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// A balance computed from a positive one: written only if the row still holds it.
+const UPDATE_IF: &str = "WITH changed AS (
+        UPDATE user_point SET point = $2, update_millis = $3
+        WHERE id = $1 AND point = $4
+        RETURNING id)
+    INSERT INTO point_history (user_id, type, amount, time_millis)
+    SELECT id, $5, $6, $3 FROM changed
+    RETURNING id";
+/// A first balance, or one computed from 0: inserted, or updated only if the row
+/// still holds 0 (`$4` is the expected 0; NULL only in negative controls).
+const UPSERT_IF: &str = "WITH changed AS (
+        INSERT INTO user_point (id, point, update_millis) VALUES ($1, $2, $3)
+        ON CONFLICT (id) DO UPDATE
+            SET point = EXCLUDED.point, update_millis = EXCLUDED.update_millis
+            WHERE $4::bigint IS NULL OR user_point.point = $4::bigint
+        RETURNING id)
+    INSERT INTO point_history (user_id, type, amount, time_millis)
+    SELECT id, $5, $6, $3 FROM changed
+    RETURNING id";
+const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = $1";
+const SELECT_HISTORIES: &str =
+    "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = $1 ORDER BY id";
+
+/// Tuning of a [`PostgresStore`]. The defaults suit the server.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// The most connections this instance opens. A request waits for a free one
+    /// up to [`connect_timeout`](Self::connect_timeout).
+    pub pool_size: usize,
+    /// The database cancels a statement running longer than this (nothing is
+    /// changed): a stuck lock or an overloaded server cannot hold a request past
+    /// its deadline.
+    pub statement_timeout: Duration,
+    /// The longest to wait for a connection, new or from the pool.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, Error)]
+pub enum PgOpenError {
+    /// The URL is not a PostgreSQL connection string.
+    #[error(
+        "invalid PostgreSQL URL ({0}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+    )]
+    Url(String),
+    /// The database could not be reached or refused the connection.
+    #[error("cannot connect to PostgreSQL at {target}: {detail}")]
+    Connect {
+        /// Host, port and database (no password).
+        target: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A migration failed (nothing of it was applied).
+    #[error("cannot migrate the PostgreSQL schema: {0}")]
+    Migrate(String),
+    /// The schema is newer than this build.
+    #[error("the database has schema version {found}, newer than this build understands ({known}); run a newer pointlock")]
+    NewerSchema {
+        /// The database's version.
+        found: i32,
+        /// [`SCHEMA_VERSION`].
+        known: i32,
+    },
+}
+
+/// What the store has done so far, for `/stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PgStats {
+    /// Changes committed.
+    pub commits: u64,
+    /// Changes refused by their condition (the balance had changed since it was
+    /// read, typically by another instance).
+    pub conflicts: u64,
+    /// Commits and reads that failed (each answered with its error).
+    pub errors: u64,
+    /// Connections open now.
+    pub pool_size: usize,
+    /// Of those, idle now.
+    pub pool_idle: usize,
+    /// Requests waiting for a connection now.
+    pub pool_waiting: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    conflicts: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// The PostgreSQL store. See the [module docs](self).
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    counters: Arc<Counters>,
+    target: Arc<str>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connect to `url` (`postgres://` or `postgresql://`), check that the
+    /// database answers, and migrate it to [`SCHEMA_VERSION`] (once, whatever the
+    /// number of instances starting together). Fails fast with a clear error when
+    /// the URL is wrong, the server is unreachable or the schema is newer.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, PgOpenError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| PgOpenError::Url(e.to_string()))?;
+        let target = describe(&config);
+        let statement_ms = options.statement_timeout.as_millis().max(1);
+        config
+            .connect_timeout(options.connect_timeout)
+            .application_name("pointlock")
+            .options(format!("-c statement_timeout={statement_ms}"));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| PgOpenError::Connect {
+                target: target.clone(),
+                detail: e.to_string(),
+            })?;
+        let client = pool.get().await.map_err(|e| PgOpenError::Connect {
+            target: target.clone(),
+            detail: pool_error(&e),
+        })?;
+        migrate(&client).await?;
+        drop(client);
+        Ok(Self {
+            pool,
+            counters: Arc::default(),
+            target: target.into(),
+        })
+    }
+
+    /// Host, port and database of the store (no password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// What the store has done so far, and the pool now.
+    pub fn stats(&self) -> PgStats {
+        let status = self.pool.status();
+        PgStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            conflicts: self.counters.conflicts.load(Ordering::Relaxed),
+            errors: self.counters.errors.load(Ordering::Relaxed),
+            pool_size: status.size,
+            pool_idle: status.available,
+            pool_waiting: status.waiting,
+        }
+    }
+
+    /// Close the pool: later calls fail; connections close as they come back.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            StoreError::with_kind(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "PostgreSQL at {} is unavailable: {}; nothing was changed",
+                    self.target,
+                    pool_error(&e)
+                ),
+            )
+        })
+    }
+
+    /// The error of a statement that failed (see the module docs for the kinds).
+    fn failed(&self, error: &tokio_postgres::Error, writing: bool) -> StoreError {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let Some(db) = error.as_db_error() else {
+            // No answer from the database: the connection broke.
+            let kind = if writing {
+                StoreErrorKind::OutcomeUnknown
+            } else {
+                StoreErrorKind::Unavailable
+            };
+            let what = if writing {
+                "whether the change was committed is unknown (read the history)"
+            } else {
+                "nothing was changed"
+            };
+            return StoreError::with_kind(
+                kind,
+                format!("the PostgreSQL connection broke ({error}); {what}"),
+            );
+        };
+        let class = &db.code().code()[..2];
+        let kind = if *db.code() == SqlState::T_R_SERIALIZATION_FAILURE
+            || *db.code() == SqlState::T_R_DEADLOCK_DETECTED
+        {
+            StoreErrorKind::Conflict
+        } else if class == "57" || class == "08" || class == "53" {
+            // Operator intervention (a shutdown, the statement timeout),
+            // connection trouble, insufficient resources: try again later.
+            StoreErrorKind::Unavailable
+        } else {
+            StoreErrorKind::Failed
+        };
+        StoreError::with_kind(
+            kind,
+            format!(
+                "PostgreSQL refused the statement ({}: {}); nothing was changed",
+                db.code().code(),
+                db.message()
+            ),
+        )
+    }
+
+    async fn commit_now(&self, change: &Change) -> Result<Committed, StoreError> {
+        let user = to_i64(change.user_id().get());
+        let point = i64::try_from(change.point()).map_err(|_| {
+            StoreError::new(format!(
+                "balance {} does not fit the PostgreSQL store (at most 9223372036854775807)",
+                change.point()
+            ))
+        })?;
+        let expected = change.expected_point().map(to_i64);
+        let client = self.client().await?;
+        let sql = match expected {
+            Some(expected) if expected > 0 => UPDATE_IF,
+            _ => UPSERT_IF,
+        };
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.failed(&e, false))?;
+        let amount = to_i64(change.amount().get());
+        let time = change.time_millis();
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &user,
+                    &point,
+                    &time,
+                    &expected,
+                    &change.kind().as_str(),
+                    &amount,
+                ],
+            )
+            .await
+            .map_err(|e| self.failed(&e, true))?;
+        match rows.first() {
+            Some(row) => {
+                let id: i64 = row.get(0);
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                let id = u64::try_from(id)
+                    .map_err(|_| StoreError::new("PostgreSQL assigned a negative history id"))?;
+                Ok(change.committed(id))
+            }
+            None => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                let stored = client
+                    .query_opt(SELECT_POINT, &[&user])
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+                Err(change.conflict(stored))
+            }
+        }
+    }
+}
+
+impl PointStore for PostgresStore {
+    fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(SELECT_POINT)
+                .await
+                .map_err(|e| self.failed(&e, false))?;
+            let row = client
+                .query_opt(&statement, &[&to_i64(id.get())])
+                .await
+                .map_err(|e| self.failed(&e, false))?;
+            row.map(|row| {
+                Ok(UserPoint {
+                    id,
+                    point: u64::try_from(row.get::<_, i64>(0))
+                        .map_err(|_| corrupt_row("negative balance", id))?,
+                    update_millis: row.get(1),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(SELECT_HISTORIES)
+                .await
+                .map_err(|e| self.failed(&e, false))?;
+            let rows = client
+                .query(&statement, &[&to_i64(id.get())])
+                .await
+                .map_err(|e| self.failed(&e, false))?;
+            rows.iter()
+                .map(|row| {
+                    Ok(PointHistory {
+                        id: u64::try_from(row.get::<_, i64>(0))
+                            .map_err(|_| corrupt_row("history id", id))?,
+                        user_id: id,
+                        kind: match row.get::<_, &str>(1) {
+                            "CHARGE" => TransactionType::Charge,
+                            "USE" => TransactionType::Use,
+                            _ => return Err(corrupt_row("history type", id)),
+                        },
+                        amount: Amount::from_i64(row.get(2))
+                            .map_err(|_| corrupt_row("history amount", id))?,
+                        time_millis: row.get(3),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        // The task owns the change (and the user's guard in it) until the database
+        // has answered, whatever happens to the caller's future.
+        let store = self.clone();
+        let task = tokio::spawn(async move { store.commit_now(&change).await });
+        Box::pin(async move {
+            task.await.map_err(|e| {
+                StoreError::with_kind(
+                    StoreErrorKind::OutcomeUnknown,
+                    format!("the PostgreSQL commit task failed: {e}"),
+                )
+            })?
+        })
+    }
+}
+
+/// Apply the migrations the database lacks, under the migration advisory lock.
+async fn migrate(client: &deadpool_postgres::Object) -> Result<(), PgOpenError> {
+    let failed = |e: tokio_postgres::Error| PgOpenError::Migrate(e.to_string());
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(failed)?;
+    let result = migrate_locked(client).await;
+    // Released on disconnect anyway; unlock now so the pooled connection is clean.
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    result?;
+    unlocked.map_err(failed)?;
+    Ok(())
+}
+
+async fn migrate_locked(client: &deadpool_postgres::Object) -> Result<(), PgOpenError> {
+    let failed = |e: tokio_postgres::Error| PgOpenError::Migrate(e.to_string());
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS pointlock_schema (
+                version    integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(failed)?;
+    let found: i32 = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM pointlock_schema",
+            &[],
+        )
+        .await
+        .map_err(failed)?
+        .get(0);
+    if found > SCHEMA_VERSION {
+        return Err(PgOpenError::NewerSchema {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (index, step) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        let version = index as i32 + 1;
+        client
+            .batch_execute(&format!(
+                "BEGIN; {step}; INSERT INTO pointlock_schema (version) VALUES ({version}); COMMIT;"
+            ))
+            .await
+            .map_err(|e| PgOpenError::Migrate(format!("step {version}: {e} (rolled back)")))?;
+        tracing::info!(version, "PostgreSQL schema migrated");
+    }
+    Ok(())
+}
+
+/// `host:port/dbname` of a configuration, never its password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("(default database)");
+    format!("{host}:{port}/{db}")
+}
+
+/// A pool error in words (a connection error's cause included).
+fn pool_error(error: &PoolError) -> String {
+    match error {
+        PoolError::Timeout(_) => "no connection within the connect timeout".into(),
+        PoolError::Backend(e) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Ids, amounts and balances are at most `2^63 - 1` (checked by their types).
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn corrupt_row(what: &str, id: UserId) -> StoreError {
+    StoreError::new(format!(
+        "corrupt row in the PostgreSQL store: {what} of user {id}"
+    ))
+}
