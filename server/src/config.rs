@@ -255,3 +255,25 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_specs_parse_and_never_show_a_password() {
+        let spec: StoreSpec = "postgres://app:s3cret@db.internal:5433/wallet?sslmode=disable"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            format!("{spec:?}"),
+            "postgres://app:***@db.internal:5433/wallet?sslmode=disable"
+        );
+        let spec: StoreSpec = "postgresql://app@db/wallet".parse().unwrap();
+        assert_eq!(format!("{spec:?}"), "postgresql://app@db/wallet");
+        assert_eq!("memory".parse::<StoreSpec>(), Ok(StoreSpec::Memory));
+        let unknown = "mysql://root:hunter2@db/x".parse::<StoreSpec>().unwrap_err();
+        assert!(unknown.contains("root:***@db"), "{unknown}");
+        assert!(!unknown.contains("hunter2"), "{unknown}");
+    }
+}

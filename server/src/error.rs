@@ -185,7 +185,11 @@ impl ApiError {
             | Self::LockQueueFull { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::Point(PointError::Store(e)) if e.is_conflict() => {
+            // The database is unreachable, or a failed-stop SQLite store awaits
+            // its restart: either way "later", and nothing changed.
+            Self::Point(PointError::Store(e))
+                if e.is_conflict() || e.kind() == StoreErrorKind::Unavailable =>
+            {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -23,6 +23,9 @@ fn help_explains_every_flag() {
         "--sqlite-batch-ops-max",
         "--sqlite-batch-wait-us",
         "--lock-queue-max",
+        "--pg-pool-size",
+        "--pg-statement-timeout-ms",
+        "--pg-connect-timeout-ms",
         "sqlite:pointlock.db",
         "POINTLOCK_ADDR",
     ] {
@@ -44,6 +47,35 @@ fn bad_settings_fail_fast_with_a_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown store"));
+}
+
+#[test]
+fn a_wrong_or_unreachable_postgres_url_refuses_to_start_with_a_message() {
+    // Port 1 on loopback: nothing listens there, the connection is refused.
+    for (url, expect) in [
+        (
+            "postgres://pointlock:s3cret@127.0.0.1:1/wallet",
+            "cannot connect to PostgreSQL at 127.0.0.1:1/wallet",
+        ),
+        (
+            "postgres://pointlock@127.0.0.1:notaport/wallet",
+            "invalid PostgreSQL URL",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--store", url, "--pg-connect-timeout-ms", "2000"])
+            .args(["--addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains(expect), "{url}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret"),
+            "the password is never printed: {stderr}"
+        );
+        assert!(!stderr.contains("listening"), "{stderr}");
+    }
 }
 
 fn get(addr: &str, path: &str) -> String {

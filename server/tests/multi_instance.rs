@@ -85,17 +85,21 @@ impl Cluster {
     /// `pg_ctl restart -m fast`: every connection is cut, in-flight statements
     /// are rolled back, the server comes back on the same port.
     fn restart(&self) {
+        self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
+    }
+
+    /// Run `pg_ctl -D DATA -l LOG ACTION…` as the cluster's user.
+    fn pg_ctl(&self, action: &[&str]) {
         assert!(
             !self.data.is_empty() && !self.bin.is_empty(),
-            "POINTLOCK_TEST_PG_DATA and POINTLOCK_TEST_PG_BIN are needed to restart the cluster"
+            "POINTLOCK_TEST_PG_DATA and POINTLOCK_TEST_PG_BIN are needed to control the cluster"
         );
         let pg_ctl = format!("{}/pg_ctl", self.bin);
         // The server's log goes to a file: without `-l` it would inherit (and
         // hold open) this test's stdout for as long as the cluster runs.
         let log = format!("{}/restart.log", self.data);
-        let args = [
-            "-D", &self.data, "-l", &log, "restart", "-m", "fast", "-w", "-t", "60",
-        ];
+        let mut args = vec!["-D", self.data.as_str(), "-l", log.as_str()];
+        args.extend_from_slice(action);
         let as_root = std::env::var("USER").as_deref() == Ok("root") || is_root();
         let mut cmd = if as_root && !self.user.is_empty() && self.user != "root" {
             let mut runuser = Command::new("runuser");
@@ -105,11 +109,11 @@ impl Cluster {
             Command::new(&pg_ctl)
         };
         let status = cmd
-            .args(args)
+            .args(&args)
             .stdout(std::process::Stdio::null())
             .status()
             .expect("run pg_ctl");
-        assert!(status.success(), "pg_ctl restart failed: {status}");
+        assert!(status.success(), "pg_ctl {action:?} failed: {status}");
     }
 }
 
@@ -455,6 +459,72 @@ fn a_postgres_restart_mid_load_gives_5xx_corrupts_nothing_and_service_resumes() 
     for server in servers {
         server.stop();
     }
+}
+
+#[test]
+fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cluster) = Cluster::from_env() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let server = instance(dir.path(), &url, &[]);
+    let (status, _) = request(&server.addr, "PATCH", "/point/1/charge", "5").unwrap();
+    assert_eq!(status, 200);
+
+    cluster.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
+    let down = request_full(&server.addr, "PATCH", "/point/1/charge", "7");
+    cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+    // A 503 (not the 408 of the 10 s request deadline): the pool's connect
+    // timeout answered it; nothing was changed; the user's lock was released.
+    assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+    assert!(down.contains("STORE_UNAVAILABLE"), "{down}");
+    assert!(
+        down.to_ascii_lowercase().contains("retry-after: 1"),
+        "{down}"
+    );
+    let stats = get_json(&server.addr, "/stats");
+    assert_eq!(stats["lock"]["keys"], 0, "{stats}");
+
+    // Service resumes by itself (the pool reconnects), no restart of pointlock.
+    let started = Instant::now();
+    loop {
+        let (status, body) = request(&server.addr, "PATCH", "/point/1/charge", "7").unwrap();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no recovery: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    every_ack_is_there(&server.addr, 1, &[(1, 5), (1, 7)]);
+    let balance = get_json(&server.addr, "/point/1")["point"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(balance, 12, "the refused charge changed nothing");
+    server.stop();
+}
+
+/// One raw request; the whole response (status line, headers, body).
+fn request_full(addr: &str, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 /// Wait (bounded: 60 s) until at least `count` charges were acknowledged.
