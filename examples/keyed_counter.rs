@@ -62,11 +62,8 @@ use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use pointlock::core::KeyedLock;
+use pointlock::server::app::{serve, shutdown_signal};
 use pointlock::server::layer::{
     default_refusal, KeyDecision, KeyedLockBody, KeyedLockLayer, Refusal,
 };
@@ -321,6 +318,14 @@ fn unlocked(res: Response<Full<Bytes>>) -> Response<KeyedLockBody<Full<Bytes>>> 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // The library's log lines (accepts that fail, shutdown) go to stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     if !args.addr.ip().is_loopback() && !args.allow_remote {
         eprintln!(
             "error: {} is not a loopback address; pass --allow-remote to listen there",
@@ -380,64 +385,9 @@ async fn run(args: Args) -> Result<(), String> {
     );
     eprintln!("keyed_counter listening on http://{addr}");
 
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    eprintln!("keyed_counter: accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(conn.into_owned()).await {
-                eprintln!("keyed_counter: connection from {peer} ended with an error: {error}");
-            }
-        });
-    }
-    drop(listener);
-    eprintln!("keyed_counter: shutting down; finishing in-flight requests");
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+    // The server's own accept loop (HTTP/1.1 and h2c, graceful shutdown on
+    // SIGINT/SIGTERM, up to 10 s for in-flight requests).
+    serve(listener, app, shutdown_signal(), Duration::from_secs(10))
         .await
-        .is_err()
-    {
-        eprintln!("keyed_counter: in-flight requests did not finish within 10 s");
-    }
-    Ok(())
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => eprintln!("keyed_counter: SIGINT received"),
-        () = term => eprintln!("keyed_counter: SIGTERM received"),
-    }
+        .map_err(|e| e.to_string())
 }

@@ -542,32 +542,8 @@ async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend:
     );
 }
 
-/// Each scenario as a test on the memory store (the original name), on the
-/// SQLite store (`sqlite_` + name) and on PostgreSQL (`pg_` + name; skipped
-/// without `POINTLOCK_TEST_PG_URL`, outside CI).
-macro_rules! on_every_store {
-    ($($name:ident / $sqlite:ident / $pg:ident => $scenario:ident;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            $scenario(Backend::Memory).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            $scenario(Backend::Sqlite).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $pg() {
-            if common::postgres_skipped() {
-                return;
-            }
-            $scenario(Backend::Postgres).await;
-        }
-    )*};
-}
-
 on_every_store! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / sqlite_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / pg_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances => hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on;
     negative_control_without_lock_loses_updates / sqlite_negative_control_without_lock_loses_updates / pg_negative_control_without_lock_loses_updates => negative_control_without_lock_loses_updates_on;
     without_the_lock_the_condition_still_loses_no_update / sqlite_without_the_lock_the_condition_still_loses_no_update / pg_without_the_lock_the_condition_still_loses_no_update => without_the_lock_the_condition_still_loses_no_update_on;

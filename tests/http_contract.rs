@@ -24,31 +24,8 @@ async fn server_on(backend: Backend) -> TestServer {
     TestServer::start(ProbeStore::on(backend, 0).await, AppOptions::default()).await
 }
 
-/// Each store-dependent test on the memory store (the plain name), on SQLite
-/// (`sqlite_` + name) and on PostgreSQL (`pg_` + name).
-macro_rules! on_every_store {
-    ($($name:ident / $sqlite:ident / $pg:ident => $test:ident;)*) => {$(
-        #[tokio::test]
-        async fn $name() {
-            $test(Backend::Memory).await;
-        }
-
-        #[tokio::test]
-        async fn $sqlite() {
-            $test(Backend::Sqlite).await;
-        }
-
-        #[tokio::test]
-        async fn $pg() {
-            if common::postgres_skipped() {
-                return;
-            }
-            $test(Backend::Postgres).await;
-        }
-    )*};
-}
-
 on_every_store! {
+    #[tokio::test]
     unknown_user_has_zero_points_and_empty_history / sqlite_unknown_user_has_zero_points_and_empty_history / pg_unknown_user_has_zero_points_and_empty_history => unknown_user_has_zero_points_and_empty_history_on;
     charge_use_and_histories_have_the_template_shapes / sqlite_charge_use_and_histories_have_the_template_shapes / pg_charge_use_and_histories_have_the_template_shapes => charge_use_and_histories_have_the_template_shapes_on;
     max_balance_is_inclusive_and_overdraft_fails / sqlite_max_balance_is_inclusive_and_overdraft_fails / pg_max_balance_is_inclusive_and_overdraft_fails => max_balance_is_inclusive_and_overdraft_fails_on;

@@ -274,21 +274,26 @@ fn normalize_error(res: Response<AppBody>, limit_bytes: usize) -> Response<AppBo
     fresh.map(|b| AppBody::new(b.map_err(|never| match never {})))
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves, then stop accepting and
-/// wait (up to `drain`) for in-flight requests to finish.
-pub async fn serve<S>(
+/// Serve `app` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then
+/// stop accepting and wait (up to `drain`) for in-flight requests to finish.
+///
+/// Any tower service of `Request<Incoming>` with an infallible error serves:
+/// the wallet's stack, or your own (`examples/keyed_counter.rs` uses it).
+pub async fn serve<S, B>(
     listener: TcpListener,
     app: S,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> io::Result<()>
 where
-    S: Service<Request<Incoming>, Response = Response<AppBody>, Error = Infallible>
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + Sync
         + 'static,
     S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
@@ -326,6 +331,30 @@ where
         tracing::warn!(?drain, "in-flight requests did not finish in time");
     }
     Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
 }
 
 #[cfg(test)]

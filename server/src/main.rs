@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use pointlock_core::store::Sleeper;
 use pointlock_core::{KeyedLock, MemoryStore, PointStore, Policy};
-use pointlock_server::app::{build_stack, serve, service};
+use pointlock_server::app::{build_stack, serve, service, shutdown_signal};
 use pointlock_server::clock::SystemClock;
 use pointlock_server::routes::StoreStats;
 use pointlock_server::store::PostgresStore;
@@ -51,6 +51,9 @@ async fn run(config: Config) -> Result<(), String> {
     // Kept to close it after the last request: the writer commits what is queued.
     let mut durable: Option<Arc<SqliteStore>> = None;
     let mut store_stats: Option<StoreStats> = None;
+    if config.simulate_latency_ms > 0 && config.store != StoreSpec::Memory {
+        tracing::warn!("--simulate-latency-ms applies to the memory store only; ignored");
+    }
     let store: Arc<dyn PointStore> = match &config.store {
         StoreSpec::Postgres(url) => {
             let opened = PostgresStore::connect(url, config.postgres_options())
@@ -63,9 +66,6 @@ async fn run(config: Config) -> Result<(), String> {
                 "PostgreSQL store ready at {} (schema migrated; shared with any other instance)",
                 opened.target()
             );
-            if config.simulate_latency_ms > 0 {
-                tracing::warn!("--simulate-latency-ms applies to the memory store only; ignored");
-            }
             let read = opened.clone();
             store_stats = Some(StoreStats::new(move || {
                 serde_json::to_value(read.stats()).unwrap_or_default()
@@ -83,9 +83,6 @@ async fn run(config: Config) -> Result<(), String> {
                 "SQLite store open at {} (durable: WAL, synchronous=FULL)",
                 shown.display()
             );
-            if config.simulate_latency_ms > 0 {
-                tracing::warn!("--simulate-latency-ms applies to the memory store only; ignored");
-            }
             let opened = Arc::new(opened);
             durable = Some(Arc::clone(&opened));
             opened
@@ -155,30 +152,6 @@ fn negative_control(
     match Arc::try_unwrap(service) {
         Ok(service) => Arc::new(service.without_commit_condition()),
         Err(shared) => shared,
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
     }
 }
 

@@ -436,3 +436,30 @@ pub async fn read_until(raw: &mut tokio::net::TcpStream, needle: &str) -> String
     let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// Each scenario `async fn scenario(backend: Backend)` as three tests, with the
+/// test attribute given first: on the memory store (the plain name), on SQLite
+/// (`sqlite_` + name) and on PostgreSQL (`pg_` + name; skipped without
+/// `POINTLOCK_TEST_PG_URL`, outside CI).
+#[macro_export]
+macro_rules! on_every_store {
+    (#[$test:meta] $($name:ident / $sqlite:ident / $pg:ident => $scenario:ident;)*) => {$(
+        #[$test]
+        async fn $name() {
+            $scenario($crate::common::Backend::Memory).await;
+        }
+
+        #[$test]
+        async fn $sqlite() {
+            $scenario($crate::common::Backend::Sqlite).await;
+        }
+
+        #[$test]
+        async fn $pg() {
+            if $crate::common::postgres_skipped() {
+                return;
+            }
+            $scenario($crate::common::Backend::Postgres).await;
+        }
+    )*};
+}
