@@ -272,7 +272,9 @@ mod tests {
         let spec: StoreSpec = "postgresql://app@db/wallet".parse().unwrap();
         assert_eq!(format!("{spec:?}"), "postgresql://app@db/wallet");
         assert_eq!("memory".parse::<StoreSpec>(), Ok(StoreSpec::Memory));
-        let unknown = "mysql://root:hunter2@db/x".parse::<StoreSpec>().unwrap_err();
+        let unknown = "mysql://root:hunter2@db/x"
+            .parse::<StoreSpec>()
+            .unwrap_err();
         assert!(unknown.contains("root:***@db"), "{unknown}");
         assert!(!unknown.contains("hunter2"), "{unknown}");
     }
