@@ -15,7 +15,8 @@
 //! one server process would own: its own connection pool of `--pool-size` (16)
 //! connections and, for pointlock, its own `PointService` and in-process
 //! `KeyedLock`. Instances live in this one process; request `i` goes to instance
-//! `i % n`.
+//! `i % n` (`--routing by-user`: instance `user % n`, as a load balancer routing
+//! by user id would send it).
 //!
 //! Strategies (each in its own database, created fresh by this benchmark, with
 //! the same two tables; rows of every user exist before each cell, balance 0,
@@ -38,9 +39,10 @@
 //!   its store's condition switched off (test-util), which must lose updates
 //!   with several instances: it shows that the checker below has teeth.
 //!
-//! A missing row (only with `--no-seed-rows`) is created with `INSERT … ON
-//! CONFLICT DO NOTHING` and the strategy's path is taken again (pointlock needs
-//! no such step: its first write is an upsert).
+//! A missing row (only with `--no-seed-rows`): pessimistic and optimistic
+//! create it with `INSERT … ON CONFLICT DO NOTHING` and take their path again;
+//! `sql` follows its UPDATE that found no row with one conditional upsert (the
+//! same CTE); pointlock needs no extra step (its write from 0 is an upsert).
 //!
 //! Per cell: wall time from the barrier to the last answer, throughput (acknowledged
 //! charges per second), retries (pointlock: commits refused by the store's condition;
@@ -127,6 +129,11 @@ struct Args {
     /// throughput, not refusals; pointlock's requests wait in its lock instead).
     #[arg(long, default_value_t = 60_000)]
     pool_wait_ms: u64,
+    /// How requests are spread over the instances: `round-robin` (request i to
+    /// instance i mod n, like a load balancer that ignores the user) or `by-user`
+    /// (user mod n: routing by user id, every request of a user to one instance).
+    #[arg(long, value_enum, default_value_t = Routing::RoundRobin)]
+    routing: Routing,
     /// Do not create the users' rows before each cell.
     #[arg(long)]
     no_seed_rows: bool,
@@ -139,6 +146,12 @@ struct Args {
     /// Where to write the results.
     #[arg(long, default_value = "target/pg_strategies/results.json")]
     json: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+enum Routing {
+    RoundRobin,
+    ByUser,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
@@ -243,7 +256,18 @@ const SQL_CHARGE: &str = "WITH changed AS (
     INSERT INTO point_history (user_id, type, amount, time_millis)
     SELECT id, 'CHARGE', $2, $3 FROM changed
     RETURNING id";
-const SQL_EXISTS: &str = "SELECT point FROM user_point WHERE id = $1";
+/// The same for a user without a row: inserted, or (created meanwhile by
+/// another charge) updated under the same condition.
+const SQL_UPSERT: &str = "WITH changed AS (
+        INSERT INTO user_point (id, point, update_millis)
+        SELECT $1::bigint, $2::bigint, $3::bigint WHERE $2::bigint <= $4::bigint
+        ON CONFLICT (id) DO UPDATE
+            SET point = user_point.point + EXCLUDED.point, update_millis = EXCLUDED.update_millis
+            WHERE user_point.point + EXCLUDED.point <= $4::bigint
+        RETURNING id)
+    INSERT INTO point_history (user_id, type, amount, time_millis)
+    SELECT id, 'CHARGE', $2, $3 FROM changed
+    RETURNING id";
 
 /// A PostgreSQL error with the server's message, if it sent one.
 fn db_message(error: &tokio_postgres::Error) -> String {
@@ -537,29 +561,25 @@ async fn in_sql(pool: &Pool, user: i64, amount: i64, ctx: Ctx) -> Result<Outcome
     let client = pool.get().await?;
     let charge = client.prepare_cached(SQL_CHARGE).await?;
     let max = ctx.policy.max_balance as i64;
-    for _ in 0..2 {
-        let rows = client
-            .query(&charge, &[&user, &amount, &now_millis(), &max])
-            .await?;
-        if !rows.is_empty() {
-            return Ok(Outcome::ok(0));
-        }
-        // No row written: the user has no row yet, or the policy refused.
-        let exists = client.prepare_cached(SQL_EXISTS).await?;
-        match client.query_opt(&exists, &[&user]).await? {
-            Some(row) => {
-                let balance: i64 = row.get(0);
-                return Ok(Outcome::failed(format!(
-                    "max balance exceeded: balance {balance} + charge {amount} > max {max}"
-                )));
-            }
-            None => {
-                let insert = client.prepare_cached(INSERT_IF_MISSING).await?;
-                client.execute(&insert, &[&user, &now_millis()]).await?;
-            }
-        }
+    let rows = client
+        .query(&charge, &[&user, &amount, &now_millis(), &max])
+        .await?;
+    if !rows.is_empty() {
+        return Ok(Outcome::ok(0));
     }
-    Err("the row vanished".into())
+    // No row written: the user has no row (yet), or the policy refused. The
+    // upsert settles both in one statement, whatever another charge of the same
+    // new user does meanwhile; no row from it means the policy refused.
+    let upsert = client.prepare_cached(SQL_UPSERT).await?;
+    let rows = client
+        .query(&upsert, &[&user, &amount, &now_millis(), &max])
+        .await?;
+    if rows.is_empty() {
+        return Ok(Outcome::failed(format!(
+            "max balance exceeded: charge {amount} > max {max} - balance"
+        )));
+    }
+    Ok(Outcome::ok(0))
 }
 
 /// CPU time read from `/proc`.
@@ -940,6 +960,7 @@ async fn run_cell(
         .collect();
 
     let conflicts_before = instances.service_conflicts();
+    let routing = args.routing;
     let barrier = Arc::new(Barrier::new(args.requests + 1));
     let mut tasks = Vec::with_capacity(args.requests);
     for (i, &user) in users.iter().enumerate() {
@@ -947,7 +968,11 @@ async fn run_cell(
         let barrier = Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let outcome = instances.charge(i % n, user, 1, ctx).await;
+            let instance = match routing {
+                Routing::RoundRobin => i % n,
+                Routing::ByUser => user as usize % n,
+            };
+            let outcome = instances.charge(instance, user, 1, ctx).await;
             (outcome, Instant::now())
         }));
     }
@@ -1150,6 +1175,29 @@ fn print_ratios(rows: &[Value]) -> Vec<Value> {
     out
 }
 
+/// The share of both CPUs busy (not idle, not waiting for I/O) over `window`,
+/// from `/proc/stat`: how quiet the machine was before the run.
+async fn cpu_busy_percent(window: Duration) -> Option<f64> {
+    fn sample() -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = text
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let total: u64 = fields.iter().take(8).sum();
+        let idle = fields.get(3)? + fields.get(4)?;
+        Some((total, idle))
+    }
+    let (t0, i0) = sample()?;
+    tokio::time::sleep(window).await;
+    let (t1, i1) = sample()?;
+    let total = t1.checked_sub(t0)?.max(1);
+    Some(100.0 * (total - (i1 - i0)) as f64 / total as f64)
+}
+
 fn machine() -> Value {
     let read = |cmd: &str, args: &[&str]| {
         std::process::Command::new(cmd)
@@ -1174,6 +1222,13 @@ async fn main() {
     if probe.postgres().is_none() {
         eprintln!("note: no PostgreSQL CPU figures (pass --pg-data DIR or POINTLOCK_TEST_PG_DATA)");
     }
+    let busy_before = cpu_busy_percent(Duration::from_secs(2)).await;
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!(
+        "before the run: CPUs {:.0}% busy over 2 s; load average {}",
+        busy_before.unwrap_or(f64::NAN),
+        load_before.trim()
+    );
     let admin = connect(&args.url).await;
     let version: String = admin
         .query_one("SHOW server_version", &[])
@@ -1193,12 +1248,13 @@ async fn main() {
         .map(|r| r.get(0))
         .collect();
     eprintln!(
-        "PostgreSQL {version} ({}); {} requests per cell, {} users, pool {} per instance, instances {:?}, {} rounds",
+        "PostgreSQL {version} ({}); {} requests per cell, {} users, pool {} per instance, instances {:?} ({:?}), {} rounds",
         settings.join(", "),
         args.requests,
         args.users,
         args.pool_size,
         args.instances,
+        args.routing,
         args.rounds
     );
 
@@ -1253,11 +1309,13 @@ async fn main() {
     let out = json!({
         "postgres": {"version": version, "settings": settings},
         "machine": machine(),
+        "before": {"cpu_busy_percent": busy_before, "loadavg": load_before.trim()},
         "args": {
             "requests": args.requests, "users": args.users, "pool_size": args.pool_size,
             "instances": args.instances, "rounds": args.rounds,
             "optimistic_attempts": args.optimistic_attempts, "max_balance": args.max_balance,
             "seed_rows": !args.no_seed_rows, "seed": args.seed,
+            "routing": format!("{:?}", args.routing),
             "strategies": args.strategies.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         },
         "elapsed_s": started.elapsed().as_secs_f64(),
