@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# HTTP load: the release `pointlock --store memory` against the bare hyper baseline
-# (benches/baseline_server.rs), back to back in one run, on loopback, with wrk.
+# HTTP load on loopback with wrk: the release `pointlock` on its stores (memory,
+# SQLite, PostgreSQL with one or several instances) and the bare hyper baseline
+# (benches/baseline_server.rs), back to back in one run.
 #
-#   ./benches/load.sh                     # 10 s per scenario, 64 connections
+#   ./benches/load.sh                     # memory store vs baseline: 10 s per scenario, 64 connections
 #   DURATION=20 ROUNDS=3 ./benches/load.sh
-#   PIN=1 ./benches/load.sh               # server on CPU 0, wrk on CPU 1 (steadier)
+#   PIN=1 ./benches/load.sh               # servers on CPU 0, wrk on CPU 1 (steadier)
+#   STORES="memory sqlite pg pg4" ./benches/load.sh   # every store; pg4 = 4 processes on one database
 #
 # Scenarios (benches/load/wallet.lua): GET over 10,000 users; charge 1 over 10,000
-# users; one hot user alternating charge/use of 1. For each: req/s, p50, p99,
-# non-2xx, and (pointlock) the lock table size and RSS after the run.
-# Results: target/load/results.jsonl (one JSON object per run) and a markdown
-# table on stdout. Every loop is bounded: wrk runs for DURATION seconds, each
-# start-up waits at most 30 s, and each wrk call is killed after DURATION+30 s.
+# users; one hot user alternating charge/use of 1. For each: req/s (and 2xx/s),
+# p50, p99, non-2xx, CPU per request of the server(s), of wrk and (PostgreSQL) of
+# the database, and (pointlock) the lock table size and RSS after the run.
+#
+# STORES (default "memory"): which pointlock configurations run, each started
+# fresh per round: `memory`; `sqlite` (a new file under $OUT); `pg` / `pgN`: N
+# pointlock processes (pg = 1) on one fresh PostgreSQL database, on ports
+# PG_PORT_BASE.. . With N > 1, one wrk runs N threads, thread i sending to
+# instance i (CONNECTIONS/N connections each), so the instances are loaded at
+# the same time and wrk's figures are already the sum (req/s) and the merged
+# distribution (p50/p99) over all of them. BASELINE=0 skips the baseline server.
+# The PostgreSQL cluster: PG_URL (a superuser URL: a database is created per run;
+# PG_DATA, its data directory, for its CPU time; PG_BIN, where psql is) if given,
+# else a throwaway one started by scripts/pg-cluster.sh in $PG_DIR and stopped
+# on exit.
+#
+# Results: $OUT/results.jsonl (one JSON object per run) and markdown tables on
+# stdout. Every loop is bounded: wrk runs for DURATION seconds, each start-up
+# waits at most 30 s, and each wrk call is killed after DURATION+30 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +39,15 @@ USERS=${USERS:-10000}
 HOT_USER=${HOT_USER:-20000}
 POINTLOCK_PORT=${POINTLOCK_PORT:-18080}
 BASELINE_PORT=${BASELINE_PORT:-18081}
+PG_PORT_BASE=${PG_PORT_BASE:-18090}
 SCENARIOS=${SCENARIOS:-"get charge hot"}
+STORES=${STORES:-memory}
+BASELINE=${BASELINE:-1}
 OUT=${OUT:-target/load}
+PG_DIR=${PG_DIR:-target/load/pg}
 # PIN=1: each server gets CPU 0 (so its runtime starts one worker) and wrk CPU 1,
 # instead of all three sharing both CPUs; ratios then vary much less between rounds.
+# (PostgreSQL itself is not pinned.)
 PIN=${PIN:-0}
 if [ "$PIN" = 1 ]; then
   command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)" >&2; exit 1; }
@@ -43,24 +64,77 @@ command -v wrk >/dev/null || {
 }
 command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 
+for store in $STORES; do
+  case $store in
+    memory | sqlite | pg | pg[1-9] | pg[1-9][0-9]) ;;
+    *) echo "unknown store in STORES: $store (memory, sqlite, pg, pgN)" >&2; exit 2 ;;
+  esac
+done
+needs_pg=0
+case " $STORES " in *" pg"*) needs_pg=1 ;; esac
+
 if [ "${BUILD:-1}" = 1 ]; then # BUILD=0: use the binaries already in target/release
   echo "==> building release binaries"
   cargo build --release --locked -p pointlock-server --bin pointlock
-  cargo build --release --locked --example baseline_server
+  if [ "$BASELINE" = 1 ]; then
+    cargo build --release --locked --example baseline_server
+  fi
 fi
 mkdir -p "$OUT"
 results="$OUT/results.jsonl"
 : >"$results"
+rm -f "$OUT"/server-*.log
 
-server_pid=""
-stop_server() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -INT "$server_pid"
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  server_pid=""
+server_pids=()
+pg_started=0
+stop_servers() {
+  local pid
+  for pid in "${server_pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -INT "$pid"
+    fi
+  done
+  for pid in "${server_pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  server_pids=()
 }
-trap stop_server EXIT
+cleanup() {
+  stop_servers
+  if [ "$pg_started" = 1 ]; then
+    scripts/pg-cluster.sh stop "$PG_DIR" || true
+  fi
+}
+trap cleanup EXIT
+
+if [ "$needs_pg" = 1 ]; then
+  if [ -z "${PG_URL:-}" ]; then
+    echo "==> starting a throwaway PostgreSQL cluster in $PG_DIR"
+    scripts/pg-cluster.sh start "$PG_DIR" >/dev/null
+    pg_started=1
+    PG_URL=$(sed -n 's/^POINTLOCK_TEST_PG_URL=//p' "$PG_DIR/env")
+    PG_DATA=$(sed -n 's/^POINTLOCK_TEST_PG_DATA=//p' "$PG_DIR/env")
+    PG_BIN=$(sed -n 's/^POINTLOCK_TEST_PG_BIN=//p' "$PG_DIR/env")
+  fi
+  PG_DATA=${PG_DATA:-${POINTLOCK_TEST_PG_DATA:-}}
+  PG_BIN=${PG_BIN:-${POINTLOCK_TEST_PG_BIN:-}}
+  if [ -z "$PG_BIN" ]; then
+    command -v psql >/dev/null || { echo "psql is missing (set PG_BIN)" >&2; exit 1; }
+    PG_BIN=$(dirname "$(command -v psql)")
+  fi
+  echo "==> PostgreSQL: $PG_URL"
+fi
+
+# `postgres://USER@HOST:PORT/DB` with DB replaced.
+pg_url_for() { # DB
+  local base=${PG_URL%%\?*}
+  echo "${base%/*}/$1"
+}
+# A fresh database for one run.
+pg_fresh_db() { # DB
+  "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 "$PG_URL" \
+    -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+}
 
 wait_ready() { # url
   for _ in $(seq 300); do
@@ -73,101 +147,246 @@ wait_ready() { # url
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# CPU time (user + system, all threads) a process has used, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU time (user + system, all threads) of processes, in clock ticks.
+cpu_ticks() { # PID...
+  local pid total=0 t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
 
-# run_wrk NAME PORT SCENARIO ROUND -> appends one JSON line to $results
-# Besides wrk's own figures it records the CPU time per request of the server and
-# of wrk (user + system, from /proc and bash's `time`): on 2 shared cores the
-# req/s of a round moves with whatever else the host runs, CPU per request much
-# less, and the req/s ratio follows from them (wrk's share is the same for both).
+# CPU time of the PostgreSQL cluster in microseconds: time on a CPU
+# (/proc/PID/schedstat, nanoseconds) of the postmaster (DATA/postmaster.pid) and
+# of every process whose parent it is, plus the postmaster's reaped children
+# (cutime + cstime): a backend that exits keeps counting. (utime + stime per
+# process is in whole clock ticks, which under-counts many short-lived, briefly
+# busy backends.) 0 without PG_DATA.
+pg_cpu_us() {
+  [ -n "${PG_DATA:-}" ] && [ -r "$PG_DATA/postmaster.pid" ] || { echo 0; return; }
+  python3 - "$PG_DATA/postmaster.pid" "$(getconf CLK_TCK)" <<'PY'
+import os, sys
+master = open(sys.argv[1]).readline().strip()
+hz = int(sys.argv[2])
+def stat(pid):
+    text = open(f"/proc/{pid}/stat").read()
+    return text[text.rfind(")") + 2:].split()
+def sched(pid):
+    return int(open(f"/proc/{pid}/schedstat").read().split()[0])
+try:
+    m = stat(master)
+    total = (int(m[13]) + int(m[14])) / hz * 1e9 + sched(master)  # cutime + cstime; own time
+except OSError:
+    print(0)
+    sys.exit()
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and pid != master:
+        try:
+            if stat(pid)[1] == master:
+                total += sched(pid)
+        except OSError:
+            pass
+print(int(total / 1000))
+PY
+}
+
+# run_wrk NAME PORTS SCENARIO ROUND -> appends one JSON line to $results
+# Besides wrk's own figures it records the CPU time per request of the server(s)
+# and of wrk (user + system, from /proc and bash's `time`), and of the database:
+# on 2 shared cores the req/s of a round moves with whatever else the host runs,
+# CPU per request much less, and the req/s ratio follows from them (wrk's share
+# is the same for both).
 run_wrk() {
-  local name=$1 port=$2 scenario=$3 round=$4 line keys=null rss cpu_before cpu_after wrk_cpu
+  local name=$1 ports=$2 scenario=$3 round=$4 line keys=0 rss=0 cpu_before cpu_after wrk_cpu
+  local pg_before pg_after addrs="" threads=$WRK_THREADS port pid k
+  local -a port_list
+  read -r -a port_list <<<"$ports"
+  if [ "${#port_list[@]}" -gt 1 ]; then
+    for port in "${port_list[@]}"; do addrs="$addrs${addrs:+,}127.0.0.1:$port"; done
+    threads=${#port_list[@]}
+  fi
   local TIMEFORMAT='%U %S'
-  cpu_before=$(cpu_ticks "$server_pid")
-  { time SCENARIO=$scenario USERS=$USERS HOT_USER=$HOT_USER \
-    timeout $((DURATION + 30)) "${on_client_cpu[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
-    --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:$port" >"$OUT/wrk.out" 2>"$OUT/wrk.err"; } 2>"$OUT/wrk.time"
-  cpu_after=$(cpu_ticks "$server_pid")
+  cpu_before=$(cpu_ticks "${server_pids[@]}")
+  pg_before=$(pg_cpu_us)
+  { time SCENARIO=$scenario USERS=$USERS HOT_USER=$HOT_USER ADDRS=$addrs \
+    timeout $((DURATION + 30)) "${on_client_cpu[@]}" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" \
+    --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:${port_list[0]}" >"$OUT/wrk.out" 2>"$OUT/wrk.err"; } 2>"$OUT/wrk.time"
+  cpu_after=$(cpu_ticks "${server_pids[@]}")
+  pg_after=$(pg_cpu_us)
   line=$(grep '^RESULT ' "$OUT/wrk.out" | cut -c8-)
   wrk_cpu=$(awk '{print $1 + $2}' "$OUT/wrk.time")
-  if [ "$name" = pointlock ]; then
-    keys=$(curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lock"]["keys"])')
+  if [ "$name" != baseline ]; then
+    keys=0
+    for port in "${port_list[@]}"; do
+      k=$(curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lock"]["keys"])')
+      keys=$((keys + k))
+    done
+  else
+    keys=null
   fi
-  rss=$(rss_kib "$server_pid")
+  for pid in "${server_pids[@]}"; do rss=$((rss + $(rss_kib "$pid"))); done
   python3 - "$line" "$name" "$round" "$keys" "$rss" "$CONNECTIONS" \
-    "$((cpu_after - cpu_before))" "$(getconf CLK_TCK)" "$wrk_cpu" >>"$results" <<'PY'
+    "$((cpu_after - cpu_before))" "$(getconf CLK_TCK)" "$wrk_cpu" "${#port_list[@]}" \
+    "$((pg_after - pg_before))" "$threads" >>"$results" <<'PY'
 import json, sys
-line, name, round_, keys, rss, conns, ticks, hz, wrk_cpu = sys.argv[1:]
+line, name, round_, keys, rss, conns, ticks, hz, wrk_cpu, instances, pg_us, threads = sys.argv[1:]
 r = json.loads(line)
 n = max(r["requests"], 1)
-r.update(server=name, round=int(round_), connections=int(conns),
+r.update(server=name, round=int(round_), connections=int(conns), instances=int(instances),
+         wrk_threads=int(threads),
+         ok_rps=round((r["requests"] - r["non2xx"]) / r["seconds"], 1),
          lock_keys_after=None if keys == "null" else int(keys), rss_kib=int(rss),
          server_cpu_us_per_req=round(int(ticks) / int(hz) * 1e6 / n, 2),
-         wrk_cpu_us_per_req=round(float(wrk_cpu) * 1e6 / n, 2))
+         wrk_cpu_us_per_req=round(float(wrk_cpu) * 1e6 / n, 2),
+         db_cpu_us_per_req=round(int(pg_us) / n, 2) if name.startswith("pointlock-pg") else None)
 print(json.dumps(r))
 PY
   tail -n 1 "$results"
+  # Why the non-2xx answers were refused (PostgreSQL: conflicts between instances).
+  if [ "$name" != baseline ] && [ "$(tail -n 1 "$results" | python3 -c 'import json,sys; print(json.load(sys.stdin)["non2xx"])')" != 0 ]; then
+    for port in "${port_list[@]}"; do
+      curl -fsS "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("    stats:", json.dumps({"service": s.get("service"), "store": s.get("store")}))' || true
+    done
+  fi
 }
 
-run_server() { # NAME PORT ROUND
-  local name=$1 port=$2 round=$3
-  if [ "$name" = pointlock ]; then
-    RUST_LOG=warn "${on_server_cpu[@]}" target/release/pointlock --store memory --addr "127.0.0.1:$port" &
-  else
-    "${on_server_cpu[@]}" target/release/examples/baseline_server "127.0.0.1:$port" &
-  fi
-  server_pid=$!
-  wait_ready "http://127.0.0.1:$port/health"
+# Each instance's log (warnings: e.g. one line per 503) goes to $OUT/server-PORT.log.
+start_pointlock() { # PORT STORE-SPEC
+  RUST_LOG=warn "${on_server_cpu[@]}" target/release/pointlock --store "$2" --addr "127.0.0.1:$1" \
+    2>>"$OUT/server-$1.log" &
+  server_pids+=($!)
+}
+
+run_server() { # NAME ROUND
+  local name=$1 round=$2 ports i n db
+  case $name in
+    baseline)
+      ports=$BASELINE_PORT
+      "${on_server_cpu[@]}" target/release/examples/baseline_server "127.0.0.1:$ports" &
+      server_pids+=($!)
+      ;;
+    pointlock) # the memory store (the name the earlier results and charts use)
+      ports=$POINTLOCK_PORT
+      start_pointlock "$ports" memory
+      ;;
+    pointlock-sqlite)
+      ports=$POINTLOCK_PORT
+      rm -f "$OUT/load.db" "$OUT/load.db-wal" "$OUT/load.db-shm"
+      start_pointlock "$ports" "sqlite:$OUT/load.db"
+      ;;
+    pointlock-pg*)
+      n=${name#pointlock-pg}
+      n=${n:-1}
+      db="pointlock_load_pg$n"
+      pg_fresh_db "$db"
+      ports=""
+      # The first instance migrates the schema; the others start on top of it.
+      for i in $(seq 0 $((n - 1))); do
+        start_pointlock "$((PG_PORT_BASE + i))" "$(pg_url_for "$db")"
+        ports="$ports${ports:+ }$((PG_PORT_BASE + i))"
+      done
+      ;;
+  esac
+  local port
+  for port in $ports; do
+    wait_ready "http://127.0.0.1:$port/health"
+  done
+  set -- $ports
   # The hot user starts mid-range so alternating charge/use never hits a policy limit.
   curl -fsS -o /dev/null -X PATCH -H 'content-type: application/json' \
-    -d '{"amount":5000}' "http://127.0.0.1:$port/point/$HOT_USER/charge"
-  # Warm-up (not recorded): connections, allocator, caches.
-  SCENARIO=get USERS=$USERS timeout 30 "${on_client_cpu[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s \
-    -s benches/load/wallet.lua "http://127.0.0.1:$port" >/dev/null
+    -d '{"amount":5000}' "http://127.0.0.1:$1/point/$HOT_USER/charge"
+  # Warm-up (not recorded): connections, allocator, caches, the pools.
+  local addrs="" threads=$WRK_THREADS
+  if [ $# -gt 1 ]; then
+    for port in $ports; do addrs="$addrs${addrs:+,}127.0.0.1:$port"; done
+    threads=$#
+  fi
+  SCENARIO=get USERS=$USERS ADDRS=$addrs timeout 30 "${on_client_cpu[@]}" wrk -t"$threads" -c"$CONNECTIONS" -d2s \
+    -s benches/load/wallet.lua "http://127.0.0.1:$1" >/dev/null
   for scenario in $SCENARIOS; do
-    run_wrk "$name" "$port" "$scenario" "$round"
+    run_wrk "$name" "$ports" "$scenario" "$round"
   done
-  stop_server
+  stop_servers
 }
 
-echo "==> load: ${DURATION}s per scenario, $CONNECTIONS connections, wrk threads $WRK_THREADS, $(nproc) cores, PIN=$PIN"
+servers=()
+for store in $STORES; do
+  case $store in
+    memory) servers+=(pointlock) ;;
+    *) servers+=("pointlock-$store") ;;
+  esac
+done
+if [ "$BASELINE" = 1 ]; then servers+=(baseline); fi
+
+echo "==> load: ${DURATION}s per scenario, $CONNECTIONS connections, wrk threads $WRK_THREADS, $(nproc) cores, PIN=$PIN, servers: ${servers[*]}"
 for round in $(seq "$ROUNDS"); do
-  run_server pointlock "$POINTLOCK_PORT" "$round"
-  run_server baseline "$BASELINE_PORT" "$round"
+  for server in "${servers[@]}"; do
+    run_server "$server" "$round"
+  done
 done
 
 python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(server, scenario, key):
-    vals = [r[key] for r in rows if r["server"] == server and r["scenario"] == scenario]
+    vals = [r[key] for r in rows if r["server"] == server and r["scenario"] == scenario and r.get(key) is not None]
     return statistics.median(vals) if vals else None
-scenarios = []
-for r in rows:
-    if r["scenario"] not in scenarios:
-        scenarios.append(r["scenario"])
+scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+servers = list(dict.fromkeys(r["server"] for r in rows))
 print()
-def ratios(s):
-    by_round = {}
-    for r in rows:
-        if r["scenario"] == s:
-            by_round.setdefault(r["round"], {})[r["server"]] = r["rps"]
-    return [v["pointlock"] / v["baseline"] for v in by_round.values() if len(v) == 2]
-print("| scenario | pointlock req/s | baseline req/s | ratio | ratio per round | server CPU us/req pointlock / baseline | wrk CPU us/req | p50 / p99 (ms) pointlock | p50 / p99 (ms) baseline | non-2xx | lock keys after |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for s in scenarios:
-    p, b = med("pointlock", s, "rps"), med("baseline", s, "rps")
-    non2xx = sum(r["non2xx"] for r in rows if r["server"] == "pointlock" and r["scenario"] == s)
-    keys = max(r["lock_keys_after"] or 0 for r in rows if r["server"] == "pointlock" and r["scenario"] == s)
-    ratio = f"{p / b:.2f}" if p and b else "-"
-    def lat(server):
-        return f'{med(server, s, "p50_us") / 1000:.2f} / {med(server, s, "p99_us") / 1000:.2f}'
-    per_round = " ".join(f"{x:.2f}" for x in ratios(s))
-    cpu = f'{med("pointlock", s, "server_cpu_us_per_req"):.1f} / {med("baseline", s, "server_cpu_us_per_req"):.1f}'
-    wrk_cpu = f'{med("pointlock", s, "wrk_cpu_us_per_req"):.1f} / {med("baseline", s, "wrk_cpu_us_per_req"):.1f}'
-    print(f"| {s} | {p:,.0f} | {b:,.0f} | {ratio} | {per_round} | {cpu} | {wrk_cpu} | {lat('pointlock')} | {lat('baseline')} | {non2xx} | {keys} |")
-hot, spread = med("pointlock", "hot", "rps"), med("pointlock", "charge", "rps")
-if hot and spread:
-    print(f"\nhot user / spread charge (pointlock): {hot / spread:.2f}")
+if "pointlock" in servers and "baseline" in servers:
+    def ratios(s):
+        by_round = {}
+        for r in rows:
+            if r["scenario"] == s:
+                by_round.setdefault(r["round"], {})[r["server"]] = r["rps"]
+        return [v["pointlock"] / v["baseline"] for v in by_round.values() if "pointlock" in v and "baseline" in v]
+    print("| scenario | pointlock req/s | baseline req/s | ratio | ratio per round | server CPU us/req pointlock / baseline | wrk CPU us/req | p50 / p99 (ms) pointlock | p50 / p99 (ms) baseline | non-2xx | lock keys after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in scenarios:
+        p, b = med("pointlock", s, "rps"), med("baseline", s, "rps")
+        non2xx = sum(r["non2xx"] for r in rows if r["server"] == "pointlock" and r["scenario"] == s)
+        keys = max(r["lock_keys_after"] or 0 for r in rows if r["server"] == "pointlock" and r["scenario"] == s)
+        ratio = f"{p / b:.2f}" if p and b else "-"
+        def lat(server):
+            return f'{med(server, s, "p50_us") / 1000:.2f} / {med(server, s, "p99_us") / 1000:.2f}'
+        per_round = " ".join(f"{x:.2f}" for x in ratios(s))
+        cpu = f'{med("pointlock", s, "server_cpu_us_per_req"):.1f} / {med("baseline", s, "server_cpu_us_per_req"):.1f}'
+        wrk_cpu = f'{med("pointlock", s, "wrk_cpu_us_per_req"):.1f} / {med("baseline", s, "wrk_cpu_us_per_req"):.1f}'
+        print(f"| {s} | {p:,.0f} | {b:,.0f} | {ratio} | {per_round} | {cpu} | {wrk_cpu} | {lat('pointlock')} | {lat('baseline')} | {non2xx} | {keys} |")
+    hot, spread = med("pointlock", "hot", "rps"), med("pointlock", "charge", "rps")
+    if hot and spread:
+        print(f"\nhot user / spread charge (pointlock): {hot / spread:.2f}")
+
+stores = [s for s in servers if s.startswith("pointlock")]
+if len(stores) > 1 or stores != ["pointlock"]:
+    names = {"pointlock": "memory", "pointlock-sqlite": "SQLite"}
+    def label(s):
+        if s in names:
+            return names[s]
+        n = s[len("pointlock-pg"):] or "1"
+        return f"PostgreSQL x{n}"
+    def per_round(server, s):
+        # ratio to the memory store of the same round
+        by_round = {}
+        for r in rows:
+            if r["scenario"] == s:
+                by_round.setdefault(r["round"], {})[r["server"]] = r["ok_rps"]
+        return [v[server] / v["pointlock"] for v in by_round.values() if server in v and v.get("pointlock")]
+    print()
+    print("| scenario | store | 2xx/s (median) | rounds | / memory (per round) | p50 / p99 ms | non-2xx | server CPU us/req | database CPU us/req | wrk CPU us/req |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in scenarios:
+        for server in stores:
+            ok = med(server, s, "ok_rps")
+            if ok is None:
+                continue
+            n = len([r for r in rows if r["server"] == server and r["scenario"] == s])
+            rr = per_round(server, s)
+            ratio = f'{statistics.median(rr):.2f} ({" ".join(f"{x:.2f}" for x in rr)})' if rr and server != "pointlock" else "-"
+            non2xx = sum(r["non2xx"] for r in rows if r["server"] == server and r["scenario"] == s)
+            db = med(server, s, "db_cpu_us_per_req")
+            print(f'| {s} | {label(server)} | {ok:,.0f} | {n} | {ratio} | {med(server, s, "p50_us") / 1000:.2f} / {med(server, s, "p99_us") / 1000:.2f} | {non2xx} '
+                  f'| {med(server, s, "server_cpu_us_per_req"):.1f} | {"-" if db is None else f"{db:.1f}"} | {med(server, s, "wrk_cpu_us_per_req"):.1f} |')
 PY

@@ -37,7 +37,9 @@
 //!   id = $1 AND point + $2 <= $max` with the history INSERT in the same CTE.
 //! - `unconditional` (negative control, not in the default set): pointlock with
 //!   its store's condition switched off (test-util), which must lose updates
-//!   with several instances: it shows that the checker below has teeth.
+//!   with several instances: it shows that the checker below has teeth (its
+//!   cells do not fail the run; any other cell with a lost or phantom update,
+//!   or a history that does not replay, makes the benchmark exit 1).
 //!
 //! A missing row (only with `--no-seed-rows`): pessimistic and optimistic
 //! create it with `INSERT … ON CONFLICT DO NOTHING` and take their path again;

@@ -2,6 +2,9 @@
 --   SCENARIO=get      GET /point/{id} over USERS users (round robin per thread)
 --   SCENARIO=charge   PATCH /point/{id}/charge {"amount":1} over USERS users
 --   SCENARIO=hot      one user (HOT_USER), alternating charge and use of 1
+-- ADDRS=host:port,host:port,...  (optional) thread i sends to the i-th address
+--   (wrk -t must equal their number): several instances loaded by one wrk, whose
+--   figures are then the sum and the merged latency distribution.
 -- done() prints one JSON line (prefixed "RESULT ") that load.sh collects.
 
 local scenario = os.getenv("SCENARIO") or "get"
@@ -11,8 +14,17 @@ local counter = 0
 local thread_offset = 0
 local threads = {}
 
+local addrs = {}
+for addr in string.gmatch(os.getenv("ADDRS") or "", "[^,]+") do
+  table.insert(addrs, addr)
+end
+
 function setup(thread)
   thread:set("thread_offset", #threads * 7919)
+  if #addrs > 0 then
+    local host, port = string.match(addrs[(#threads % #addrs) + 1], "^(.*):(%d+)$")
+    thread.addr = wrk.lookup(host, port)[1]
+  end
   table.insert(threads, thread)
 end
 
