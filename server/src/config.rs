@@ -86,8 +86,8 @@ pub struct Config {
 
     /// Store: "sqlite:PATH" (durable: a 2xx answer means the change is on disk;
     /// the file is created if missing; one process per file),
-    /// "postgres://USER[:PASSWORD]@HOST[:PORT]/DB" (also postgresql://; shared by
-    /// any number of pointlock processes) or "memory" (lost on exit; tests and demos).
+    /// "postgres://USER:PASSWORD@HOST:PORT/DB" (also postgresql://; password
+    /// and port optional; shared by any number of pointlock processes) or "memory" (lost on exit; tests and demos).
     #[arg(long, env = "POINTLOCK_STORE", default_value = StoreSpec::DEFAULT)]
     pub store: StoreSpec,
 
