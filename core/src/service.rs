@@ -115,6 +115,11 @@ impl<S: PointStore> PointService<S> {
         }))
     }
 
+    /// Whether the store can take changes now (see [`PointStore::ready`]).
+    pub async fn ready(&self) -> Result<(), PointError> {
+        Ok(self.store.ready().await?)
+    }
+
     /// The user's history, oldest first.
     pub async fn histories(&self, id: UserId) -> Result<Vec<PointHistory>, PointError> {
         Ok(self.store.histories(id).await?)

@@ -75,6 +75,10 @@ pub enum ApiError {
         waiters_max: usize,
     },
 
+    /// `GET /ready`: the store cannot take changes now (the wrapped error says why).
+    #[error("not ready: {0}")]
+    NotReady(PointError),
+
     /// A bug or a panic; details are in the server log.
     #[error("internal server error: {0}")]
     Internal(String),
@@ -137,7 +141,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout | Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::LockQueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LockQueueFull { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -154,6 +158,8 @@ impl ApiError {
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::BodyTimeout { .. } => "BODY_TIMEOUT",
             Self::LockQueueFull { .. } => "LOCK_QUEUE_FULL",
+            // The reason's own code: STORE_UNAVAILABLE, STORE_ERROR, …
+            Self::NotReady(reason) => reason.code(),
             Self::Internal(_) => "INTERNAL",
         }
     }

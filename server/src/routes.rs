@@ -7,6 +7,7 @@
 //! | `PATCH /point/{id}/charge` | `{"amount": 100}` or a bare `100`     |
 //! | `PATCH /point/{id}/use`    | same                                  |
 //! | `GET /health`, `GET /stats`| – (liveness; lock and store metrics)  |
+//! | `GET /ready`               | – (readiness: can the store take changes?) |
 //!
 //! The wallet's path grammar lives here, and only here: [`user_key`] is the key
 //! extractor the server gives the generic [`KeyedLockLayer`], so that layer locks
@@ -223,6 +224,11 @@ impl Router {
                 "/health" => get_only(&parts.method, || {
                     json_response(StatusCode::OK, &Health { status: "ok" })
                 }),
+                "/ready" => {
+                    require_get(&parts.method)?;
+                    self.service.ready().await.map_err(ApiError::NotReady)?;
+                    Ok(json_response(StatusCode::OK, &Health { status: "ready" }))
+                }
                 "/stats" => get_only(&parts.method, || {
                     let stats = Stats {
                         lock: self.service.lock().metrics(),
@@ -298,8 +304,13 @@ fn get_only(
     method: &Method,
     respond: impl FnOnce() -> Response<Full<Bytes>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    require_get(method).map(|()| respond())
+}
+
+/// 405 for anything but GET.
+fn require_get(method: &Method) -> Result<(), ApiError> {
     if method == Method::GET {
-        Ok(respond())
+        Ok(())
     } else {
         Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
@@ -431,6 +442,74 @@ mod tests {
         );
         assert_eq!(store["batchOpsLog2"][0], 1, "{stats}");
         assert_eq!(stats["lock"]["keys"], 0, "{stats}");
+    }
+
+    /// `method path` through the router alone over `store`: status and JSON.
+    async fn call_router(
+        store: Arc<dyn PointStore>,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let service = Arc::new(PointService::with_lock(
+            store,
+            Policy::default(),
+            Arc::new(SystemClock::default()),
+            KeyedLock::new(),
+        ));
+        let mut router = Router::new(service, RouterOptions::default());
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = router.call(req).await.unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ready_says_whether_the_store_takes_changes() {
+        let memory: Arc<dyn PointStore> = Arc::new(MemoryStore::new());
+        let (status, body) = call_router(Arc::clone(&memory), Method::GET, "/ready").await;
+        assert_eq!((status, &body["status"]), (StatusCode::OK, &"ready".into()));
+        let (status, _) = call_router(memory, Method::POST, "/ready").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+        // A SQLite store that failed stop after a failed COMMIT is not ready.
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let options = SqliteOptions {
+            fail_commits: Some(Arc::clone(&fail)),
+            ..SqliteOptions::default()
+        };
+        let sqlite: Arc<dyn PointStore> =
+            Arc::new(SqliteStore::open(dir.path().join("p.db"), options).unwrap());
+        let (status, _) = call_router(Arc::clone(&sqlite), Method::GET, "/ready").await;
+        assert_eq!(status, StatusCode::OK, "ready before the failure");
+        let req = Request::builder()
+            .method(Method::PATCH)
+            .uri("/point/1/charge")
+            .body(Full::new(Bytes::from_static(b"5")))
+            .unwrap();
+        let service = Arc::new(PointService::with_lock(
+            Arc::clone(&sqlite),
+            Policy::default(),
+            Arc::new(SystemClock::default()),
+            KeyedLock::new(),
+        ));
+        let res = Router::new(service, RouterOptions::default())
+            .call(req)
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the failed COMMIT"
+        );
+        let (status, body) = call_router(sqlite, Method::GET, "/ready").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["code"], "STORE_UNAVAILABLE", "{body}");
     }
 
     #[tokio::test]

@@ -473,9 +473,13 @@ fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers()
     let (status, _) = request(&server.addr, "PATCH", "/point/1/charge", "5").unwrap();
     assert_eq!(status, 200);
 
+    assert_eq!(request(&server.addr, "GET", "/ready", "").unwrap().0, 200);
     cluster.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
     let down = request_full(&server.addr, "PATCH", "/point/1/charge", "7");
+    let (ready_status, ready_body) = request(&server.addr, "GET", "/ready", "").unwrap();
     cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+    assert_eq!(ready_status, 503, "not ready while the database is down");
+    assert!(ready_body.contains("STORE_UNAVAILABLE"), "{ready_body}");
     // A 503 (not the 408 of the 10 s request deadline): the pool's connect
     // timeout answered it; nothing was changed; the user's lock was released.
     assert!(down.starts_with("HTTP/1.1 503"), "{down}");
@@ -501,6 +505,11 @@ fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        request(&server.addr, "GET", "/ready", "").unwrap().0,
+        200,
+        "ready again"
+    );
     every_ack_is_there(&server.addr, 1, &[(1, 5), (1, 7)]);
     let balance = get_json(&server.addr, "/point/1")["point"]
         .as_u64()

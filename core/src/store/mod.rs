@@ -206,6 +206,14 @@ pub trait PointStore: MaybeSend + MaybeSync {
     /// balance is still [`Change::expected_point`]; otherwise refuse with
     /// [`StoreError::conflict`], changing nothing.
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>>;
+
+    /// Whether the store can take changes now (a readiness probe): `Ok` for a
+    /// store that is always ready, like the memory store; otherwise a store
+    /// error saying why not (a stopped writer, an unreachable database). Cheap
+    /// and bounded in time.
+    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl<S: PointStore + ?Sized> PointStore for Arc<S> {
@@ -220,6 +228,10 @@ impl<S: PointStore + ?Sized> PointStore for Arc<S> {
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         (**self).commit(change)
     }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).ready()
+    }
 }
 
 impl<S: PointStore + ?Sized> PointStore for Box<S> {
@@ -233,5 +245,9 @@ impl<S: PointStore + ?Sized> PointStore for Box<S> {
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         (**self).commit(change)
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).ready()
     }
 }

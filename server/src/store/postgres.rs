@@ -397,6 +397,18 @@ impl PostgresStore {
 }
 
 impl PointStore for PostgresStore {
+    /// A connection within the connect timeout, and `SELECT 1` on it.
+    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| self.failed(&e, false))?;
+            Ok(())
+        })
+    }
+
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;

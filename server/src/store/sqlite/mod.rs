@@ -70,8 +70,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pointlock_core::{
-    Amount, BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, TransactionType,
-    UserId, UserPoint,
+    Amount, BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, StoreErrorKind,
+    TransactionType, UserId, UserPoint,
 };
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
@@ -298,6 +298,26 @@ impl Drop for SqliteStore {
 }
 
 impl PointStore for SqliteStore {
+    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let answer = if self.stop.is_stopped() {
+            Err(writer::unavailable())
+        } else if self.readers.is_closed() {
+            Err(StoreError::with_kind(
+                StoreErrorKind::Unavailable,
+                "the SQLite store is closed",
+            ))
+        } else {
+            match &*self.writer.lock().unwrap_or_else(PoisonError::into_inner) {
+                Some(writer) if !writer.is_finished() => Ok(()),
+                _ => Err(StoreError::with_kind(
+                    StoreErrorKind::Unavailable,
+                    "the SQLite writer thread is not running",
+                )),
+            }
+        };
+        Box::pin(std::future::ready(answer))
+    }
+
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
         Box::pin(async move {
             if self.readers.is_closed() {
