@@ -75,6 +75,15 @@ impl FromStr for StoreSpec {
     }
 }
 
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (fields, span fields, level, target, timestamp).
+    Json,
+}
+
 /// pointlock: a per-user point wallet over HTTP whose requests for one user run one
 /// at a time, in arrival order, while different users never wait for each other.
 #[derive(Debug, Parser)]
@@ -147,6 +156,11 @@ pub struct Config {
     /// before a 408 BODY_TIMEOUT (bounds how long a slow client holds a user).
     #[arg(long, env = "POINTLOCK_BODY_TIMEOUT_MS", default_value_t = 2_000)]
     pub body_timeout_ms: u64,
+
+    /// Log format on stderr: text, or json (one object per line, for log
+    /// collectors). RUST_LOG filters either.
+    #[arg(long, env = "POINTLOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Largest accepted request body, in bytes; larger bodies get a 413.
     #[arg(long, env = "POINTLOCK_BODY_LIMIT_BYTES", default_value_t = 4_096)]

@@ -1,4 +1,5 @@
-//! The `pointlock` binary. Logs go to stderr (`RUST_LOG` filters them).
+//! The `pointlock` binary. Logs go to stderr, as text or JSON lines
+//! (`--log-format`); `RUST_LOG` filters them.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use pointlock_core::store::Sleeper;
 use pointlock_core::{KeyedLock, MemoryStore, PointStore, Policy};
 use pointlock_server::app::{build_stack, serve, service, shutdown_signal};
 use pointlock_server::clock::SystemClock;
+use pointlock_server::config::LogFormat;
 use pointlock_server::routes::StoreStats;
 use pointlock_server::store::PostgresStore;
 use pointlock_server::{Config, SqliteStore, StoreSpec};
@@ -16,14 +18,17 @@ use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     if let Err(message) = config.validate() {
         eprintln!("error: {message}");
         return ExitCode::from(2);

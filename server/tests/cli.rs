@@ -26,6 +26,7 @@ fn help_explains_every_flag() {
         "--pg-pool-size",
         "--pg-statement-timeout-ms",
         "--pg-connect-timeout-ms",
+        "--log-format",
         "sqlite:pointlock.db",
         "POINTLOCK_ADDR",
     ] {
@@ -132,4 +133,45 @@ fn serves_logs_its_address_and_stops_on_sigterm() {
     let exit = child.wait().unwrap();
     assert!(exit.success(), "exit {exit:?}; log: {log:?}");
     assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let mut child = Command::new(BIN)
+        .args(["--addr", "127.0.0.1:0", "--store", "memory"])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .env_remove("POINTLOCK_LOG_FORMAT")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+        seen.push(line);
+        let message = event["fields"]["message"].as_str().unwrap_or_default();
+        if message.contains("listening on") {
+            break event["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let response = get(&addr, "/health");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!seen.is_empty());
+    let out = Command::new(BIN)
+        .args(["--log-format", "yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown format is refused");
 }

@@ -22,7 +22,8 @@ pub fn command(dir: &Path) -> Command {
     cmd.current_dir(dir)
         .env("RUST_LOG", "info")
         .env_remove("POINTLOCK_STORE")
-        .env_remove("POINTLOCK_ADDR");
+        .env_remove("POINTLOCK_ADDR")
+        .env_remove("POINTLOCK_LOG_FORMAT");
     cmd
 }
 
