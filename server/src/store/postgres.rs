@@ -63,12 +63,14 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use pointlock_core::{
-    Amount, BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, StoreErrorKind,
-    TransactionType, UserId, UserPoint,
+    BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, StoreErrorKind, UserId,
+    UserPoint,
 };
 use thiserror::Error;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
+
+use super::{corrupt_row, history_row, to_i64};
 
 /// The key of the session advisory lock held while migrating (any constant
 /// unlikely to be used by another application on the same database: "PLK1").
@@ -424,7 +426,7 @@ impl PointStore for PostgresStore {
                 Ok(UserPoint {
                     id,
                     point: u64::try_from(row.get::<_, i64>(0))
-                        .map_err(|_| corrupt_row("negative balance", id))?,
+                        .map_err(|_| corrupt_row(STORE, "negative balance", id))?,
                     update_millis: row.get(1),
                 })
             })
@@ -444,21 +446,7 @@ impl PointStore for PostgresStore {
                 .await
                 .map_err(|e| self.failed(&e, false))?;
             rows.iter()
-                .map(|row| {
-                    Ok(PointHistory {
-                        id: u64::try_from(row.get::<_, i64>(0))
-                            .map_err(|_| corrupt_row("history id", id))?,
-                        user_id: id,
-                        kind: match row.get::<_, &str>(1) {
-                            "CHARGE" => TransactionType::Charge,
-                            "USE" => TransactionType::Use,
-                            _ => return Err(corrupt_row("history type", id)),
-                        },
-                        amount: Amount::from_i64(row.get(2))
-                            .map_err(|_| corrupt_row("history amount", id))?,
-                        time_millis: row.get(3),
-                    })
-                })
+                .map(|row| history_row(STORE, id, (row.get(0), row.get(1), row.get(2), row.get(3))))
                 .collect()
         })
     }
@@ -568,13 +556,5 @@ fn pool_error(error: &PoolError) -> String {
     }
 }
 
-/// Ids, amounts and balances are at most `2^63 - 1` (checked by their types).
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn corrupt_row(what: &str, id: UserId) -> StoreError {
-    StoreError::new(format!(
-        "corrupt row in the PostgreSQL store: {what} of user {id}"
-    ))
-}
+/// The store's name in errors about corrupt rows.
+const STORE: &str = "PostgreSQL";

@@ -70,11 +70,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pointlock_core::{
-    Amount, BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, StoreErrorKind,
-    TransactionType, UserId, UserPoint,
+    BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, StoreErrorKind, UserId,
+    UserPoint,
 };
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
+
+use super::{corrupt_row, history_row, to_i64};
 
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
@@ -343,7 +345,7 @@ impl PointStore for SqliteStore {
                     Ok(UserPoint {
                         id,
                         point: u64::try_from(point)
-                            .map_err(|_| corrupt_row("negative balance", id))?,
+                            .map_err(|_| corrupt_row(STORE, "negative balance", id))?,
                         update_millis,
                     })
                 })
@@ -374,18 +376,7 @@ impl PointStore for SqliteStore {
                 .await?;
             rows.into_iter()
                 .map(|(hid, kind, amount, time_millis)| {
-                    Ok(PointHistory {
-                        id: u64::try_from(hid).map_err(|_| corrupt_row("history id", id))?,
-                        user_id: id,
-                        kind: match kind.as_str() {
-                            "CHARGE" => TransactionType::Charge,
-                            "USE" => TransactionType::Use,
-                            _ => return Err(corrupt_row("history type", id)),
-                        },
-                        amount: Amount::from_i64(amount)
-                            .map_err(|_| corrupt_row("history amount", id))?,
-                        time_millis,
-                    })
+                    history_row(STORE, id, (hid, kind.as_str(), amount, time_millis))
                 })
                 .collect()
         })
@@ -425,13 +416,5 @@ impl PointStore for SqliteStore {
     }
 }
 
-/// Ids, amounts and balances are at most `2^63 - 1` (checked by their types).
-pub(super) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn corrupt_row(what: &str, id: UserId) -> StoreError {
-    StoreError::new(format!(
-        "corrupt row in the SQLite store: {what} of user {id}"
-    ))
-}
+/// The store's name in errors about corrupt rows.
+const STORE: &str = "SQLite";

@@ -49,7 +49,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::cache::BalanceCache;
-use super::to_i64;
+use crate::store::to_i64;
 
 /// A first balance, or one computed from 0: insert it, or update a row whose
 /// balance is still 0 (`?4` is the expected 0; `NULL` only in negative controls).
