@@ -52,6 +52,22 @@ pub enum PointError {
         attempts: u32,
     },
 
+    /// An idempotency key that is not 1 to 255 visible ASCII characters.
+    #[error("an idempotency key must be 1 to 255 visible ASCII characters (no spaces)")]
+    InvalidIdempotencyKey,
+
+    /// The idempotency key was first used by this user for a different request
+    /// (another operation or amount). Nothing was changed.
+    #[error(
+        "this idempotency key was already used for another request of this user ({kind} {amount}); use a new key for a new request"
+    )]
+    IdempotencyKeyReused {
+        /// The operation the key was first used for.
+        kind: &'static str,
+        /// The amount the key was first used for.
+        amount: u64,
+    },
+
     /// A mutation was attempted with a guard of a different lock than the service's.
     #[error("the guard passed to the service belongs to another lock (a programming error)")]
     ForeignGuard,
@@ -71,6 +87,8 @@ impl PointError {
             Self::MaxBalanceExceeded { .. } => "MAX_BALANCE_EXCEEDED",
             Self::LockTimeout => "LOCK_TIMEOUT",
             Self::WriteConflict { .. } => "WRITE_CONFLICT",
+            Self::InvalidIdempotencyKey => "INVALID_IDEMPOTENCY_KEY",
+            Self::IdempotencyKeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",
             Self::ForeignGuard => "INTERNAL",
             Self::Store(e) => e.code(),
         }

@@ -11,6 +11,8 @@
 //! - [`store`]: the [`PointStore`] trait (atomic, conditional commit of balance +
 //!   history row) and the in-memory [`MemoryStore`] modelled on the course
 //!   template's tables.
+//! - [`idempotency`]: [`IdempotencyKey`]: a change sent twice applies once; its
+//!   record commits with the change.
 //! - [`service`]: [`PointService`]; its mutations demand a guard of that user's
 //!   lock, and retry a bounded number of times when the store's condition refuses
 //!   a change computed from a stale balance.
@@ -30,6 +32,7 @@
 pub mod clock;
 pub mod domain;
 pub mod error;
+pub mod idempotency;
 pub mod lock;
 pub mod policy;
 pub mod service;
@@ -39,8 +42,11 @@ mod sync;
 pub use clock::{Clock, ManualClock};
 pub use domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
 pub use error::{PointError, StoreError, StoreErrorKind};
+pub use idempotency::{
+    IdempotencyKey, IdempotencyRecord, IDEMPOTENCY_KEY_LEN_MAX, IDEMPOTENCY_TTL_DEFAULT,
+};
 pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut, QueueFull};
 pub use policy::Policy;
-pub use service::PointService;
+pub use service::{Applied, PointService};
 pub use store::{memory::MemoryStore, BoxFuture, Change, Committed, PointStore};
 pub use sync::{MaybeSend, MaybeSync};

@@ -23,13 +23,26 @@
 //! The guard (a clone of the `Arc`) travels with the change into the store, which
 //! keeps it until it has answered for the change: dropping the mutation's future
 //! mid-commit does not release the user while the change may still be applied.
+//!
+//! # Idempotency keys
+//!
+//! [`apply`](PointService::apply) takes an optional [`IdempotencyKey`]; the
+//! semantics are in the [`idempotency`](crate::idempotency) module. Under the
+//! user's lock, before anything else, the service looks the key up: a live
+//! record of the same request is answered again ([`Applied::replayed`]), one of
+//! another request refused ([`PointError::IdempotencyKeyReused`]). Otherwise the
+//! change commits together with its record; a record committed meanwhile by a
+//! writer that bypassed the lock makes the store refuse the change as a
+//! conflict, and the retry finds the record.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
 use crate::error::PointError;
+use crate::idempotency::{IdempotencyKey, IDEMPOTENCY_TTL_DEFAULT};
 use crate::lock::{KeyGuard, KeyedLock};
 use crate::policy::Policy;
 use crate::store::{Change, PointStore};
@@ -41,6 +54,16 @@ use crate::store::{Change, PointStore};
 /// never an unbounded loop.
 pub const COMMIT_ATTEMPTS_MAX: u32 = 8;
 
+/// The answer to a mutation made with [`PointService::apply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The balance after the change: for a replay, exactly the first answer.
+    pub point: UserPoint,
+    /// Whether this is the answer to an earlier request with the same
+    /// idempotency key, and nothing was applied now.
+    pub replayed: bool,
+}
+
 /// The point wallet. Cheap to share behind an `Arc`.
 pub struct PointService<S> {
     store: S,
@@ -50,6 +73,10 @@ pub struct PointService<S> {
     /// Commits the store refused because the balance had changed (each retried
     /// or, past the bound, answered with a conflict).
     conflicts: AtomicU64,
+    /// Requests answered from an idempotency record.
+    replays: AtomicU64,
+    /// How long an idempotency record is kept, in milliseconds.
+    idempotency_ttl_millis: i64,
     /// Test-util negative controls only: make unconditional changes.
     #[cfg(any(test, feature = "test-util"))]
     unconditional: bool,
@@ -75,6 +102,8 @@ impl<S: PointStore> PointService<S> {
             policy,
             clock,
             conflicts: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            idempotency_ttl_millis: ttl_millis(IDEMPOTENCY_TTL_DEFAULT),
             #[cfg(any(test, feature = "test-util"))]
             unconditional: false,
         }
@@ -87,6 +116,30 @@ impl<S: PointStore> PointService<S> {
     pub fn without_commit_condition(mut self) -> Self {
         self.unconditional = true;
         self
+    }
+
+    /// The same service keeping idempotency records for `ttl` (default
+    /// [`IDEMPOTENCY_TTL_DEFAULT`]; at least a millisecond).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl_millis = ttl_millis(ttl).max(1);
+        self
+    }
+
+    /// How long idempotency records are kept.
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_millis(self.idempotency_ttl_millis.unsigned_abs())
+    }
+
+    /// Requests answered again from an idempotency record so far.
+    pub fn idempotent_replays(&self) -> u64 {
+        self.replays.load(Ordering::Relaxed)
+    }
+
+    /// Remove at most `limit` expired idempotency records (a bounded step of a
+    /// background sweep); answers how many were removed.
+    pub async fn sweep_idempotency(&self, limit: usize) -> Result<usize, PointError> {
+        let expired_before = self.key_expired_before();
+        Ok(self.store.sweep_idempotency(expired_before, limit).await?)
     }
 
     /// The per-user lock whose guards the mutations demand.
@@ -134,7 +187,10 @@ impl<S: PointStore> PointService<S> {
         held: &Arc<KeyGuard<UserId>>,
         amount: Amount,
     ) -> Result<UserPoint, PointError> {
-        self.mutate(held, TransactionType::Charge, amount).await
+        let applied = self
+            .apply(held, TransactionType::Charge, amount, None)
+            .await?;
+        Ok(applied.point)
     }
 
     /// Take `amount` from the balance of the user whose lock `held` is.
@@ -145,20 +201,47 @@ impl<S: PointStore> PointService<S> {
         held: &Arc<KeyGuard<UserId>>,
         amount: Amount,
     ) -> Result<UserPoint, PointError> {
-        self.mutate(held, TransactionType::Use, amount).await
+        let applied = self.apply(held, TransactionType::Use, amount, None).await?;
+        Ok(applied.point)
     }
 
-    async fn mutate(
+    /// Charge or use `amount` for the user whose lock `held` is, at most once
+    /// per idempotency `key` (see the [module docs](self)).
+    ///
+    /// Without a key this is [`charge`](Self::charge) or
+    /// [`use_points`](Self::use_points). With one: a live record of the same
+    /// request answers again, changing nothing (`replayed: true`); a live record
+    /// of another request is [`PointError::IdempotencyKeyReused`]; otherwise
+    /// the change applies and its record commits with it.
+    pub async fn apply(
         &self,
         held: &Arc<KeyGuard<UserId>>,
         kind: TransactionType,
         amount: Amount,
-    ) -> Result<UserPoint, PointError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Applied, PointError> {
         if !held.is_from(&self.lock) {
             return Err(PointError::ForeignGuard);
         }
         let id = *held.key();
+        let expired_before = self.key_expired_before();
         for _ in 0..COMMIT_ATTEMPTS_MAX {
+            if let Some(key) = key {
+                let found = self.store.idempotency_record(id, key).await?;
+                if let Some(record) = found.filter(|r| !r.is_expired(expired_before)) {
+                    if !record.matches(kind, amount) {
+                        return Err(PointError::IdempotencyKeyReused {
+                            kind: record.kind.as_str(),
+                            amount: record.amount.get(),
+                        });
+                    }
+                    self.replays.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Applied {
+                        point: record.user_point(id),
+                        replayed: true,
+                    });
+                }
+            }
             let balance = self.store.user_point(id).await?.map_or(0, |p| p.point);
             let point = match kind {
                 TransactionType::Charge => self.policy.charge(balance, amount)?,
@@ -168,7 +251,7 @@ impl<S: PointStore> PointService<S> {
             };
             // Checked before writing; a store that disagrees is a broken invariant.
             debug_assert!(point <= self.policy.max_balance || point < balance);
-            let change = Change::new(
+            let mut change = Change::new(
                 Arc::clone(held),
                 self.expected(balance),
                 point,
@@ -176,11 +259,17 @@ impl<S: PointStore> PointService<S> {
                 amount,
                 self.clock.now_millis(),
             );
+            if let Some(key) = key {
+                change = change.with_key(key.clone(), self.key_condition(expired_before));
+            }
             match self.store.commit(change).await {
                 Ok(committed) => {
                     debug_assert_eq!(committed.user_point.point, point);
                     debug_assert_eq!(committed.history.user_id, id);
-                    return Ok(committed.user_point);
+                    return Ok(Applied {
+                        point: committed.user_point,
+                        replayed: false,
+                    });
                 }
                 Err(refused) if refused.is_conflict() => {
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +282,24 @@ impl<S: PointStore> PointService<S> {
         })
     }
 
+    /// Records made at or before this moment have expired.
+    fn key_expired_before(&self) -> i64 {
+        self.clock
+            .now_millis()
+            .saturating_sub(self.idempotency_ttl_millis)
+    }
+
+    /// The key condition of a change: records made at or before this may be
+    /// replaced. In the test-util negative controls every record may be (the
+    /// condition switched off, like the balance's).
+    fn key_condition(&self, expired_before: i64) -> i64 {
+        #[cfg(any(test, feature = "test-util"))]
+        if self.unconditional {
+            return i64::MAX;
+        }
+        expired_before
+    }
+
     /// The condition of a change computed from `balance`.
     fn expected(&self, balance: u64) -> Option<u64> {
         #[cfg(any(test, feature = "test-util"))]
@@ -201,6 +308,11 @@ impl<S: PointStore> PointService<S> {
         }
         Some(balance)
     }
+}
+
+/// `ttl` in whole milliseconds, saturating.
+fn ttl_millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -363,6 +475,23 @@ mod tests {
     }
 
     impl PointStore for Meddler {
+        fn idempotency_record(
+            &self,
+            id: UserId,
+            key: &IdempotencyKey,
+        ) -> crate::BoxFuture<'_, Result<Option<crate::IdempotencyRecord>, crate::StoreError>>
+        {
+            self.inner.idempotency_record(id, key)
+        }
+
+        fn sweep_idempotency(
+            &self,
+            expired_before: i64,
+            limit: usize,
+        ) -> crate::BoxFuture<'_, Result<usize, crate::StoreError>> {
+            self.inner.sweep_idempotency(expired_before, limit)
+        }
+
         fn user_point(
             &self,
             id: UserId,
@@ -486,5 +615,234 @@ mod tests {
             Err(PointError::ForeignGuard)
         );
         assert!(now(svc.histories(id(1))).unwrap().is_empty());
+    }
+
+    fn key(raw: &str) -> IdempotencyKey {
+        IdempotencyKey::new(raw).unwrap()
+    }
+
+    #[test]
+    fn a_keyed_change_applies_once_and_its_retry_gets_the_first_answer() {
+        let (svc, clock) = service();
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        let k = key("order-1");
+        let first = now(svc.apply(&held, TransactionType::Charge, amount(100), Some(&k))).unwrap();
+        assert!(!first.replayed);
+        clock.advance_millis(50);
+        let again = now(svc.apply(&held, TransactionType::Charge, amount(100), Some(&k))).unwrap();
+        assert_eq!(
+            again,
+            Applied {
+                point: first.point,
+                replayed: true
+            }
+        );
+        assert_eq!(svc.idempotent_replays(), 1);
+        // Another user's same key is another key.
+        let other = Arc::new(now(svc.lock().lock(id(2))));
+        let theirs =
+            now(svc.apply(&other, TransactionType::Charge, amount(100), Some(&k))).unwrap();
+        assert!(!theirs.replayed);
+        drop((held, other));
+        assert_eq!(now(svc.point(id(1))).unwrap().point, 100);
+        assert_eq!(now(svc.histories(id(1))).unwrap().len(), 1);
+        assert_eq!(now(svc.point(id(2))).unwrap().point, 100);
+    }
+
+    #[test]
+    fn a_key_reused_for_another_request_is_refused_and_changes_nothing() {
+        let (svc, _) = service();
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        let k = key("k");
+        now(svc.apply(&held, TransactionType::Charge, amount(100), Some(&k))).unwrap();
+        for (kind, raw) in [(TransactionType::Use, 100), (TransactionType::Charge, 99)] {
+            assert_eq!(
+                now(svc.apply(&held, kind, amount(raw), Some(&k))),
+                Err(PointError::IdempotencyKeyReused {
+                    kind: "CHARGE",
+                    amount: 100
+                })
+            );
+        }
+        assert_eq!(
+            PointError::IdempotencyKeyReused {
+                kind: "CHARGE",
+                amount: 1
+            }
+            .code(),
+            "IDEMPOTENCY_KEY_REUSED"
+        );
+        drop(held);
+        assert_eq!(now(svc.point(id(1))).unwrap().point, 100);
+        assert_eq!(now(svc.histories(id(1))).unwrap().len(), 1);
+        assert_eq!(svc.idempotent_replays(), 0);
+    }
+
+    #[test]
+    fn a_policy_refusal_is_not_recorded_so_its_retry_is_decided_afresh() {
+        let (svc, _) = service();
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        let k = key("use-50");
+        assert!(matches!(
+            now(svc.apply(&held, TransactionType::Use, amount(50), Some(&k))),
+            Err(PointError::InsufficientBalance { .. })
+        ));
+        now(svc.charge(&held, amount(80))).unwrap();
+        let applied = now(svc.apply(&held, TransactionType::Use, amount(50), Some(&k))).unwrap();
+        assert_eq!((applied.point.point, applied.replayed), (30, false));
+    }
+
+    #[test]
+    fn a_key_expires_after_the_ttl_and_then_applies_again() {
+        let (svc, clock) = service();
+        let svc = svc.with_idempotency_ttl(std::time::Duration::from_millis(1_000));
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        let k = key("k");
+        now(svc.apply(&held, TransactionType::Charge, amount(10), Some(&k))).unwrap();
+        clock.advance_millis(999);
+        assert!(
+            now(svc.apply(&held, TransactionType::Charge, amount(10), Some(&k)))
+                .unwrap()
+                .replayed
+        );
+        // Expired: the key is free, even for another request, and the new record
+        // replaces the old one.
+        clock.advance_millis(1);
+        let fresh = now(svc.apply(&held, TransactionType::Use, amount(5), Some(&k))).unwrap();
+        assert_eq!((fresh.point.point, fresh.replayed), (5, false));
+        assert!(
+            now(svc.apply(&held, TransactionType::Use, amount(5), Some(&k)))
+                .unwrap()
+                .replayed
+        );
+        drop(held);
+        // The sweep removes only what has expired: nothing yet, then the record.
+        assert_eq!(now(svc.sweep_idempotency(100)).unwrap(), 0);
+        clock.advance_millis(1_000);
+        assert_eq!(now(svc.sweep_idempotency(100)).unwrap(), 1);
+        assert_eq!(now(svc.sweep_idempotency(100)).unwrap(), 0);
+        assert_eq!(now(svc.point(id(1))).unwrap().point, 5);
+    }
+
+    #[test]
+    fn the_sweep_is_bounded_and_keeps_records_replaced_since() {
+        let (svc, clock) = service();
+        let svc = svc.with_idempotency_ttl(std::time::Duration::from_millis(10));
+        for user in 1..=5 {
+            let held = Arc::new(now(svc.lock().lock(id(user))));
+            now(svc.apply(&held, TransactionType::Charge, amount(1), Some(&key("a")))).unwrap();
+        }
+        clock.advance_millis(10);
+        // User 1's key expired and was used again: the new record must survive.
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        now(svc.apply(&held, TransactionType::Charge, amount(2), Some(&key("a")))).unwrap();
+        assert_eq!(now(svc.sweep_idempotency(3)).unwrap(), 3);
+        assert_eq!(now(svc.sweep_idempotency(3)).unwrap(), 1);
+        assert_eq!(now(svc.sweep_idempotency(3)).unwrap(), 0);
+        assert!(
+            now(svc.apply(&held, TransactionType::Charge, amount(2), Some(&key("a"))))
+                .unwrap()
+                .replayed
+        );
+    }
+
+    #[test]
+    fn a_record_committed_behind_the_lock_refuses_the_change_and_the_retry_replays_it() {
+        // Another process commits the same keyed charge between this service's
+        // lookup and its commit: the store's key condition refuses this change,
+        // and the retry answers from the other's record: applied once.
+        let (svc, histories) = race(true);
+        let answer = svc.unwrap();
+        assert_eq!((answer.point.point, answer.replayed), (100, true));
+        assert_eq!(histories, 1, "applied once");
+    }
+
+    #[test]
+    fn negative_control_a_record_not_committed_with_its_change_lets_the_retry_apply_twice() {
+        // The same race, but the twin's record is not written with its change
+        // (as if a store wrote records separately and crashed in between): the
+        // stale change is refused by the balance condition, the retry finds no
+        // record, and the charge applies twice.
+        let (svc, histories) = race(false);
+        let answer = svc.unwrap();
+        assert_eq!((answer.point.point, answer.replayed), (200, false));
+        assert_eq!(histories, 2, "applied twice");
+    }
+
+    struct Racer {
+        inner: MemoryStore,
+        armed: std::sync::atomic::AtomicBool,
+        twin_keyed: bool,
+    }
+
+    /// Charge 100 with key "k" while another writer commits the same keyed
+    /// charge behind the lock first; the answer and the history's length.
+    fn race(twin_keyed: bool) -> (Result<Applied, PointError>, usize) {
+        let store = Racer {
+            inner: MemoryStore::new(),
+            armed: std::sync::atomic::AtomicBool::new(true),
+            twin_keyed,
+        };
+        let svc = PointService::new(store, Policy::default(), Arc::new(ManualClock::new(0)));
+        let held = Arc::new(now(svc.lock().lock(id(1))));
+        let answer = now(svc.apply(&held, TransactionType::Charge, amount(100), Some(&key("k"))));
+        assert_eq!(svc.commit_conflicts(), 1);
+        drop(held);
+        (answer, now(svc.histories(id(1))).unwrap().len())
+    }
+
+    impl PointStore for Racer {
+        fn idempotency_record(
+            &self,
+            id: UserId,
+            key: &IdempotencyKey,
+        ) -> crate::BoxFuture<'_, Result<Option<crate::IdempotencyRecord>, crate::StoreError>>
+        {
+            self.inner.idempotency_record(id, key)
+        }
+        fn sweep_idempotency(
+            &self,
+            expired_before: i64,
+            limit: usize,
+        ) -> crate::BoxFuture<'_, Result<usize, crate::StoreError>> {
+            self.inner.sweep_idempotency(expired_before, limit)
+        }
+        fn user_point(
+            &self,
+            id: UserId,
+        ) -> crate::BoxFuture<'_, Result<Option<UserPoint>, crate::StoreError>> {
+            self.inner.user_point(id)
+        }
+        fn histories(
+            &self,
+            id: UserId,
+        ) -> crate::BoxFuture<'_, Result<Vec<PointHistory>, crate::StoreError>> {
+            self.inner.histories(id)
+        }
+        fn commit(
+            &self,
+            change: Change,
+        ) -> crate::BoxFuture<'_, Result<crate::Committed, crate::StoreError>> {
+            if self.armed.swap(false, Ordering::SeqCst) {
+                // The twin, computed from the same balance, wins the race.
+                let bypass = KeyedLock::unsynchronized();
+                let mut twin = Change::for_tests(
+                    Arc::new(now(bypass.lock(change.user_id()))),
+                    change.expected_point(),
+                    change.point(),
+                    change.kind(),
+                    change.amount(),
+                    change.time_millis(),
+                );
+                if self.twin_keyed {
+                    twin = twin.with_key_for_tests(
+                        change.idempotency_key().unwrap().clone(),
+                        change.key_expired_before(),
+                    );
+                }
+                now(self.inner.commit(twin)).unwrap();
+            }
+            self.inner.commit(change)
+        }
     }
 }

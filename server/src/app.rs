@@ -122,6 +122,48 @@ pub fn service(
     Arc::new(PointService::with_lock(store, policy, clock, lock))
 }
 
+/// Records removed per step of the idempotency sweep (one statement, one
+/// transaction), and the most steps per sweep: a sweep never holds the
+/// store's writer long, and never runs unbounded.
+pub const SWEEP_STEP: usize = 1_000;
+/// See [`SWEEP_STEP`].
+pub const SWEEP_STEPS_MAX: usize = 100;
+
+/// Remove expired idempotency records every `every`, in bounded steps, until
+/// the task is aborted (the server aborts it at shutdown). Failures are logged
+/// and retried at the next tick.
+pub fn spawn_idempotency_sweeper(
+    service: SharedService,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let mut removed = 0;
+            for _ in 0..SWEEP_STEPS_MAX {
+                match service.sweep_idempotency(SWEEP_STEP).await {
+                    Ok(step) => {
+                        removed += step;
+                        if step < SWEEP_STEP {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "sweeping expired idempotency records failed; retrying at the next sweep");
+                        break;
+                    }
+                }
+            }
+            if removed > 0 {
+                tracing::debug!(removed, "expired idempotency records swept");
+            }
+        }
+    })
+}
+
 /// Build the middleware stack around the router for `service`, boxed into one
 /// nameable type (tests and embedders); [`serve`] also takes [`build_stack`]'s
 /// unboxed stack, which the binary uses.

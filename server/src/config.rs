@@ -143,6 +143,16 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_LOCK_QUEUE_MAX", default_value_t = crate::app::LOCK_QUEUE_MAX_DEFAULT)]
     pub lock_queue_max: usize,
 
+    /// How long an Idempotency-Key's record is kept, in hours (fractions
+    /// allowed); after it the key may be used again.
+    #[arg(long, env = "POINTLOCK_IDEMPOTENCY_TTL_HOURS", default_value = "24", value_parser = parse_ttl_hours)]
+    pub idempotency_ttl_hours: f64,
+
+    /// How often expired idempotency records are removed, in milliseconds (each
+    /// sweep removes at most 100,000, in steps of 1,000).
+    #[arg(long, env = "POINTLOCK_IDEMPOTENCY_SWEEP_INTERVAL_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_sweep_interval_ms: u64,
+
     /// Memory store only: make every store call wait a random 0..=N ms, like the
     /// course template's tables, to expose races. 0 disables it.
     #[arg(long, env = "POINTLOCK_SIMULATE_LATENCY_MS", default_value_t = 0)]
@@ -173,7 +183,27 @@ pub struct Config {
     pub test_unconditional_commits: bool,
 }
 
+/// `--idempotency-ttl-hours`: a positive number of hours, at most ten years.
+fn parse_ttl_hours(raw: &str) -> Result<f64, String> {
+    let hours: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number of hours"))?;
+    if hours.is_finite() && hours > 0.0 && hours <= 87_600.0 {
+        Ok(hours)
+    } else {
+        Err(format!(
+            "{raw:?}: the TTL must be more than 0 and at most 87600 hours"
+        ))
+    }
+}
+
 impl Config {
+    /// How long idempotency records are kept (at least a millisecond).
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.idempotency_ttl_hours * 3_600.0).max(Duration::from_millis(1))
+    }
+
     /// The middleware options these flags describe.
     pub fn app_options(&self) -> AppOptions {
         AppOptions {

@@ -121,7 +121,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Point(e) => match e {
-                PointError::InvalidUserId | PointError::InvalidAmount => StatusCode::BAD_REQUEST,
+                PointError::InvalidUserId
+                | PointError::InvalidAmount
+                | PointError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+                PointError::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 PointError::InsufficientBalance { .. } | PointError::MaxBalanceExceeded { .. } => {
                     StatusCode::CONFLICT
                 }

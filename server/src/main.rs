@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use pointlock_core::store::Sleeper;
-use pointlock_core::{KeyedLock, MemoryStore, PointStore, Policy};
-use pointlock_server::app::{build_stack, serve, service, shutdown_signal};
+use pointlock_core::{KeyedLock, MemoryStore, PointService, PointStore, Policy};
+use pointlock_server::app::{build_stack, serve, shutdown_signal, spawn_idempotency_sweeper};
 use pointlock_server::clock::SystemClock;
 use pointlock_server::config::LogFormat;
 use pointlock_server::routes::StoreStats;
@@ -103,7 +103,10 @@ async fn run(config: Config) -> Result<(), String> {
     };
     let clock = Arc::new(SystemClock::default());
     let lock = KeyedLock::with_clock(clock.clone());
-    let service = service(store, Policy::new(config.max_balance), clock, lock);
+    let service = Arc::new(
+        PointService::with_lock(store, Policy::new(config.max_balance), clock, lock)
+            .with_idempotency_ttl(config.idempotency_ttl()),
+    );
     #[cfg(feature = "test-util")]
     let service = if config.test_unconditional_commits {
         tracing::warn!(
@@ -119,6 +122,10 @@ async fn run(config: Config) -> Result<(), String> {
             StoreStats::new(move || serde_json::to_value(store.stats()).unwrap_or_default())
         })
     });
+    let sweeper = spawn_idempotency_sweeper(
+        Arc::clone(&service),
+        Duration::from_millis(config.idempotency_sweep_interval_ms),
+    );
     let app = build_stack(service, &options);
     let listener = TcpListener::bind(config.addr)
         .await
@@ -135,6 +142,7 @@ async fn run(config: Config) -> Result<(), String> {
     let served = serve(listener, app, shutdown_signal(), Duration::from_secs(30))
         .await
         .map_err(|e| e.to_string());
+    sweeper.abort();
     if let Some(store) = durable {
         // Changes already handed to the writer (including those of requests whose
         // clients left) are committed before the process exits.

@@ -9,6 +9,13 @@
 //! | `GET /health`, `GET /stats`| – (liveness; lock and store metrics)  |
 //! | `GET /ready`               | – (readiness: can the store take changes?) |
 //!
+//! `PATCH …/charge` and `…/use` take an optional `Idempotency-Key` header (1 to
+//! 255 visible ASCII characters, per user; see [`pointlock_core::idempotency`]):
+//! a retry with the same key and request gets the first answer again, byte for
+//! byte, with `Idempotent-Replayed: true`, and applies nothing; the same key
+//! with another operation or amount is a 422 `IDEMPOTENCY_KEY_REUSED`; a
+//! malformed key a 400 `INVALID_IDEMPOTENCY_KEY`.
+//!
 //! The wallet's path grammar lives here, and only here: [`user_key`] is the key
 //! extractor the server gives the generic [`KeyedLockLayer`], so that layer locks
 //! `/point/{id}` and `/point/{id}/...` by user without knowing any path.
@@ -30,7 +37,10 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError};
-use pointlock_core::{Amount, BoxFuture, KeyGuard, PointError, PointService, PointStore, UserId};
+use pointlock_core::{
+    Amount, BoxFuture, IdempotencyKey, KeyGuard, PointError, PointService, PointStore,
+    TransactionType, UserId,
+};
 use serde::Serialize;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -39,6 +49,12 @@ use crate::amount::parse_amount;
 use crate::deadline;
 use crate::error::{json_response, ApiError};
 use crate::layer::{HeldLock, KeyDecision};
+
+/// The request header naming a change for idempotency.
+pub const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+/// The response header of an answer replayed from an idempotency record.
+pub const IDEMPOTENT_REPLAYED: http::HeaderName =
+    http::HeaderName::from_static("idempotent-replayed");
 
 /// The service type the server runs: any store behind an `Arc`.
 pub type SharedService = Arc<PointService<Arc<dyn PointStore>>>;
@@ -258,17 +274,25 @@ impl Router {
             Route::Point => json_response(StatusCode::OK, &svc.point(id).await?),
             Route::Histories => json_response(StatusCode::OK, &svc.histories(id).await?),
             Route::Charge | Route::Use => {
+                let key = idempotency_key(&parts.headers)?;
                 let from_layer = parts.extensions.get::<HeldLock<UserId>>();
                 let held = self.held(from_layer, id).await?;
                 let options = &self.options;
                 let amount =
                     read_amount(body, options.body_limit_bytes, options.body_timeout).await?;
-                let updated = if route == Route::Charge {
-                    svc.charge(&held, amount).await?
+                let kind = if route == Route::Charge {
+                    TransactionType::Charge
                 } else {
-                    svc.use_points(&held, amount).await?
+                    TransactionType::Use
                 };
-                json_response(StatusCode::OK, &updated)
+                let applied = svc.apply(&held, kind, amount, key.as_ref()).await?;
+                let mut response = json_response(StatusCode::OK, &applied.point);
+                if applied.replayed {
+                    response
+                        .headers_mut()
+                        .insert(IDEMPOTENT_REPLAYED, http::HeaderValue::from_static("true"));
+                }
+                response
             }
         };
         Ok(response)
@@ -317,6 +341,19 @@ fn require_get(method: &Method) -> Result<(), ApiError> {
             allow: "GET",
         })
     }
+}
+
+/// The request's `Idempotency-Key`, if it has one; more than one, or a value
+/// that is not 1 to 255 visible ASCII characters, is a 400.
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(PointError::InvalidIdempotencyKey.into());
+    }
+    Ok(Some(IdempotencyKey::from_bytes(value.as_bytes())?))
 }
 
 /// Read the body (within the size limit and `timeout`, counted from this call,

@@ -167,6 +167,26 @@ impl ProbeStore {
 }
 
 impl PointStore for ProbeStore {
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &pointlock_core::IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<pointlock_core::IdempotencyRecord>, StoreError>> {
+        let key = key.clone();
+        Box::pin(async move {
+            self.delay().await;
+            self.inner.idempotency_record(id, &key).await
+        })
+    }
+
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.inner.sweep_idempotency(expired_before, limit)
+    }
+
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
         Box::pin(async move {
             self.delay().await;
@@ -326,6 +346,32 @@ impl TestServer {
             headers,
             json,
         }
+    }
+
+    /// A request with extra headers; the raw answer (status, headers, body bytes).
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &str,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, http::HeaderValue::from_bytes(value).unwrap());
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+        let res = self.client.request(req).await.expect("request failed");
+        let status = res.status();
+        let headers = res.headers().clone();
+        (
+            status,
+            headers,
+            res.into_body().collect().await.unwrap().to_bytes(),
+        )
     }
 
     pub async fn get(&self, path: &str) -> Reply {

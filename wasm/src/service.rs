@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use js_sys::Promise;
-use pointlock_core::{Amount, KeyedLock, MemoryStore, PointError, PointStore, Policy, UserId};
+use pointlock_core::{
+    Amount, IdempotencyKey, KeyedLock, MemoryStore, PointError, PointStore, Policy,
+    TransactionType, UserId,
+};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -46,6 +49,11 @@ export interface PointServiceOptions {
   maxBalance?: number;
   /** Longest wait for a user's earlier calls before LOCK_TIMEOUT; default: no limit. */
   lockTimeoutMs?: number;
+  /**
+   * How long an idempotency key's record is kept, in ms; default 86400000 (24 h).
+   * After it the key may be used again.
+   */
+  idempotencyTtlMs?: number;
   /** In-memory store only: every store call waits a random 0..=N ms. */
   simulateLatencyMs?: number;
   userPointTable?: UserPointTableLike;
@@ -61,10 +69,13 @@ export interface KeyedLockOptions { timeoutMs?: number; }
  * bypassed the lock); nothing was changed, retry. STORE_ERROR: a table method
  * threw or rejected. STORE_UNAVAILABLE and STORE_OUTCOME_UNKNOWN are the core's
  * codes for stores that stop after a failure; this package's stores never give them.
+ * INVALID_IDEMPOTENCY_KEY: the key is not 1 to 255 visible ASCII characters.
+ * IDEMPOTENCY_KEY_REUSED: the key was first used for another operation or amount.
  */
 export type PointlockErrorCode =
   | 'INVALID_USER_ID' | 'INVALID_AMOUNT' | 'INSUFFICIENT_BALANCE' | 'MAX_BALANCE_EXCEEDED'
   | 'LOCK_TIMEOUT' | 'WRITE_CONFLICT' | 'STORE_ERROR' | 'STORE_UNAVAILABLE' | 'STORE_OUTCOME_UNKNOWN'
+  | 'INVALID_IDEMPOTENCY_KEY' | 'IDEMPOTENCY_KEY_REUSED'
   | 'INVALID_OPTION' | 'INVALID_KEY' | 'INVALID_ARGUMENT' | 'INTERNAL';
 
 export interface PointlockError extends Error { code: PointlockErrorCode; }
@@ -107,6 +118,17 @@ fn amount(raw: &JsValue) -> Result<Amount, PointError> {
         .and_then(Amount::from_f64)
 }
 
+/// An optional key: `undefined` or `null` for none; otherwise a valid string.
+fn idempotency_key(raw: Option<JsValue>) -> Result<Option<IdempotencyKey>, PointError> {
+    match raw.filter(|v| !v.is_undefined() && !v.is_null()) {
+        None => Ok(None),
+        Some(v) => {
+            let text = v.as_string().ok_or(PointError::InvalidIdempotencyKey)?;
+            IdempotencyKey::new(&text).map(Some)
+        }
+    }
+}
+
 fn rejected(error: PointError) -> Promise {
     Promise::reject(&point_error(&error))
 }
@@ -147,7 +169,10 @@ impl PointService {
         };
         let clock = Arc::new(JsClock);
         let lock = KeyedLock::with_clock(clock.clone());
-        let core = Core::with_lock(store, Policy::new(max_balance), clock, lock);
+        let mut core = Core::with_lock(store, Policy::new(max_balance), clock, lock);
+        if let Some(ttl) = option_number(&options, "idempotencyTtlMs")? {
+            core = core.with_idempotency_ttl(Duration::from_millis(ttl as u64));
+        }
         Ok(Self {
             core: Rc::new(core),
             lock_timeout,
@@ -171,24 +196,69 @@ impl PointService {
 
     /// Add `amount` points; resolves to the updated `{ id, point, updateMillis }`.
     /// Rejects with MAX_BALANCE_EXCEEDED past `maxBalance` (reaching it is allowed).
+    ///
+    /// `idempotencyKey` (optional, 1 to 255 visible ASCII characters, per user):
+    /// a later call with the same key, operation and amount applies nothing and
+    /// resolves to the first call's answer again (counted by
+    /// `idempotentReplays`); with another operation or amount it rejects with
+    /// IDEMPOTENCY_KEY_REUSED. Only applied changes are recorded.
     #[wasm_bindgen(unchecked_return_type = "Promise<UserPoint>")]
     pub fn charge(
         &self,
         #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
         #[wasm_bindgen(unchecked_param_type = "number")] amount: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "string")] idempotency_key: Option<JsValue>,
     ) -> Promise {
-        self.mutate(id, amount, true)
+        self.mutate(id, amount, idempotency_key, TransactionType::Charge)
     }
 
     /// Spend `amount` points; resolves to the updated `{ id, point, updateMillis }`.
     /// Rejects with INSUFFICIENT_BALANCE when `amount` exceeds the balance.
+    /// `idempotencyKey` as for `charge`.
     #[wasm_bindgen(js_name = "use", unchecked_return_type = "Promise<UserPoint>")]
     pub fn use_points(
         &self,
         #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
         #[wasm_bindgen(unchecked_param_type = "number")] amount: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "string")] idempotency_key: Option<JsValue>,
     ) -> Promise {
-        self.mutate(id, amount, false)
+        self.mutate(id, amount, idempotency_key, TransactionType::Use)
+    }
+
+    /// Calls answered again from an idempotency record so far.
+    #[wasm_bindgen(getter, js_name = idempotentReplays)]
+    pub fn idempotent_replays(&self) -> f64 {
+        self.core.idempotent_replays() as f64
+    }
+
+    /// Remove at most `limit` (default 1000) expired idempotency records;
+    /// resolves to how many were removed. Expired keys are free again either
+    /// way: this only gives their memory back.
+    #[wasm_bindgen(js_name = sweepIdempotencyKeys, unchecked_return_type = "Promise<number>")]
+    pub fn sweep_idempotency_keys(
+        &self,
+        #[wasm_bindgen(unchecked_optional_param_type = "number")] limit: Option<JsValue>,
+    ) -> Promise {
+        let limit = match limit.filter(|v| !v.is_undefined() && !v.is_null()) {
+            None => 1_000,
+            Some(v) => match v.as_f64() {
+                Some(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 => n as usize,
+                _ => {
+                    return Promise::reject(&coded_error(
+                        "INVALID_ARGUMENT",
+                        "limit must be a non-negative integer",
+                    ))
+                }
+            },
+        };
+        let core = Rc::clone(&self.core);
+        future_to_promise(async move {
+            let removed = core
+                .sweep_idempotency(limit)
+                .await
+                .map_err(|e| point_error(&e))?;
+            Ok(JsValue::from_f64(removed as f64))
+        })
     }
 
     /// The number of users whose lock is held or awaited right now.
@@ -223,9 +293,19 @@ impl PointService {
         })
     }
 
-    fn mutate(&self, id: JsValue, raw_amount: JsValue, charge: bool) -> Promise {
+    fn mutate(
+        &self,
+        id: JsValue,
+        raw_amount: JsValue,
+        raw_key: Option<JsValue>,
+        kind: TransactionType,
+    ) -> Promise {
         // Validate first: a rejected call neither queues nor changes anything.
-        let (id, amount) = match user_id(&id).and_then(|id| Ok((id, amount(&raw_amount)?))) {
+        let valid = user_id(&id).and_then(|id| {
+            let amount = amount(&raw_amount)?;
+            Ok((id, amount, idempotency_key(raw_key)?))
+        });
+        let (id, amount, key) = match valid {
             Ok(valid) => valid,
             Err(e) => return rejected(e),
         };
@@ -241,13 +321,9 @@ impl PointService {
                 reason = "the core's API is Arc<KeyGuard>; wasm32 has one thread"
             )]
             let held = Arc::new(acquiring.await?);
-            let updated = if charge {
-                core.charge(&held, amount).await
-            } else {
-                core.use_points(&held, amount).await
-            };
+            let applied = core.apply(&held, kind, amount, key.as_ref()).await;
             drop(held);
-            to_js(&updated.map_err(|e| point_error(&e))?)
+            to_js(&applied.map_err(|e| point_error(&e))?.point)
         })
     }
 }

@@ -32,17 +32,41 @@
 //! go through one `PointService`), nothing bypasses it and neither window exists.
 //!
 //! The future owns the [`Change`] (and so the user's lock) until it has answered.
+//!
+//! # Idempotency records
+//!
+//! The template has no table for them, so this store keeps them in the
+//! package's own memory (in-process, like the template's tables themselves). A
+//! keyed change checks the key's record with the balance in step 1 and writes
+//! the record right after step 3 succeeds, in the same synchronous step (no
+//! await in between): a change whose history insert failed leaves no record,
+//! and no record exists without its change.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 
 use pointlock_core::store::{BoxFuture, Change, Committed, PointStore};
-use pointlock_core::{Amount, PointHistory, StoreError, TransactionType, UserId, UserPoint};
+use pointlock_core::{
+    Amount, IdempotencyKey, IdempotencyRecord, PointHistory, StoreError, TransactionType, UserId,
+    UserPoint,
+};
 use wasm_bindgen::JsValue;
 
 use crate::js::{call_method, get};
 
-/// The template's two tables.
+/// The template's two tables, and the idempotency records kept beside them.
 pub struct TemplateStore {
     user_points: JsValue,
     histories: JsValue,
+    keys: RefCell<Keys>,
+}
+
+/// Idempotency records by user and key, and the order they were written in
+/// (for the sweep; an entry whose record was replaced since is skipped).
+#[derive(Default)]
+struct Keys {
+    records: HashMap<(UserId, IdempotencyKey), IdempotencyRecord>,
+    written: VecDeque<(i64, UserId, IdempotencyKey)>,
 }
 
 impl TemplateStore {
@@ -50,7 +74,16 @@ impl TemplateStore {
         Self {
             user_points,
             histories,
+            keys: RefCell::default(),
         }
+    }
+
+    fn key_made(&self, id: UserId, key: &IdempotencyKey) -> Option<i64> {
+        self.keys
+            .borrow()
+            .records
+            .get(&(id, key.clone()))
+            .map(|r| r.time_millis)
     }
 }
 
@@ -154,6 +187,11 @@ impl PointStore for TemplateStore {
             if !change.holds_for(stored) {
                 return Err(change.conflict(stored));
             }
+            if let Some(key) = change.idempotency_key() {
+                if !change.key_holds_for(self.key_made(change.user_id(), key)) {
+                    return Err(change.key_conflict());
+                }
+            }
             let point_arg = JsValue::from_f64(change.point() as f64);
             call_method(
                 &self.user_points,
@@ -190,7 +228,52 @@ impl PointStore for TemplateStore {
             if get(&row, "id").is_none() {
                 return Err(StoreError::new("insert did not return the history row"));
             }
-            Ok(change.committed(count(&row, "id")?))
+            let committed = change.committed(count(&row, "id")?);
+            if let Some(record) = change.idempotency_record() {
+                let user = change.user_id();
+                let mut keys = self.keys.borrow_mut();
+                keys.written
+                    .push_back((record.time_millis, user, record.key.clone()));
+                keys.records.insert((user, record.key.clone()), record);
+            }
+            Ok(committed)
         })
+    }
+
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
+        let found = self.keys.borrow().records.get(&(id, key.clone())).cloned();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let mut keys = self.keys.borrow_mut();
+        let mut removed = 0;
+        while removed < limit {
+            match keys.written.front() {
+                Some((made, _, _)) if *made <= expired_before => {}
+                _ => break,
+            }
+            let Some((made, user, key)) = keys.written.pop_front() else {
+                break;
+            };
+            let entry = (user, key);
+            if keys
+                .records
+                .get(&entry)
+                .is_some_and(|r| r.time_millis == made)
+            {
+                keys.records.remove(&entry);
+                removed += 1;
+            }
+        }
+        Box::pin(std::future::ready(Ok(removed)))
     }
 }

@@ -241,3 +241,69 @@ test('KeyedLock: a wait past timeoutMs rejects with LOCK_TIMEOUT', async () => {
   await held;
   assert.equal(lock.size, 0);
 });
+
+// Idempotency keys: the optional third argument of charge and use.
+for (const [name, make] of [['memory store', () => new PointService()], ['template tables', templateService]]) {
+  test(`${name}: a keyed charge applies once; its retry resolves to the first answer`, async () => {
+    const svc = make();
+    const first = await svc.charge(1, 100, 'order-1');
+    const again = await svc.charge(1, 100, 'order-1');
+    assert.deepEqual(again, first);
+    assert.equal(svc.idempotentReplays, 1);
+    // Keys are per user; other keys apply.
+    await svc.charge(2, 100, 'order-1');
+    await svc.charge(1, 100, 'order-2');
+    assert.equal((await svc.point(1)).point, 200);
+    assert.equal((await svc.histories(1)).length, 2);
+    assert.equal((await svc.point(2)).point, 100);
+  });
+
+  test(`${name}: concurrent duplicates apply once and all get the same answer`, async () => {
+    const svc = make();
+    const answers = await Promise.all(Array.from({ length: 20 }, () => svc.charge(1, 10, 'dup')));
+    assert.equal(new Set(answers.map((a) => JSON.stringify(a))).size, 1);
+    assert.equal((await svc.point(1)).point, 10);
+    assert.equal((await svc.histories(1)).length, 1);
+    assert.equal(svc.idempotentReplays, 19);
+  });
+
+  test(`${name}: a key reused for another request rejects and changes nothing`, async () => {
+    const svc = make();
+    await svc.charge(1, 100, 'k');
+    await assert.rejects(svc.use(1, 100, 'k'), { code: 'IDEMPOTENCY_KEY_REUSED' });
+    await assert.rejects(svc.charge(1, 99, 'k'), { code: 'IDEMPOTENCY_KEY_REUSED' });
+    assert.equal((await svc.point(1)).point, 100);
+    assert.equal((await svc.histories(1)).length, 1);
+  });
+}
+
+test('an invalid idempotency key rejects before queueing and changes nothing', async () => {
+  const svc = new PointService();
+  for (const bad of ['', 'has space', 'x'.repeat(256), 'é', 42, {}]) {
+    await assert.rejects(svc.charge(1, 10, bad), { code: 'INVALID_IDEMPOTENCY_KEY' }, String(bad));
+  }
+  assert.equal((await svc.histories(1)).length, 0);
+  // undefined and null mean no key.
+  await svc.charge(1, 10, undefined);
+  await svc.charge(1, 10, null);
+  assert.equal((await svc.point(1)).point, 20);
+});
+
+test('a policy refusal is not recorded: the retry is decided afresh', async () => {
+  const svc = new PointService();
+  await assert.rejects(svc.use(1, 50, 'u'), { code: 'INSUFFICIENT_BALANCE' });
+  await svc.charge(1, 80);
+  assert.equal((await svc.use(1, 50, 'u')).point, 30);
+});
+
+test('a key expires after idempotencyTtlMs and is swept', async () => {
+  const svc = new PointService({ idempotencyTtlMs: 5 });
+  await svc.charge(1, 10, 'k');
+  const made = Date.now();
+  while (Date.now() - made <= 10) await sleep(2); // let the TTL pass
+  assert.equal((await svc.charge(1, 10, 'k')).point, 20, 'expired: applies again');
+  while (Date.now() - made <= 30) await sleep(2);
+  assert.equal(await svc.sweepIdempotencyKeys(), 1);
+  assert.equal(await svc.sweepIdempotencyKeys(), 0);
+  await assert.rejects(svc.sweepIdempotencyKeys(-1), { code: 'INVALID_ARGUMENT' });
+});

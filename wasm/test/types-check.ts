@@ -4,7 +4,11 @@ import { PointService, KeyedLock, UserPoint, PointHistory, PointlockError } from
 
 async function demo(): Promise<void> {
   const svc = new PointService({ maxBalance: 10000, lockTimeoutMs: 3000 });
-  const memory = new PointService();
+  const memory = new PointService({ idempotencyTtlMs: 60_000 });
+  const once: UserPoint = await memory.charge(1, 100, 'order-1');
+  const swept: number = await memory.sweepIdempotencyKeys(100) + memory.idempotentReplays;
+  void once;
+  void swept;
   const p: UserPoint = await svc.charge(1, 100);
   const u: UserPoint = await svc.use(1, 40);
   const h: PointHistory[] = await memory.histories(1);

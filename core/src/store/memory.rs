@@ -11,7 +11,7 @@
 //! commit future leaves either the whole change or none of it.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use foldhash::fast::RandomState;
 
 use crate::domain::{PointHistory, UserId, UserPoint};
 use crate::error::StoreError;
+use crate::idempotency::{IdempotencyKey, IdempotencyRecord};
 use crate::store::{BoxFuture, Change, Committed, PointStore, Sleeper};
 
 /// Users are spread over this many independently locked shards.
@@ -50,17 +51,50 @@ struct Account {
     point: UserPoint,
     /// Oldest first (the template keeps one array and filters it).
     history: Vec<PointHistory>,
+    /// The user's idempotency records, written with the change they record.
+    keys: HashMap<IdempotencyKey, IdempotencyRecord, RandomState>,
 }
 
 struct Tables {
     accounts: HashMap<UserId, Account, RandomState>,
+    /// Every idempotency record written in this shard, oldest first, for the
+    /// sweep (an entry whose record was replaced since is skipped).
+    written_keys: VecDeque<(i64, UserId, IdempotencyKey)>,
 }
 
 impl Tables {
     fn with_hasher(hasher: RandomState) -> Self {
         Self {
             accounts: HashMap::with_hasher(hasher),
+            written_keys: VecDeque::new(),
         }
+    }
+
+    /// Remove at most `limit` records made at or before `expired_before`.
+    fn sweep(&mut self, expired_before: i64, limit: usize) -> usize {
+        let mut removed = 0;
+        while removed < limit {
+            match self.written_keys.front() {
+                Some((made, _, _)) if *made <= expired_before => {}
+                _ => break,
+            }
+            let Some((made, user, key)) = self.written_keys.pop_front() else {
+                break;
+            };
+            let Some(account) = self.accounts.get_mut(&user) else {
+                continue;
+            };
+            // Replaced by a newer record of the same key: that one stays.
+            if account
+                .keys
+                .get(&key)
+                .is_some_and(|r| r.time_millis == made)
+            {
+                account.keys.remove(&key);
+                removed += 1;
+            }
+        }
+        removed
     }
 }
 
@@ -130,6 +164,41 @@ impl MemoryStore {
 }
 
 impl PointStore for MemoryStore {
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
+        let delay = self.delay();
+        let key = key.clone();
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                delay.await;
+            }
+            Ok(self
+                .tables(id)
+                .accounts
+                .get(&id)
+                .and_then(|a| a.keys.get(&key).cloned()))
+        })
+    }
+
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            if removed >= limit {
+                break;
+            }
+            let mut tables = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            removed += tables.sweep(expired_before, limit - removed);
+        }
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
         let delay = self.delay();
         Box::pin(async move {
@@ -173,20 +242,32 @@ impl PointStore for MemoryStore {
             if !change.holds_for(stored) {
                 return Err(change.conflict(stored));
             }
+            let record = change.idempotency_record();
+            if let (Some(record), Entry::Occupied(found)) = (&record, &account) {
+                let made = found.get().keys.get(&record.key).map(|r| r.time_millis);
+                if !change.key_holds_for(made) {
+                    return Err(change.key_conflict());
+                }
+            }
             let committed =
                 change.committed(self.history_id_last.fetch_add(1, Ordering::Relaxed) + 1);
-            match account {
-                Entry::Occupied(mut found) => {
-                    let found = found.get_mut();
+            let found = match account {
+                Entry::Occupied(found) => {
+                    let found = found.into_mut();
                     found.point = committed.user_point;
                     found.history.push(committed.history);
+                    found
                 }
-                Entry::Vacant(slot) => {
-                    slot.insert(Account {
-                        point: committed.user_point,
-                        history: vec![committed.history],
-                    });
-                }
+                Entry::Vacant(slot) => slot.insert(Account {
+                    point: committed.user_point,
+                    history: vec![committed.history],
+                    keys: HashMap::default(),
+                }),
+            };
+            if let Some(record) = record {
+                let entry = (record.time_millis, user_id, record.key.clone());
+                found.keys.insert(record.key.clone(), record);
+                tables.written_keys.push_back(entry);
             }
             Ok(committed)
         })

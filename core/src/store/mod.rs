@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
 use crate::error::StoreError;
+use crate::idempotency::{IdempotencyKey, IdempotencyRecord};
 use crate::lock::KeyGuard;
 use crate::sync::{MaybeSend, MaybeSync};
 
@@ -52,6 +53,16 @@ pub type Sleeper = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>
 /// a change after its caller stopped waiting (a writer thread, a database round
 /// trip) must hold the change until then, so the next request of that user
 /// cannot read the balance before this change is settled.
+///
+/// **An idempotency record may travel with it.** A change made with an
+/// [`IdempotencyKey`] ([`Change::idempotency_key`]) writes its
+/// [`record`](Change::idempotency_record) in the same commit, under a second
+/// condition: the user may have no record for that key, or only an expired one
+/// (made at or before [`key_expired_before`](Change::key_expired_before)), which
+/// the new record replaces. A live record for the key refuses the whole change
+/// as a conflict, changing nothing; the service then finds the record and
+/// answers from it. So a key applies at most once even when two processes
+/// commit it at the same moment.
 #[derive(Clone)]
 pub struct Change {
     held: Arc<KeyGuard<UserId>>,
@@ -61,6 +72,14 @@ pub struct Change {
     kind: TransactionType,
     amount: Amount,
     time_millis: i64,
+    keyed: Option<Keyed>,
+}
+
+/// The idempotency part of a change.
+#[derive(Clone)]
+struct Keyed {
+    key: IdempotencyKey,
+    expired_before: i64,
 }
 
 impl Change {
@@ -80,7 +99,25 @@ impl Change {
             kind,
             amount,
             time_millis,
+            keyed: None,
         }
+    }
+
+    /// The same change, made with `key`: it writes the key's record too, if the
+    /// user has none for `key` made after `expired_before`.
+    pub(crate) fn with_key(mut self, key: IdempotencyKey, expired_before: i64) -> Self {
+        self.keyed = Some(Keyed {
+            key,
+            expired_before,
+        });
+        self
+    }
+
+    /// [`Change::for_tests`] made with an idempotency key. Only with the
+    /// `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn with_key_for_tests(self, key: IdempotencyKey, expired_before: i64) -> Self {
+        self.with_key(key, expired_before)
     }
 
     /// A change for store tests and benchmarks, which commit without a service.
@@ -131,6 +168,50 @@ impl Change {
         self.time_millis
     }
 
+    /// The idempotency key the change was made with, if any: the store writes
+    /// [`idempotency_record`](Self::idempotency_record) in the same commit.
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.keyed.as_ref().map(|keyed| &keyed.key)
+    }
+
+    /// A record of the change's key made at or before this time has expired and
+    /// may be replaced; a later one refuses the change (see [`Change`]).
+    /// Meaningless without a key.
+    pub fn key_expired_before(&self) -> i64 {
+        self.keyed
+            .as_ref()
+            .map_or(i64::MIN, |keyed| keyed.expired_before)
+    }
+
+    /// The record to write with the change, if it was made with a key.
+    pub fn idempotency_record(&self) -> Option<IdempotencyRecord> {
+        self.keyed.as_ref().map(|keyed| IdempotencyRecord {
+            key: keyed.key.clone(),
+            kind: self.kind,
+            amount: self.amount,
+            point: self.point,
+            time_millis: self.time_millis,
+        })
+    }
+
+    /// Whether the user's stored record for the change's key, made at
+    /// `stored_millis` (`None`: no record), lets the change apply: true without a
+    /// key, without a record, or for an expired record.
+    pub fn key_holds_for(&self, stored_millis: Option<i64>) -> bool {
+        match (&self.keyed, stored_millis) {
+            (Some(keyed), Some(made)) => made <= keyed.expired_before,
+            _ => true,
+        }
+    }
+
+    /// The conflict error for a change whose key already has a live record.
+    pub fn key_conflict(&self) -> StoreError {
+        StoreError::conflict(format!(
+            "user {}: this idempotency key was used by a change committed meanwhile",
+            self.user_id()
+        ))
+    }
+
     /// Whether `stored` (the user's current balance, 0 if absent) satisfies the
     /// change's condition.
     pub fn holds_for(&self, stored: u64) -> bool {
@@ -176,6 +257,7 @@ impl std::fmt::Debug for Change {
             .field("kind", &self.kind)
             .field("amount", &self.amount)
             .field("time_millis", &self.time_millis)
+            .field("idempotency_key", &self.idempotency_key())
             .finish()
     }
 }
@@ -204,8 +286,26 @@ pub trait PointStore: MaybeSend + MaybeSync {
 
     /// Write the new balance and its history row atomically, if the stored
     /// balance is still [`Change::expected_point`]; otherwise refuse with
-    /// [`StoreError::conflict`], changing nothing.
+    /// [`StoreError::conflict`], changing nothing. A change made with an
+    /// idempotency key also writes its record, in the same commit and under its
+    /// own condition ([`Change::key_holds_for`]; see [`Change`]).
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>>;
+
+    /// The user's record for `key`, expired or not (`None`: no record).
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>>;
+
+    /// Remove at most `limit` records made at or before `expired_before`;
+    /// answer how many were removed. A bounded step: a sweeper calls it again
+    /// while it removes `limit`.
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>>;
 
     /// Whether the store can take changes now (a readiness probe): `Ok` for a
     /// store that is always ready, like the memory store; otherwise a store
@@ -217,6 +317,22 @@ pub trait PointStore: MaybeSend + MaybeSync {
 }
 
 impl<S: PointStore + ?Sized> PointStore for Arc<S> {
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
+        (**self).idempotency_record(id, key)
+    }
+
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        (**self).sweep_idempotency(expired_before, limit)
+    }
+
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
         (**self).user_point(id)
     }
@@ -235,6 +351,22 @@ impl<S: PointStore + ?Sized> PointStore for Arc<S> {
 }
 
 impl<S: PointStore + ?Sized> PointStore for Box<S> {
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
+        (**self).idempotency_record(id, key)
+    }
+
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        (**self).sweep_idempotency(expired_before, limit)
+    }
+
     fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
         (**self).user_point(id)
     }

@@ -14,7 +14,9 @@ pub mod sqlite;
 pub use postgres::{PgOpenError, PgStats, PostgresOptions, PostgresStore};
 pub use sqlite::{CommitStats, OpenError, SqliteOptions, SqliteStore};
 
-use pointlock_core::{Amount, PointHistory, StoreError, TransactionType, UserId};
+use pointlock_core::{
+    Amount, IdempotencyKey, IdempotencyRecord, PointHistory, StoreError, TransactionType, UserId,
+};
 
 /// Ids, amounts and balances are at most `2^63 - 1` (checked by their types), so
 /// the signed 64-bit columns of both SQL stores hold them.
@@ -38,6 +40,29 @@ pub(crate) fn history_row(
             _ => return Err(corrupt_row(store, "history type", user)),
         },
         amount: Amount::from_i64(amount).map_err(|_| corrupt_row(store, "history amount", user))?,
+        time_millis,
+    })
+}
+
+/// A row of the `idempotency` table of `user` and `key` as a SQL store reads
+/// it back: `(type, amount, point, time_millis)`, checked.
+pub(crate) fn idempotency_row(
+    store: &str,
+    user: UserId,
+    key: &IdempotencyKey,
+    (kind, amount, point, time_millis): (&str, i64, i64, i64),
+) -> Result<IdempotencyRecord, StoreError> {
+    Ok(IdempotencyRecord {
+        key: key.clone(),
+        kind: match kind {
+            "CHARGE" => TransactionType::Charge,
+            "USE" => TransactionType::Use,
+            _ => return Err(corrupt_row(store, "idempotency record type", user)),
+        },
+        amount: Amount::from_i64(amount)
+            .map_err(|_| corrupt_row(store, "idempotency record amount", user))?,
+        point: u64::try_from(point)
+            .map_err(|_| corrupt_row(store, "idempotency record balance", user))?,
         time_millis,
     })
 }

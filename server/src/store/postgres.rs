@@ -63,14 +63,14 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use pointlock_core::{
-    BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, StoreErrorKind, UserId,
-    UserPoint,
+    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, PointHistory, PointStore,
+    StoreError, StoreErrorKind, UserId, UserPoint,
 };
 use thiserror::Error;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::{corrupt_row, history_row, to_i64};
+use super::{corrupt_row, history_row, idempotency_row, to_i64};
 
 /// The key of the session advisory lock held while migrating (any constant
 /// unlikely to be used by another application on the same database: "PLK1").
@@ -93,30 +93,99 @@ const MIGRATIONS: &[&str] = &[
         time_millis bigint NOT NULL
     );
     CREATE INDEX point_history_by_user ON point_history (user_id, id);",
+    // 2: idempotency records, written by the statement of the change they
+    // record; the index serves the sweep of expired records.
+    "CREATE TABLE idempotency (
+        user_id     bigint NOT NULL CHECK (user_id > 0),
+        key         text   NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+        type        text   NOT NULL CHECK (type IN ('CHARGE', 'USE')),
+        amount      bigint NOT NULL CHECK (amount > 0),
+        point       bigint NOT NULL CHECK (point >= 0),
+        time_millis bigint NOT NULL,
+        PRIMARY KEY (user_id, key)
+    );
+    CREATE INDEX idempotency_by_time ON idempotency (time_millis);",
 ];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
-/// A balance computed from a positive one: written only if the row still holds it.
-const UPDATE_IF: &str = "WITH changed AS (
-        UPDATE user_point SET point = $2, update_millis = $3
+/// The conditional balance write of a change computed from a positive balance:
+/// only if the row still holds it.
+macro_rules! update_if {
+    () => {
+        "UPDATE user_point SET point = $2, update_millis = $3
         WHERE id = $1 AND point = $4
-        RETURNING id)
-    INSERT INTO point_history (user_id, type, amount, time_millis)
-    SELECT id, $5, $6, $3 FROM changed
-    RETURNING id";
-/// A first balance, or one computed from 0: inserted, or updated only if the row
-/// still holds 0 (`$4` is the expected 0; NULL only in negative controls).
-const UPSERT_IF: &str = "WITH changed AS (
-        INSERT INTO user_point (id, point, update_millis) VALUES ($1, $2, $3)
+        RETURNING id"
+    };
+}
+
+/// The conditional balance write of a first balance, or of one computed from 0:
+/// inserted, or updated only if the row still holds 0 (`$4` is the expected 0;
+/// NULL only in negative controls).
+macro_rules! upsert_if {
+    () => {
+        "INSERT INTO user_point (id, point, update_millis) VALUES ($1, $2, $3)
         ON CONFLICT (id) DO UPDATE
             SET point = EXCLUDED.point, update_millis = EXCLUDED.update_millis
             WHERE $4::bigint IS NULL OR user_point.point = $4::bigint
-        RETURNING id)
+        RETURNING id"
+    };
+}
+
+/// A change: the conditional write, then its history row if it applied.
+macro_rules! change {
+    ($write:expr) => {
+        concat!(
+            "WITH changed AS (",
+            $write,
+            ")
     INSERT INTO point_history (user_id, type, amount, time_millis)
     SELECT id, $5, $6, $3 FROM changed
-    RETURNING id";
+    RETURNING id"
+        )
+    };
+}
+
+/// A change made with an idempotency key (`$7`), records made at or before
+/// `$8` being expired: if the change applied, the user's expired record of the
+/// key is deleted and the new one inserted. The insert reads `del` so that it
+/// runs after the delete; a live record makes it fail on the primary key
+/// (`idempotency_pkey`), which aborts the whole statement: nothing is written,
+/// and the service, told of a conflict, finds the record.
+macro_rules! keyed_change {
+    ($write:expr) => {
+        concat!(
+            "WITH changed AS (",
+            $write,
+            "),
+    del AS (
+        DELETE FROM idempotency
+        WHERE user_id = $1 AND key = $7 AND time_millis <= $8 AND EXISTS (SELECT 1 FROM changed)
+        RETURNING 1),
+    rec AS (
+        INSERT INTO idempotency (user_id, key, type, amount, point, time_millis)
+        SELECT id, $7, $5, $6, $2, $3 FROM changed WHERE (SELECT count(*) FROM del) >= 0
+        RETURNING 1)
+    INSERT INTO point_history (user_id, type, amount, time_millis)
+    SELECT id, $5, $6, $3 FROM changed
+    RETURNING id"
+        )
+    };
+}
+
+const UPDATE_IF: &str = change!(update_if!());
+const UPSERT_IF: &str = change!(upsert_if!());
+const UPDATE_IF_KEYED: &str = keyed_change!(update_if!());
+const UPSERT_IF_KEYED: &str = keyed_change!(upsert_if!());
+const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
+    WHERE user_id = $1 AND key = $2";
+/// One bounded step of the sweep (the outer condition again: a record replaced
+/// meanwhile is not expired).
+const SWEEP_KEYS: &str = "DELETE FROM idempotency WHERE time_millis <= $1 AND (user_id, key) IN (
+        SELECT user_id, key FROM idempotency WHERE time_millis <= $1 LIMIT $2)";
+/// The primary key whose violation means "this key has a live record".
+const KEY_CONSTRAINT: &str = "idempotency_pkey";
 const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = $1";
 const SELECT_HISTORIES: &str =
     "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = $1 ORDER BY id";
@@ -301,6 +370,15 @@ impl PostgresStore {
 
     /// The error of a statement that failed (see the module docs for the kinds).
     fn failed(&self, error: &tokio_postgres::Error, writing: bool) -> StoreError {
+        if let Some(db) = error.as_db_error() {
+            if *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(KEY_CONSTRAINT) {
+                // Not a failure: the key's record was committed meanwhile.
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                return StoreError::conflict(
+                    "this idempotency key was used by a change committed meanwhile; nothing was changed",
+                );
+            }
+        }
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         let Some(db) = error.as_db_error() else {
             // No answer from the database: the connection broke.
@@ -351,9 +429,12 @@ impl PostgresStore {
         })?;
         let expected = change.expected_point().map(to_i64);
         let client = self.client().await?;
-        let sql = match expected {
-            Some(expected) if expected > 0 => UPDATE_IF,
-            _ => UPSERT_IF,
+        let key = change.idempotency_key();
+        let sql = match (expected, key.is_some()) {
+            (Some(expected), false) if expected > 0 => UPDATE_IF,
+            (_, false) => UPSERT_IF,
+            (Some(expected), true) if expected > 0 => UPDATE_IF_KEYED,
+            (_, true) => UPSERT_IF_KEYED,
         };
         let statement = client
             .prepare_cached(sql)
@@ -361,18 +442,17 @@ impl PostgresStore {
             .map_err(|e| self.failed(&e, false))?;
         let amount = to_i64(change.amount().get());
         let time = change.time_millis();
+        let kind = change.kind().as_str();
+        let key_text = key.map(|key| key.as_str());
+        let expired_before = change.key_expired_before();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&user, &point, &time, &expected, &kind, &amount];
+        if let Some(key_text) = &key_text {
+            params.push(key_text);
+            params.push(&expired_before);
+        }
         let rows = client
-            .query(
-                &statement,
-                &[
-                    &user,
-                    &point,
-                    &time,
-                    &expected,
-                    &change.kind().as_str(),
-                    &amount,
-                ],
-            )
+            .query(&statement, &params)
             .await
             .map_err(|e| self.failed(&e, true))?;
         match rows.first() {
@@ -448,6 +528,46 @@ impl PointStore for PostgresStore {
             rows.iter()
                 .map(|row| history_row(STORE, id, (row.get(0), row.get(1), row.get(2), row.get(3))))
                 .collect()
+        })
+    }
+
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
+        let key = key.clone();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(SELECT_KEY)
+                .await
+                .map_err(|e| self.failed(&e, false))?;
+            let row = client
+                .query_opt(&statement, &[&to_i64(id.get()), &key.as_str()])
+                .await
+                .map_err(|e| self.failed(&e, false))?;
+            row.map(|row| {
+                let kind: &str = row.get(0);
+                idempotency_row(STORE, id, &key, (kind, row.get(1), row.get(2), row.get(3)))
+            })
+            .transpose()
+        })
+    }
+
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let removed = client
+                .execute(SWEEP_KEYS, &[&expired_before, &limit])
+                .await
+                .map_err(|e| self.failed(&e, true))?;
+            Ok(usize::try_from(removed).unwrap_or(usize::MAX))
         })
     }
 

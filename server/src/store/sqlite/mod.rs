@@ -70,22 +70,24 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pointlock_core::{
-    BoxFuture, Change, Committed, PointHistory, PointStore, StoreError, StoreErrorKind, UserId,
-    UserPoint,
+    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, PointHistory, PointStore,
+    StoreError, StoreErrorKind, UserId, UserPoint,
 };
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::{corrupt_row, history_row, to_i64};
+use super::{corrupt_row, history_row, idempotency_row, to_i64};
 
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
 use readers::Readers;
 pub use writer::CommitStats;
-use writer::{Batching, FailStop, Job, Stats, Writer};
+use writer::{Batching, FailStop, Job, Stats, Sweep, Work, Writer};
 
 const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = ?1";
+const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
+     WHERE user_id = ?1 AND key = ?2";
 const SELECT_HISTORIES: &str =
     "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = ?1 ORDER BY id";
 
@@ -152,7 +154,7 @@ impl SqliteOptions {
 /// The durable SQLite store. See the [module docs](self).
 pub struct SqliteStore {
     path: PathBuf,
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    sender: Mutex<Option<mpsc::Sender<Work>>>,
     queue: Arc<Semaphore>,
     queue_ops_max: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -400,19 +402,78 @@ impl PointStore for SqliteStore {
                 reply,
                 _queued: queued,
             };
-            // No await between taking the sender and sending: close() never waits
-            // on a sender held by a suspended caller.
-            let sent = match &*self.sender.lock().unwrap_or_else(PoisonError::into_inner) {
-                Some(sender) => sender.send(job).is_ok(),
-                None => false,
-            };
-            if !sent {
-                return Err(StoreError::new("the SQLite store is closed"));
-            }
+            self.send(Work::Change(job))?;
             answer
                 .await
                 .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
         })
+    }
+
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
+        let key = key.clone();
+        Box::pin(async move {
+            let lookup = key.clone();
+            let row = self
+                .readers
+                .read(move |conn| {
+                    conn.prepare_cached(SELECT_KEY)?
+                        .query_row(params![to_i64(id.get()), lookup.as_str()], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, i64>(1)?,
+                                row.get::<_, i64>(2)?,
+                                row.get::<_, i64>(3)?,
+                            ))
+                        })
+                        .optional()
+                })
+                .await?;
+            row.map(|(kind, amount, point, time)| {
+                idempotency_row(STORE, id, &key, (kind.as_str(), amount, point, time))
+            })
+            .transpose()
+        })
+    }
+
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            if self.stop.is_stopped() {
+                return Err(writer::unavailable());
+            }
+            let (reply, answer) = oneshot::channel();
+            self.send(Work::Sweep(Sweep {
+                expired_before,
+                limit,
+                reply,
+            }))?;
+            answer
+                .await
+                .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+        })
+    }
+}
+
+impl SqliteStore {
+    /// Hand `work` to the writer. No await between taking the sender and
+    /// sending: close() never waits on a sender held by a suspended caller.
+    fn send(&self, work: Work) -> Result<(), StoreError> {
+        let sent = match &*self.sender.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(sender) => sender.send(work).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(StoreError::new("the SQLite store is closed"))
+        }
     }
 }
 

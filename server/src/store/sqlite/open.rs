@@ -39,6 +39,19 @@ const MIGRATIONS: &[&str] = &[
         time_millis INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX point_history_by_user ON point_history (user_id, id);",
+    // 2: idempotency records, written in the transaction of the change they
+    // record (the balance the change left and when), per user and key; the
+    // index serves the sweep of expired records.
+    "CREATE TABLE idempotency (
+        user_id     INTEGER NOT NULL CHECK (user_id > 0),
+        key         TEXT    NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+        type        TEXT    NOT NULL CHECK (type IN ('CHARGE', 'USE')),
+        amount      INTEGER NOT NULL CHECK (amount > 0),
+        point       INTEGER NOT NULL CHECK (point >= 0),
+        time_millis INTEGER NOT NULL,
+        PRIMARY KEY (user_id, key)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX idempotency_by_time ON idempotency (time_millis);",
 ];
 
 /// The schema version this build writes and understands.

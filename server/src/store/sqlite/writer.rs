@@ -22,6 +22,16 @@
 //! one user in one batch (possible only when the lock was bypassed) are thus
 //! checked against each other inside the transaction.
 //!
+//! # Idempotency records
+//!
+//! A change made with a key first checks the user's record for that key
+//! (`SELECT` inside the transaction: the writer is the only writer, so nothing
+//! can slip in between): a live one refuses the change as a conflict before
+//! anything is written. Otherwise, after the balance and the history row, the
+//! record is written (replacing an expired one) in the same transaction, so a
+//! crash keeps both or neither. Sweeps of expired records come through the same
+//! queue and run between batches, each in a transaction of its own.
+//!
 //! # Failures
 //!
 //! - A statement fails (a balance that does not fit, a constraint): the
@@ -63,6 +73,28 @@ const UPDATE_POINT_IF: &str =
 const SELECT_STORED_POINT: &str = "SELECT point FROM user_point WHERE id = ?1";
 const INSERT_HISTORY: &str =
     "INSERT INTO point_history (user_id, type, amount, time_millis) VALUES (?1, ?2, ?3, ?4)";
+const SELECT_KEY_MADE: &str = "SELECT time_millis FROM idempotency WHERE user_id = ?1 AND key = ?2";
+/// The record of a keyed change; replaces an expired one (checked just before).
+const UPSERT_KEY: &str = "INSERT INTO idempotency (user_id, key, type, amount, point, time_millis)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (user_id, key) DO UPDATE SET type = excluded.type, amount = excluded.amount,
+         point = excluded.point, time_millis = excluded.time_millis";
+/// One bounded step of the sweep.
+const SWEEP_KEYS: &str = "DELETE FROM idempotency WHERE (user_id, key) IN (
+         SELECT user_id, key FROM idempotency WHERE time_millis <= ?1 LIMIT ?2)";
+
+/// What the writer is sent: a change, or a step of the sweep.
+pub(super) enum Work {
+    Change(Job),
+    Sweep(Sweep),
+}
+
+/// Remove at most `limit` idempotency records made at or before `expired_before`.
+pub(super) struct Sweep {
+    pub(super) expired_before: i64,
+    pub(super) limit: usize,
+    pub(super) reply: oneshot::Sender<Result<usize, StoreError>>,
+}
 
 /// A change on its way to the writer, with the caller's answer channel. The
 /// change holds its user's guard: dropping the job (after answering) releases it.
@@ -184,12 +216,21 @@ enum Failure {
 impl Writer {
     /// The writer thread: batch, write, commit, answer; until the channel closes
     /// and everything queued has been answered.
-    pub(super) fn run(self, mut conn: Connection, jobs: &mpsc::Receiver<Job>, batching: Batching) {
+    pub(super) fn run(self, mut conn: Connection, jobs: &mpsc::Receiver<Work>, batching: Batching) {
         let mut batch = Vec::with_capacity(batching.ops_max);
+        let mut sweeps = Vec::new();
         while let Ok(first) = jobs.recv() {
-            batch.push(first);
-            collect(jobs, &mut batch, batching);
-            self.commit_batch(&mut conn, &mut batch);
+            match first {
+                Work::Change(job) => batch.push(job),
+                Work::Sweep(sweep) => sweeps.push(sweep),
+            }
+            collect(jobs, &mut batch, &mut sweeps, batching);
+            if !batch.is_empty() {
+                self.commit_batch(&mut conn, &mut batch);
+            }
+            for sweep in sweeps.drain(..) {
+                self.sweep(&mut conn, sweep);
+            }
         }
         if self.stop.is_stopped() {
             // Closing would checkpoint the log into the database file: after a
@@ -240,6 +281,40 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// One step of the sweep of expired idempotency records, in a transaction
+    /// of its own. A failed COMMIT fails stop, as for a batch.
+    fn sweep(&self, conn: &mut Connection, sweep: Sweep) {
+        if self.stop.is_stopped() {
+            let _ = sweep.reply.send(Err(unavailable()));
+            return;
+        }
+        let failed = |e: rusqlite::Error| StoreError::new(format!("SQLite sweep failed: {e}"));
+        let limit = i64::try_from(sweep.limit).unwrap_or(i64::MAX);
+        let result = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed)
+            .and_then(|tx| {
+                let removed = tx
+                    .prepare_cached(SWEEP_KEYS)
+                    .and_then(|mut stmt| stmt.execute(params![sweep.expired_before, limit]))
+                    .map_err(failed)?;
+                tx.commit().map(|()| removed).map_err(|e| {
+                    StoreError::with_kind(
+                        StoreErrorKind::OutcomeUnknown,
+                        format!("SQLite COMMIT of a sweep failed: {e}"),
+                    )
+                })
+            });
+        if let Err(error) = &result {
+            if error.kind() == StoreErrorKind::OutcomeUnknown {
+                self.fail_stop(error.clone(), &mut Vec::new(), 0);
+            } else {
+                tracing::error!(%error, "SQLite sweep of idempotency records failed");
+            }
+        }
+        let _ = sweep.reply.send(result);
     }
 
     /// A COMMIT failed: stop taking changes. The first `unknown` jobs were in the
@@ -311,14 +386,20 @@ impl Writer {
 /// The writer sleeps between looks at the queue instead of blocking on it:
 /// a blocked receiver is woken by every send, and those wake-ups (one context
 /// switch per change) cost more CPU than the pauses on a small machine.
-fn collect(jobs: &mpsc::Receiver<Job>, batch: &mut Vec<Job>, batching: Batching) {
+fn collect(
+    jobs: &mpsc::Receiver<Work>,
+    batch: &mut Vec<Job>,
+    sweeps: &mut Vec<Sweep>,
+    batching: Batching,
+) {
     let deadline = Instant::now() + batching.wait;
     let mut paused = false;
     loop {
         let before = batch.len();
         while batch.len() < batching.ops_max {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Work::Change(job)) => batch.push(job),
+                Ok(Work::Sweep(sweep)) => sweeps.push(sweep),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return,
             }
@@ -352,6 +433,8 @@ fn write(
             upsert_point_if: tx.prepare_cached(UPSERT_POINT_IF).map_err(failed)?,
             update_point_if: tx.prepare_cached(UPDATE_POINT_IF).map_err(failed)?,
             insert_history: tx.prepare_cached(INSERT_HISTORY).map_err(failed)?,
+            select_key_made: tx.prepare_cached(SELECT_KEY_MADE).map_err(failed)?,
+            upsert_key: tx.prepare_cached(UPSERT_KEY).map_err(failed)?,
         };
         for change in changes {
             outcomes.push(apply(&tx, &mut statements, change).map_err(Failure::Statement)?);
@@ -372,6 +455,8 @@ struct Statements<'tx> {
     upsert_point_if: rusqlite::CachedStatement<'tx>,
     update_point_if: rusqlite::CachedStatement<'tx>,
     insert_history: rusqlite::CachedStatement<'tx>,
+    select_key_made: rusqlite::CachedStatement<'tx>,
+    upsert_key: rusqlite::CachedStatement<'tx>,
 }
 
 /// One change inside the open transaction: the conditional balance write, then
@@ -391,6 +476,16 @@ fn apply(
         ))
     })?;
     let user = to_i64(change.user_id().get());
+    if let Some(key) = change.idempotency_key() {
+        let made: Option<i64> = statements
+            .select_key_made
+            .query_row(params![user, key.as_str()], |row| row.get(0))
+            .optional()
+            .map_err(failed)?;
+        if !change.key_holds_for(made) {
+            return Ok(Err(change.key_conflict()));
+        }
+    }
     let expected = change.expected_point().map(to_i64);
     let written = match expected {
         Some(expected) if expected > 0 => {
@@ -425,5 +520,18 @@ fn apply(
         .map_err(failed)?;
     let id = u64::try_from(tx.last_insert_rowid())
         .map_err(|_| StoreError::new("SQLite assigned a negative history id"))?;
+    if let Some(record) = change.idempotency_record() {
+        statements
+            .upsert_key
+            .execute(params![
+                user,
+                record.key.as_str(),
+                record.kind.as_str(),
+                to_i64(record.amount.get()),
+                point,
+                record.time_millis
+            ])
+            .map_err(failed)?;
+    }
     Ok(Ok(change.committed(id)))
 }
