@@ -224,7 +224,8 @@ impl<S: PointStore> PointService<S> {
             return Err(PointError::ForeignGuard);
         }
         let id = *held.key();
-        let expired_before = self.key_expired_before();
+        // Read the clock for the key's TTL only when there is a key.
+        let expired_before = key.map_or(i64::MIN, |_| self.key_expired_before());
         for _ in 0..COMMIT_ATTEMPTS_MAX {
             if let Some(key) = key {
                 let found = self.store.idempotency_record(id, key).await?;
