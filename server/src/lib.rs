@@ -16,6 +16,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod layer;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod store;

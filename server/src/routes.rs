@@ -8,6 +8,10 @@
 //! | `PATCH /point/{id}/use`    | same                                  |
 //! | `GET /health`, `GET /stats`| – (liveness; lock and store metrics)  |
 //! | `GET /ready`               | – (readiness: can the store take changes?) |
+//! | `GET /openapi.json`        | – (the OpenAPI 3.1 document of this API) |
+//!
+//! [`ROUTES`] lists them all; the tests hold the dispatch and the OpenAPI
+//! document (`server/openapi.json`) to that list.
 //!
 //! `PATCH …/charge` and `…/use` take an optional `Idempotency-Key` header (1 to
 //! 255 visible ASCII characters, per user; see [`pointlock_core::idempotency`]):
@@ -71,6 +75,20 @@ pub enum Route {
     /// `PATCH /point/{id}/use`
     Use,
 }
+
+/// Every route the router answers, as (method, path template): the one list the
+/// router's tests check the dispatch against (each answers, no other path does)
+/// and `tests/openapi.rs` checks the OpenAPI document's operations against.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/point/{id}"),
+    ("GET", "/point/{id}/histories"),
+    ("PATCH", "/point/{id}/charge"),
+    ("PATCH", "/point/{id}/use"),
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/stats"),
+    ("GET", "/openapi.json"),
+];
 
 impl Route {
     fn method(self) -> (Method, &'static str) {
@@ -255,6 +273,7 @@ impl Router {
                     };
                     json_response(StatusCode::OK, &stats)
                 }),
+                "/openapi.json" => get_only(&parts.method, crate::openapi::response),
                 _ => Err(ApiError::NotFound {
                     method: parts.method.to_string(),
                     path: path.to_owned(),
@@ -608,6 +627,140 @@ mod tests {
         assert_eq!(user_segment("/point/"), Some(""));
         assert_eq!(user_segment("/points/1"), None);
         assert_eq!(user_segment("/health"), None);
+    }
+
+    /// How `path` matches the `ROUTES` template `template`: `Some(true)` when it
+    /// is that route, `Some(false)` when it has its shape but an invalid id.
+    fn instance_of(template: &str, path: &str) -> Option<bool> {
+        let (template, path): (Vec<_>, Vec<_>) =
+            (template.split('/').collect(), path.split('/').collect());
+        if template.len() != path.len() {
+            return None;
+        }
+        let mut valid = true;
+        for (t, p) in template.iter().zip(&path) {
+            if *t == "{id}" {
+                valid &= p.parse::<UserId>().is_ok();
+            } else if t != p {
+                return None;
+            }
+        }
+        Some(valid)
+    }
+
+    /// Paths to probe the dispatch with: the routes of `ROUTES`, near misses, and
+    /// every string literal of this file's code (comments and tests left out)
+    /// used as a path and as a segment. A route the dispatch matches is named by
+    /// a literal here, so it is probed whether or not `ROUTES` lists it.
+    fn probe_paths() -> Vec<String> {
+        let source = include_str!("routes.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let literals = code
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .flat_map(|line| line.split('"').skip(1).step_by(2))
+            .filter(|lit| {
+                !lit.is_empty()
+                    && lit
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/._-{}".contains(&b))
+            })
+            .map(|lit| lit.replace("{id}", "1"));
+        let mut paths: Vec<String> = ROUTES
+            .iter()
+            .map(|(_, template)| template.replace("{id}", "1"))
+            .collect();
+        for lit in literals {
+            if lit.starts_with('/') {
+                paths.extend([format!("{lit}/"), format!("{lit}/x"), lit]);
+            } else {
+                paths.extend([
+                    format!("/{lit}"),
+                    format!("/point/1/{lit}"),
+                    format!("/point/x/{lit}"),
+                ]);
+            }
+        }
+        paths.extend(
+            [
+                "/",
+                "/point",
+                "/point/",
+                "/point/1/",
+                "/point/0",
+                "/POINT/1",
+                "/points/1",
+            ]
+            .map(String::from),
+        );
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    #[tokio::test]
+    async fn routes_lists_exactly_what_the_router_dispatches() {
+        let service = Arc::new(PointService::with_lock(
+            Arc::new(MemoryStore::new()) as Arc<dyn PointStore>,
+            Policy::default(),
+            Arc::new(SystemClock::default()),
+            KeyedLock::new(),
+        ));
+        let mut router = Router::new(service, RouterOptions::default());
+        let mut listed = ROUTES.to_vec();
+        listed.sort_unstable();
+        listed.dedup();
+        assert_eq!(listed.len(), ROUTES.len(), "ROUTES has a duplicate");
+        let probes = probe_paths();
+        for (_, template) in ROUTES {
+            let path = template.replace("{id}", "1");
+            assert!(probes.contains(&path), "{template} is probed");
+        }
+        assert!(probes.len() > 30, "the literals were found: {probes:?}");
+        for path in &probes {
+            let allowed: Vec<&str> = ROUTES
+                .iter()
+                .filter(|(_, template)| instance_of(template, path) == Some(true))
+                .map(|(method, _)| *method)
+                .collect();
+            let bad_id = ROUTES
+                .iter()
+                .any(|(_, template)| instance_of(template, path) == Some(false));
+            for method in [Method::GET, Method::PATCH, Method::POST, Method::DELETE] {
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(path.as_str())
+                    .body(Full::new(Bytes::from_static(b"1")))
+                    .unwrap();
+                let res = router.call(req).await.unwrap();
+                let status = res.status();
+                let allow = res.headers().get(http::header::ALLOW).cloned();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let what = format!("{method} {path}: {status} {}", json["code"]);
+                if allowed.contains(&method.as_str()) {
+                    assert!(
+                        status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                        "a listed route answers: {what}"
+                    );
+                } else if !allowed.is_empty() {
+                    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{what}");
+                    let allow = allow.expect("405 names the method in Allow");
+                    assert!(
+                        allowed.iter().any(|m| allow == *m),
+                        "{what}: Allow {allow:?}"
+                    );
+                } else if bad_id {
+                    assert_eq!(json["code"], "INVALID_USER_ID", "{what}");
+                } else {
+                    assert_eq!(
+                        (status, json["code"].as_str()),
+                        (StatusCode::NOT_FOUND, Some("NOT_FOUND")),
+                        "a path ROUTES does not list is not served: {what}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
