@@ -13,11 +13,11 @@
 //!    type and headers; and every example in the document validates against its
 //!    schema.
 //!
-//! Two features are documented ahead of their code, which other branches add:
-//! `GET /metrics` ([`PENDING_ROUTES`]) and the `Idempotency-Key` header
-//! ([`PENDING_CODES`]). Their live checks are the `#[ignore]`d tests at the end;
-//! `pending_features_are_not_in_the_code_yet` fails as soon as either lands, to
-//! say that the lists must be emptied and those tests enabled.
+//! A feature may be documented ahead of its code (built on a branch of its own):
+//! [`PENDING_ROUTES`] and [`PENDING_CODES`] list what is, its live check is an
+//! `#[ignore]`d test, and `pending_features_are_not_in_the_code_yet` fails as
+//! soon as it lands, to say that the lists must be emptied and the test enabled.
+//! Today: `GET /metrics`.
 
 mod common;
 
@@ -53,12 +53,9 @@ use tokio::sync::Semaphore;
 /// and remove the `#[ignore]` of `metrics_is_served_as_documented`.
 const PENDING_ROUTES: &[(&str, &str)] = &[("GET", "/metrics")];
 
-/// TODO(idempotency merge): documented codes the error type does not produce yet:
-/// the `Idempotency-Key` feature is being added on another branch. Once
-/// `ApiError` has them, empty this list, list the new variants in
-/// [`producible_errors`], and remove the `#[ignore]` of
-/// `idempotency_key_is_served_as_documented`.
-const PENDING_CODES: &[&str] = &["INVALID_IDEMPOTENCY_KEY", "IDEMPOTENCY_KEY_REUSED"];
+/// Documented codes the error type does not produce yet (none: keep the
+/// mechanism for the next feature built on a branch of its own).
+const PENDING_CODES: &[&str] = &[];
 
 /// Where the document is registered for `$ref` resolution (never fetched).
 const DOC_URI: &str = "https://pointlock.invalid/openapi.json";
@@ -448,7 +445,7 @@ fn pending_features_are_not_in_the_code_yet() {
         assert!(
             !produced.contains(code),
             "{code} is produced now: remove it from PENDING_CODES and the #[ignore] of \
-             idempotency_key_is_served_as_documented"
+             its test"
         );
     }
 }
@@ -497,6 +494,8 @@ fn producible_errors() -> Vec<ApiError> {
                 | PointError::MaxBalanceExceeded { .. }
                 | PointError::LockTimeout
                 | PointError::WriteConflict { .. }
+                | PointError::InvalidIdempotencyKey
+                | PointError::IdempotencyKeyReused { .. }
                 | PointError::ForeignGuard
                 | PointError::Store(_) => {}
             },
@@ -516,6 +515,11 @@ fn producible_errors() -> Vec<ApiError> {
     vec![
         ApiError::Point(PointError::InvalidUserId),
         ApiError::Point(PointError::InvalidAmount),
+        ApiError::Point(PointError::InvalidIdempotencyKey),
+        ApiError::Point(PointError::IdempotencyKeyReused {
+            kind: "CHARGE",
+            amount: 1,
+        }),
         ApiError::Point(PointError::InsufficientBalance {
             balance: 1,
             amount: 2,
@@ -904,20 +908,6 @@ const NOT_PROVOKED: &[(&str, &str, &str, &str)] = &[
     ("GET", "/metrics", "200", "pending: /metrics"),
     ("GET", "/metrics", "413", "pending: /metrics"),
     ("GET", "/metrics", "500", "pending: /metrics"),
-    // TODO(idempotency merge): 422 IDEMPOTENCY_KEY_REUSED, checked by
-    // idempotency_key_is_served_as_documented.
-    (
-        "PATCH",
-        "/point/{id}/charge",
-        "422",
-        "pending: Idempotency-Key",
-    ),
-    (
-        "PATCH",
-        "/point/{id}/use",
-        "422",
-        "pending: Idempotency-Key",
-    ),
 ];
 
 /// Every documented response and every error code, provoked on a running server
@@ -930,6 +920,7 @@ async fn every_answer_of_a_running_server_matches_the_document() {
     the_deadlines_and_the_lock(&contract, &http).await;
     store_failures(&contract, &http).await;
     durable_store_stats(&contract, &http).await;
+    idempotency_key(&contract, &http).await;
 
     // Every error code was provoked (those of features not built here aside).
     let all: BTreeSet<String> = contract.doc["components"]["schemas"]["ErrorCode"]["enum"]
@@ -1201,6 +1192,26 @@ impl PointStore for ScriptedStore {
     fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.follow(READY))
     }
+
+    fn idempotency_record(
+        &self,
+        id: UserId,
+        key: &pointlock::core::IdempotencyKey,
+    ) -> BoxFuture<'_, Result<Option<pointlock::core::IdempotencyRecord>, StoreError>> {
+        let key = key.clone();
+        Box::pin(async move {
+            self.follow(READS).await?;
+            self.inner.idempotency_record(id, &key).await
+        })
+    }
+
+    fn sweep_idempotency(
+        &self,
+        expired_before: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.inner.sweep_idempotency(expired_before, limit)
+    }
 }
 
 /// The full stack over `store` on a loopback port, until the sender is dropped.
@@ -1376,13 +1387,9 @@ async fn metrics_is_served_as_documented() {
     expect(code, &r, 405, "METHOD_NOT_ALLOWED");
 }
 
-/// TODO(idempotency merge): enable once charge and use take `Idempotency-Key`;
-/// empty `PENDING_CODES` and the 422 entries of `NOT_PROVOKED` then.
-#[tokio::test]
-#[ignore = "Idempotency-Key is built on another branch: enable after the merge"]
-async fn idempotency_key_is_served_as_documented() {
-    let contract = Contract::new();
-    let http = Http::new();
+/// `Idempotency-Key` on charge and use: the replay (header, same bytes), 422 for a
+/// reused key, 400 for malformed ones, each answer checked against the document.
+async fn idempotency_key(contract: &Contract, http: &Http) {
     let s = TestServer::start(ProbeStore::new(0), AppOptions::default()).await;
     let a = s.addr;
     let key = |k: &'static str| [("idempotency-key", k)];
