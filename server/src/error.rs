@@ -188,8 +188,7 @@ impl ApiError {
             Self::MethodNotAllowed { allow, .. } => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            // Retryable at once: the next attempt normally succeeds. (A store
-            // that failed stop answers 503 without Retry-After: not before a restart.)
+            // Retryable at once: the next attempt normally succeeds.
             Self::Point(PointError::LockTimeout | PointError::WriteConflict { .. })
             | Self::LockQueueFull { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
