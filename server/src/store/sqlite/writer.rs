@@ -364,9 +364,10 @@ impl Writer {
                     tracing::debug!(%error, %user, "SQLite change refused by its condition");
                 } else {
                     self.stats.ops_failed.fetch_add(1, Ordering::Relaxed);
-                    if error.kind() != StoreErrorKind::Unavailable {
-                        tracing::error!(%error, %user, "SQLite commit failed");
-                    }
+                    // The caller's 5xx is logged with its request id by the
+                    // request-id layer; the store-wide failures (fail-stop, a
+                    // failed batch) have lines of their own above.
+                    tracing::debug!(%error, %user, "SQLite change failed");
                 }
             }
         }
