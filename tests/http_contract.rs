@@ -215,23 +215,48 @@ async fn oversized_bodies_are_413_json_whether_declared_or_streamed() {
         (StatusCode::PAYLOAD_TOO_LARGE, Some("PAYLOAD_TOO_LARGE"))
     );
 
-    // Chunked, no content-length: caught while the handler reads the body.
+    // HTTP/1.1 chunked: refused before the body is read (bodies must come with
+    // a Content-Length: see tests/hostile_http.rs), the connection closed.
     let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let mut request = String::from(
-        "PATCH /point/1/charge HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n",
+        "PATCH /point/1/charge HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
     );
     for _ in 0..10 {
         request.push_str(&format!("400\r\n{}\r\n", " ".repeat(1024)));
     }
     request.push_str("0\r\n\r\n");
     raw.write_all(request.as_bytes()).await.unwrap();
-    // The server answers without reading the rest; it may keep the socket open.
     let response = common::read_until(&mut raw, "}").await;
-    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.starts_with("HTTP/1.1 411"), "{response}");
     assert!(
-        response.contains(r#""code":"PAYLOAD_TOO_LARGE""#),
+        response.contains(r#""code":"LENGTH_REQUIRED""#),
         "{response}"
     );
+
+    // Streamed with no length (HTTP/2 DATA frames): caught while the handler
+    // reads the body.
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::patch(format!("http://{}/point/1/charge", s.addr))
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    for _ in 0..10 {
+        body.send_data(Bytes::from(vec![b' '; 1024]), false)
+            .unwrap();
+    }
+    body.send_data(Bytes::from_static(b"1"), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 413);
+    let mut bytes = Vec::new();
+    let mut stream = response.into_body();
+    while let Some(chunk) = stream.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["code"], "PAYLOAD_TOO_LARGE");
     assert_eq!(s.history(1).await.len(), 0);
 }
 

@@ -6,30 +6,35 @@
 //!    process-wide counter; outermost, so every answer below carries it; the id
 //!    is also in the request's extensions, on the log line of a failed (5xx)
 //!    request, and, at DEBUG, on every event of the request)
-//! 2. error normalisation (`map_response`): turns the non-JSON 408 and 413 of
+//! 2. [`HeaderLimitLayer`] (431 `HEADERS_TOO_LARGE` for a head over the limit,
+//!    411 `LENGTH_REQUIRED` for a body framed by `Transfer-Encoding`; both close
+//!    the connection; before any lock, inside the request id so the answer
+//!    carries one). Connection-level limits (header timeout, connection cap,
+//!    HTTP/2 streams) are [`ServeOptions`], applied by [`serve_with`].
+//! 3. error normalisation (`map_response`): turns the non-JSON 408 and 413 of
 //!    the request deadline and the body limit into JSON errors, copying the response's
 //!    headers (not its content type or length). Outermost but one, so `Trace`,
 //!    inside it, logs the raw 408/413 (the same status code).
-//! 3. `Trace` (a span and events per request, at DEBUG). Installed only when the
+//! 4. `Trace` (a span and events per request, at DEBUG). Installed only when the
 //!    process's log filter lets DEBUG through: at the default INFO it would emit
 //!    nothing yet cost ~1,400 instructions per request (5% of a charge; measured
 //!    with `benches/instructions.sh`). Server errors are logged either way, with
 //!    the request's id, by the request-id layer (from the report
 //!    [`ApiError::into_response`] attaches to every 5xx).
-//! 4. `CatchPanic` (a panic becomes a 500 JSON answer). A panic unwinds through the
+//! 5. `CatchPanic` (a panic becomes a 500 JSON answer). A panic unwinds through the
 //!    lock layer's future, whose `polling` flag marks it as panicked: it is never
 //!    resumed, and when `CatchPanic`'s future is dropped (right after the 500 is
 //!    ready) it drops the handler's future and releases the user's lock. It boxes
 //!    the response body into [`AppBody`], the one box a response body gets.
-//! 5. the request deadline (`map_future` with [`deadline::within`]: a bare 408
+//! 6. the request deadline (`map_future` with [`deadline::within`]: a bare 408
 //!    for the whole request, default 10 s; longer than the lock timeout). Its
 //!    timer is only made if the request is not done in its first poll.
-//! 6. `RequestBodyLimit` (413, default 4 KiB)
-//! 7. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
+//! 7. `RequestBodyLimit` (413, default 4 KiB)
+//! 8. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
 //!    lock for the life of the request, a bounded queue per user; left out only
 //!    when [`AppOptions::lock_layer`] is false, for negative-control tests). Its
 //!    body type has an empty `Default`, which the deadline needs for its 408.
-//! 8. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
+//! 9. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
 //!    counted from when the user's lock is held: a slow uploader holds its user no
 //!    longer than this)
 
@@ -45,7 +50,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -62,6 +67,7 @@ use tower_service::Service;
 use crate::deadline;
 use crate::error::{refusal_response, ApiError, ServerErrorReport};
 use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
+use crate::limits::{head_buffer_bytes, HeaderLimitLayer, HEADER_LIMIT_BYTES_DEFAULT};
 use crate::request_id::RequestIdLayer;
 use crate::routes::{user_key, Router, RouterOptions, SharedService, StoreStats};
 
@@ -89,6 +95,10 @@ pub struct AppOptions {
     pub lock_queue_max: Option<usize>,
     /// Whether to install the lock layer. Only negative-control tests turn it off.
     pub lock_layer: bool,
+    /// The largest request line and headers, together, in bytes: beyond it
+    /// 431 `HEADERS_TOO_LARGE` and the connection closes
+    /// ([`HeaderLimitLayer`](crate::limits::HeaderLimitLayer)).
+    pub header_limit_bytes: usize,
     /// The store's statistics for `GET /stats` (`null` without).
     pub store_stats: Option<StoreStats>,
 }
@@ -102,6 +112,7 @@ impl Default for AppOptions {
             body_timeout: Duration::from_millis(2_000),
             lock_queue_max: Some(LOCK_QUEUE_MAX_DEFAULT),
             lock_layer: true,
+            header_limit_bytes: HEADER_LIMIT_BYTES_DEFAULT,
             store_stats: None,
         }
     }
@@ -216,6 +227,7 @@ pub fn build_stack(
     };
     ServiceBuilder::new()
         .layer(RequestIdLayer::new())
+        .layer(HeaderLimitLayer::new(options.header_limit_bytes))
         .map_response(move |res| normalize_error(res, limit))
         .option_layer(trace_enabled().then(|| {
             // The trace layer wraps the body: box it again so both branches agree.
@@ -316,8 +328,47 @@ fn normalize_error(res: Response<AppBody>, limit_bytes: usize) -> Response<AppBo
     fresh.map(|b| AppBody::new(b.map_err(|never| match never {})))
 }
 
+/// How connections are served: the limits a hostile client meets before its
+/// requests reach the stack.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// At shutdown, how long in-flight requests may take to finish.
+    pub drain: Duration,
+    /// How long a client may take to send a request's headers, counted from
+    /// when the connection is waiting for a request: on a new connection and
+    /// between requests of a kept-alive one. A client that takes longer is
+    /// disconnected: this also closes idle kept-alive HTTP/1 connections.
+    pub header_timeout: Duration,
+    /// The head limit of [`AppOptions::header_limit_bytes`]: sizes hyper's read
+    /// buffer (a head too large for it gets hyper's bare 431) and HTTP/2's
+    /// header list limit.
+    pub header_limit_bytes: usize,
+    /// The most connections served at once. Beyond it new connections are not
+    /// accepted: they wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// The most concurrent HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// The default [`ServeOptions::max_connections`]: well under a default file
+/// descriptor limit of 65,536 (and the process needs a few more for stores).
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            drain: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            header_limit_bytes: HEADER_LIMIT_BYTES_DEFAULT,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            h2_max_concurrent_streams: 100,
+        }
+    }
+}
+
 /// Serve `app` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then
 /// stop accepting and wait (up to `drain`) for in-flight requests to finish.
+/// The other limits are [`ServeOptions`]'s defaults; see [`serve_with`].
 ///
 /// Any tower service of `Request<Incoming>` with an infallible error serves:
 /// the wallet's stack, or your own (`examples/keyed_counter.rs` uses it).
@@ -337,10 +388,71 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let options = ServeOptions {
+        drain,
+        ..ServeOptions::default()
+    };
+    serve_with(listener, app, shutdown, &options).await
+}
+
+/// [`serve`] with every connection limit given.
+///
+/// - HTTP/1: headers within `header_timeout` (also the idle bound of a kept-alive
+///   connection), a read buffer of [`head_buffer_bytes`].
+/// - HTTP/2 (h2c): `h2_max_concurrent_streams` streams per connection, a header
+///   list of at most `header_limit_bytes`, and h2's bounds on streams reset by
+///   the client before the server saw them (rapid reset) and on streams the
+///   server had to reset for errors. CONTINUATION frames count against the
+///   header list limit, so a flood of them ends the connection.
+/// - A connection that sends no byte within `header_timeout` is closed (hyper's
+///   header timer only starts after protocol detection has read something).
+/// - At most `max_connections` connections; beyond it, accepting pauses.
+/// - An accept error (out of file descriptors) pauses accepting for 50 ms
+///   instead of spinning.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    app: S,
+    shutdown: impl Future<Output = ()>,
+    options: &ServeOptions,
+) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(head_buffer_bytes(options.header_limit_bytes));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(options.header_limit_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(options.header_timeout))
+        .keep_alive_timeout(options.header_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    let drain = options.drain;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // A free slot first: at the cap, connections wait in the backlog.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -357,11 +469,22 @@ where
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
         let builder = builder.clone();
+        let first_byte_timeout = options.header_timeout;
         tokio::spawn(async move {
+            // hyper's header timer starts once it reads, after hyper-util has
+            // seen enough bytes to tell HTTP/1 from HTTP/2: a client that sends
+            // nothing at all would hold its slot forever. Wait for a first byte
+            // within the header timeout.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -172,6 +172,26 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// How long a client may take to send a request's headers (on a new
+    /// connection, and between requests of a kept-alive one); slower clients
+    /// are disconnected. Also closes idle kept-alive connections.
+    #[arg(long, env = "POINTLOCK_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+
+    /// Largest request line and headers together, in bytes; larger heads get a
+    /// 431 and the connection is closed.
+    #[arg(long, env = "POINTLOCK_HEADER_LIMIT_BYTES", default_value_t = crate::limits::HEADER_LIMIT_BYTES_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=1_048_576))]
+    pub header_limit_bytes: usize,
+
+    /// The most connections served at once; beyond it new connections wait in
+    /// the listen backlog until one closes.
+    #[arg(long, env = "POINTLOCK_MAX_CONNECTIONS", default_value_t = crate::app::MAX_CONNECTIONS_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+
+    /// The most concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "POINTLOCK_H2_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub h2_max_streams: u32,
+
     /// Largest accepted request body, in bytes; larger bodies get a 413.
     #[arg(long, env = "POINTLOCK_BODY_LIMIT_BYTES", default_value_t = 4_096)]
     pub body_limit_bytes: usize,
@@ -213,7 +233,19 @@ impl Config {
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             lock_queue_max: (self.lock_queue_max > 0).then_some(self.lock_queue_max),
             lock_layer: true,
+            header_limit_bytes: self.header_limit_bytes,
             store_stats: None,
+        }
+    }
+
+    /// The connection limits these flags describe.
+    pub fn serve_options(&self) -> crate::app::ServeOptions {
+        crate::app::ServeOptions {
+            drain: Duration::from_secs(30),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            header_limit_bytes: self.header_limit_bytes,
+            max_connections: self.max_connections,
+            h2_max_concurrent_streams: self.h2_max_streams,
         }
     }
 

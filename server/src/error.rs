@@ -4,7 +4,7 @@
 //! application/json`. Codes are stable; messages are for people.
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use pointlock_core::{PointError, StoreErrorKind};
@@ -53,6 +53,22 @@ pub enum ApiError {
         /// The configured limit.
         limit_bytes: usize,
     },
+
+    /// The request line and headers together are larger than the limit. The
+    /// connection is closed after the answer. Nothing was changed.
+    #[error("request headers are larger than the limit of {limit_bytes} bytes")]
+    HeadersTooLarge {
+        /// The configured limit.
+        limit_bytes: usize,
+    },
+
+    /// The request's body is framed by `Transfer-Encoding` (HTTP/1.1 chunked),
+    /// not by `Content-Length`. Refused, and the connection closed: with a
+    /// `Content-Length` as well it is the request-smuggling pattern (RFC 9112
+    /// section 6.3), and an amount of a few bytes needs no streaming. Nothing
+    /// was changed.
+    #[error("send the request body with Content-Length; Transfer-Encoding is not accepted")]
+    LengthRequired,
 
     /// The whole request took longer than the request timeout. A change may or may
     /// not have been applied: read the history to find out.
@@ -143,6 +159,8 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::RequestTimeout | Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::LockQueueFull { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,6 +176,8 @@ impl ApiError {
             Self::NotFound { .. } => "NOT_FOUND",
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
+            Self::LengthRequired => "LENGTH_REQUIRED",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::BodyTimeout { .. } => "BODY_TIMEOUT",
             Self::LockQueueFull { .. } => "LOCK_QUEUE_FULL",
@@ -187,6 +207,10 @@ impl ApiError {
         match self {
             Self::MethodNotAllowed { allow, .. } => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            // Whatever else the client sent on this connection is not read.
+            Self::HeadersTooLarge { .. } | Self::LengthRequired => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             // Retryable at once: the next attempt normally succeeds.
             Self::Point(PointError::LockTimeout | PointError::WriteConflict { .. })

@@ -16,12 +16,13 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod layer;
+pub mod limits;
 pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod store;
 
-pub use app::{build_app, serve, App, AppOptions};
+pub use app::{build_app, serve, serve_with, App, AppOptions, ServeOptions};
 pub use config::{Config, StoreSpec};
 pub use error::ApiError;
 pub use layer::{HeldLock, KeyDecision, KeyedLockLayer};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use pointlock_core::store::Sleeper;
 use pointlock_core::{KeyedLock, MemoryStore, PointService, PointStore, Policy};
-use pointlock_server::app::{build_stack, serve, shutdown_signal, spawn_idempotency_sweeper};
+use pointlock_server::app::{build_stack, serve_with, shutdown_signal, spawn_idempotency_sweeper};
 use pointlock_server::clock::SystemClock;
 use pointlock_server::config::LogFormat;
 use pointlock_server::routes::StoreStats;
@@ -139,7 +139,7 @@ async fn run(config: Config) -> Result<(), String> {
         simulate_latency_ms = config.simulate_latency_ms,
         "pointlock listening on http://{addr}"
     );
-    let served = serve(listener, app, shutdown_signal(), Duration::from_secs(30))
+    let served = serve_with(listener, app, shutdown_signal(), &config.serve_options())
         .await
         .map_err(|e| e.to_string());
     sweeper.abort();
