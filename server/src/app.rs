@@ -97,7 +97,7 @@ pub struct AppOptions {
     pub lock_layer: bool,
     /// The largest request line and headers, together, in bytes: beyond it
     /// 431 `HEADERS_TOO_LARGE` and the connection closes
-    /// ([`HeaderLimitLayer`](crate::limits::HeaderLimitLayer)).
+    /// ([`HeaderLimitLayer`]).
     pub header_limit_bytes: usize,
     /// The store's statistics for `GET /stats` (`null` without).
     pub store_stats: Option<StoreStats>,
