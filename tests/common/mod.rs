@@ -46,6 +46,20 @@ pub fn postgres_skipped() -> bool {
     pg_support::cluster_url().is_none()
 }
 
+/// A fault injected into one commit of a [`ProbeStore`].
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Fail with this kind before the change reaches the store (nothing applied).
+    Fail(pointlock::core::StoreErrorKind),
+    /// Let the store commit the change, then report this error anyway (the
+    /// change is applied: an outcome the client cannot know).
+    FailAfter(pointlock::core::StoreErrorKind),
+    /// Wait this long before the store sees the change.
+    Delay(Duration),
+    /// Panic before the change reaches the store.
+    Panic,
+}
+
 /// A store (memory, SQLite or PostgreSQL, optionally slow) that measures how many commits run at once and
 /// can hold commits at a gate or a barrier, so tests wait on signals, not on time.
 pub struct ProbeStore {
@@ -61,6 +75,10 @@ pub struct ProbeStore {
     global: Option<tokio::sync::Mutex<()>>,
     /// A commit of this amount panics (after the gate), as a handler bug would.
     panic_on_amount: Option<u64>,
+    /// Faults injected at given commits (numbered from 1 in the order they
+    /// enter the store), see [`Fault`].
+    faults: Mutex<std::collections::HashMap<usize, Fault>>,
+    commits: AtomicUsize,
     /// The SQLite file's directory; dropped after `inner`.
     _dir: Option<tempfile::TempDir>,
     /// The PostgreSQL database; dropped after `inner`.
@@ -117,6 +135,8 @@ impl ProbeStore {
             entered: Mutex::new(None),
             global: None,
             panic_on_amount: None,
+            faults: Mutex::new(std::collections::HashMap::new()),
+            commits: AtomicUsize::new(0),
             _dir: dir,
             _db: db,
         }
@@ -151,6 +171,18 @@ impl ProbeStore {
     pub fn with_panic_on(mut self, amount: u64) -> Self {
         self.panic_on_amount = Some(amount);
         self
+    }
+
+    /// Inject `fault` into the `n`th commit (from 1, in the order commits
+    /// enter the store).
+    pub fn with_fault(self, n: usize, fault: Fault) -> Self {
+        self.faults.lock().unwrap().insert(n, fault);
+        self
+    }
+
+    /// Commits that have entered the store so far.
+    pub fn commits(&self) -> usize {
+        self.commits.load(Ordering::SeqCst)
     }
 
     /// Report each commit's user as it enters the store.
@@ -203,6 +235,7 @@ impl PointStore for ProbeStore {
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         Box::pin(async move {
+            let number = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             // (Counted on entry: the gauge measures commits the service issued at once.)
             self.in_flight_max.fetch_max(now, Ordering::SeqCst);
@@ -227,6 +260,19 @@ impl PointStore for ProbeStore {
                     self.panic_on_amount,
                     "ProbeStore: a commit of this amount panics"
                 );
+                let fault = self.faults.lock().unwrap().remove(&number);
+                let injected = |kind| StoreError::with_kind(kind, "injected fault");
+                match fault {
+                    None => {}
+                    Some(Fault::Fail(kind)) => return Err(injected(kind)),
+                    Some(Fault::Delay(pause)) => tokio::time::sleep(pause).await,
+                    Some(Fault::Panic) => panic!("ProbeStore: injected panic at commit {number}"),
+                    Some(Fault::FailAfter(kind)) => {
+                        self.delay().await;
+                        self.inner.commit(change).await?;
+                        return Err(injected(kind));
+                    }
+                }
                 self.delay().await;
                 self.inner.commit(change).await
             }

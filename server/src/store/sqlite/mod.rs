@@ -120,6 +120,10 @@ pub struct SqliteOptions {
     /// Fault injection for unit tests: while set, every COMMIT fails.
     #[cfg(test)]
     pub(crate) fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Fault injection for unit tests: the writer sets `PRAGMA max_page_count`
+    /// to this before each batch (a full disk, as SQLite sees one: SQLITE_FULL).
+    #[cfg(test)]
+    pub(crate) page_limit: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for SqliteOptions {
@@ -135,6 +139,8 @@ impl Default for SqliteOptions {
             balance_cache_max: 1 << 20,
             #[cfg(test)]
             fail_commits: None,
+            #[cfg(test)]
+            page_limit: None,
         }
     }
 }
@@ -225,6 +231,8 @@ impl SqliteStore {
             stats: Arc::clone(&stats),
             cache: cache.clone(),
             stop: Arc::clone(&stop),
+            #[cfg(test)]
+            page_limit: options.page_limit.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("pointlock-sqlite-writer".into())

@@ -536,3 +536,52 @@ async fn a_failed_commit_stops_the_store_no_retry_writes_refused_reads_go_on() {
     store.commit(change(2, 5, 5)).await.unwrap();
     assert_eq!(store.user_point(id(1)).await.unwrap().unwrap().point, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_changes_whole_and_service_resumes_when_space_is_back() {
+    // SQLite's view of a full disk: SQLITE_FULL when the file would grow past
+    // max_page_count. A statement fails, so the batch rolls back and each change
+    // is retried alone and fails alone: nothing half-written, no fail-stop.
+    let (_dir, path) = db();
+    let limit = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000));
+    let options = SqliteOptions {
+        page_limit: Some(Arc::clone(&limit)),
+        balance_cache_max: 0,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(SqliteStore::open(&path, options).unwrap());
+    let mut user = 0;
+    // Fill the file up to a limit just above its current size.
+    let pages: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    limit.store(u64::try_from(pages).unwrap() + 2, Ordering::SeqCst);
+    let mut applied = 0;
+    let error = loop {
+        user += 1;
+        assert!(user < 100_000, "the page limit never bit");
+        match store.commit(change(user, 7, 7)).await {
+            Ok(_) => applied += 1,
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error.code(), "STORE_ERROR", "{error}");
+    assert!(error.message().contains("full"), "{error}");
+    assert!(!store.is_stopped(), "a full disk is not a failed COMMIT");
+    // Nothing of the refused change: no balance, no history.
+    let refused = UserId::new(user).unwrap();
+    assert_eq!(store.user_point(refused).await.unwrap(), None);
+    assert!(store.histories(refused).await.unwrap().is_empty());
+    // Every applied change whole.
+    for earlier in 1..user {
+        let id = UserId::new(earlier).unwrap();
+        assert_eq!(store.user_point(id).await.unwrap().unwrap().point, 7);
+        assert_eq!(store.histories(id).await.unwrap().len(), 1);
+    }
+    assert!(applied > 0);
+    // Space is back: the same change now applies.
+    limit.store(1_000_000, Ordering::SeqCst);
+    store.commit(change(user, 7, 7)).await.unwrap();
+    assert_eq!(store.user_point(refused).await.unwrap().unwrap().point, 7);
+}

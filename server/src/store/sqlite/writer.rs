@@ -203,6 +203,9 @@ pub(super) struct Writer {
     pub(super) stats: Arc<Stats>,
     pub(super) cache: Option<Arc<BalanceCache>>,
     pub(super) stop: Arc<FailStop>,
+    /// Fault injection (unit tests): `PRAGMA max_page_count` before each batch.
+    #[cfg(test)]
+    pub(super) page_limit: Option<Arc<AtomicU64>>,
 }
 
 /// Why a batch was not committed.
@@ -247,6 +250,12 @@ impl Writer {
                 self.answer(job, Err(unavailable()));
             }
             return;
+        }
+        #[cfg(test)]
+        if let Some(limit) = &self.page_limit {
+            let pages = i64::try_from(limit.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
+            // The pragma answers with the new maximum: read it, or it is not run.
+            let _ = conn.pragma_update_and_check(None, "max_page_count", pages, |_| Ok(()));
         }
         self.stats.record_batch(batch.len());
         let changes: Vec<&Change> = batch.iter().map(|job| &job.change).collect();
