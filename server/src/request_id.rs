@@ -96,8 +96,8 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let id = match req.headers().get(&X_REQUEST_ID) {
-            Some(theirs) => theirs.clone(),
-            None => generated_id(self.next.fetch_add(1, Ordering::Relaxed) + 1),
+            Some(theirs) if usable(theirs) => theirs.clone(),
+            _ => generated_id(self.next.fetch_add(1, Ordering::Relaxed) + 1),
         };
         // Made only when DEBUG is enabled (see the module docs); a client's id is
         // shown as text when it is (lossy otherwise).
@@ -110,6 +110,18 @@ where
             span,
         }
     }
+}
+
+/// The longest client id kept.
+pub const CLIENT_ID_LEN_MAX: usize = 200;
+
+/// Whether a client's id is kept: 1 to [`CLIENT_ID_LEN_MAX`] visible ASCII
+/// characters. Anything else (empty, longer, spaces, other bytes) is replaced
+/// by a generated id, so every answer carries a usable one and log lines never
+/// carry a client's control characters.
+fn usable(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    (1..=CLIENT_ID_LEN_MAX).contains(&bytes.len()) && bytes.iter().all(|b| (b'!'..=b'~').contains(b))
 }
 
 /// The header value of a generated id: one exact-size allocation
@@ -189,6 +201,35 @@ mod tests {
 
     fn id_of(res: &Response<()>) -> &str {
         res.headers()[X_REQUEST_ID].to_str().unwrap()
+    }
+
+    #[tokio::test]
+    async fn unusable_client_ids_are_replaced_by_generated_ones() {
+        let mut svc = RequestIdLayer::new().layer(tower::service_fn(echo));
+        let long = "k".repeat(CLIENT_ID_LEN_MAX + 1);
+        let kept = "k".repeat(CLIENT_ID_LEN_MAX);
+        for (theirs, keep) in [
+            ("", false),
+            ("has space", false),
+            (long.as_str(), false),
+            (kept.as_str(), true),
+            ("trace-1", true),
+        ] {
+            let req = Request::builder()
+                .header(X_REQUEST_ID, theirs)
+                .body(())
+                .unwrap();
+            let res = svc.ready().await.unwrap().call(req).await.unwrap();
+            let answered = id_of(&res);
+            assert!(!answered.is_empty());
+            assert_eq!(answered == theirs, keep, "{theirs:?} -> {answered:?}");
+        }
+        let req = Request::builder()
+            .header(X_REQUEST_ID, HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap())
+            .body(())
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert!(id_of(&res).bytes().all(|b| b.is_ascii_digit()));
     }
 
     #[tokio::test]
