@@ -121,7 +121,8 @@ pub const CLIENT_ID_LEN_MAX: usize = 200;
 /// carry a client's control characters.
 fn usable(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();
-    (1..=CLIENT_ID_LEN_MAX).contains(&bytes.len()) && bytes.iter().all(|b| (b'!'..=b'~').contains(b))
+    (1..=CLIENT_ID_LEN_MAX).contains(&bytes.len())
+        && bytes.iter().all(|b| (b'!'..=b'~').contains(b))
 }
 
 /// The header value of a generated id: one exact-size allocation
@@ -225,7 +226,10 @@ mod tests {
             assert_eq!(answered == theirs, keep, "{theirs:?} -> {answered:?}");
         }
         let req = Request::builder()
-            .header(X_REQUEST_ID, HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap())
+            .header(
+                X_REQUEST_ID,
+                HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+            )
             .body(())
             .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
