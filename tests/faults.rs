@@ -120,10 +120,17 @@ async fn faults_under_concurrent_load_leave_every_user_consistent_on(backend: Ba
     // 6 users x 20 concurrent charges, each of a unique amount; faults of every
     // kind scattered over the commits.
     let mut store = ProbeStore::on(backend, 2).await;
-    for (n, case) in [3, 11, 19, 37, 53, 71, 89].into_iter().zip(cases()) {
+    for (n, case) in [3, 9, 15, 21, 27, 33, 39].into_iter().zip(cases()) {
         store = store.with_fault(n, case.fault);
     }
-    let server = Arc::new(TestServer::start(store, options()).await);
+    // Patient enough that most charges reach the store (a lock timeout is a
+    // refusal too, but commits the fault plan counts on must happen).
+    let patient = AppOptions {
+        request_timeout: Duration::from_secs(5),
+        lock_timeout: Duration::from_secs(4),
+        ..AppOptions::default()
+    };
+    let server = Arc::new(TestServer::start(store, patient).await);
     let mut tasks = Vec::new();
     for user in 1..=6u64 {
         for i in 0..20u64 {
@@ -181,7 +188,7 @@ async fn faults_under_concurrent_load_leave_every_user_consistent_on(backend: Ba
             assert!(!rows.contains(refusal), "refused {refusal:?} was applied");
         }
     }
-    assert!(server.store.commits() >= 89, "every fault was reached");
+    assert!(server.store.commits() >= 39, "every fault was reached");
 }
 
 on_every_store! {

@@ -33,7 +33,11 @@
 //! another request refused ([`PointError::IdempotencyKeyReused`]). Otherwise the
 //! change commits together with its record; a record committed meanwhile by a
 //! writer that bypassed the lock makes the store refuse the change as a
-//! conflict, and the retry finds the record.
+//! conflict, and the retry finds the record. Such a writer may also have
+//! applied this very request between the lookup and the balance read, so that
+//! the policy refuses it on a balance that already includes it: before a
+//! policy refusal is answered, the key is looked up once more, and a record
+//! found then answers instead (a replay, or a 422 for another request).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -228,27 +232,35 @@ impl<S: PointStore> PointService<S> {
         let expired_before = key.map_or(i64::MIN, |_| self.key_expired_before());
         for _ in 0..COMMIT_ATTEMPTS_MAX {
             if let Some(key) = key {
-                let found = self.store.idempotency_record(id, key).await?;
-                if let Some(record) = found.filter(|r| !r.is_expired(expired_before)) {
-                    if !record.matches(kind, amount) {
-                        return Err(PointError::IdempotencyKeyReused {
-                            kind: record.kind.as_str(),
-                            amount: record.amount.get(),
-                        });
-                    }
-                    self.replays.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Applied {
-                        point: record.user_point(id),
-                        replayed: true,
-                    });
+                if let Some(answer) = self.recorded(id, key, kind, amount, expired_before).await? {
+                    return Ok(answer);
                 }
             }
             let balance = self.store.user_point(id).await?.map_or(0, |p| p.point);
-            let point = match kind {
-                TransactionType::Charge => self.policy.charge(balance, amount)?,
+            let decided = match kind {
+                TransactionType::Charge => self.policy.charge(balance, amount),
                 // A use never raises a balance: one above a maximum lowered since
                 // it was reached may still be spent (and no charge is allowed).
-                TransactionType::Use => self.policy.use_points(balance, amount)?,
+                TransactionType::Use => self.policy.use_points(balance, amount),
+            };
+            let point = match decided {
+                Ok(point) => point,
+                Err(refused) => {
+                    // A writer that bypassed the lock (another instance) may
+                    // have committed this very request, under its key, between
+                    // the lookup above and the balance read, and the refusal
+                    // would then answer a request that has applied. Look
+                    // again: a record now answers; none means there was none
+                    // when the balance was read, and the refusal stands.
+                    if let Some(key) = key {
+                        if let Some(answer) =
+                            self.recorded(id, key, kind, amount, expired_before).await?
+                        {
+                            return Ok(answer);
+                        }
+                    }
+                    return Err(refused);
+                }
             };
             // Checked before writing; a store that disagrees is a broken invariant.
             debug_assert!(point <= self.policy.max_balance || point < balance);
@@ -281,6 +293,34 @@ impl<S: PointStore> PointService<S> {
         Err(PointError::WriteConflict {
             attempts: COMMIT_ATTEMPTS_MAX,
         })
+    }
+
+    /// The answer a live record of `key` gives: the first answer again when
+    /// it recorded this request, [`PointError::IdempotencyKeyReused`] when
+    /// another; `None` without a live record.
+    async fn recorded(
+        &self,
+        id: UserId,
+        key: &IdempotencyKey,
+        kind: TransactionType,
+        amount: Amount,
+        expired_before: i64,
+    ) -> Result<Option<Applied>, PointError> {
+        let found = self.store.idempotency_record(id, key).await?;
+        let Some(record) = found.filter(|r| !r.is_expired(expired_before)) else {
+            return Ok(None);
+        };
+        if !record.matches(kind, amount) {
+            return Err(PointError::IdempotencyKeyReused {
+                kind: record.kind.as_str(),
+                amount: record.amount.get(),
+            });
+        }
+        self.replays.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Applied {
+            point: record.user_point(id),
+            replayed: true,
+        }))
     }
 
     /// Records made at or before this moment have expired.
@@ -844,6 +884,111 @@ mod tests {
                 now(self.inner.commit(twin)).unwrap();
             }
             self.inner.commit(change)
+        }
+    }
+
+    /// A store whose first balance read is preceded by a twin of the keyed
+    /// change being made, committed behind the lock (another instance
+    /// serving the duplicate of the same request): the twin lands between
+    /// the service's key lookup and its balance read.
+    struct Interloper {
+        inner: MemoryStore,
+        twin: std::sync::Mutex<Option<(TransactionType, u64, &'static str)>>,
+    }
+
+    impl PointStore for Interloper {
+        fn idempotency_record(
+            &self,
+            id: UserId,
+            key: &IdempotencyKey,
+        ) -> crate::BoxFuture<'_, Result<Option<crate::IdempotencyRecord>, crate::StoreError>>
+        {
+            self.inner.idempotency_record(id, key)
+        }
+        fn sweep_idempotency(
+            &self,
+            expired_before: i64,
+            limit: usize,
+        ) -> crate::BoxFuture<'_, Result<usize, crate::StoreError>> {
+            self.inner.sweep_idempotency(expired_before, limit)
+        }
+        fn user_point(
+            &self,
+            id: UserId,
+        ) -> crate::BoxFuture<'_, Result<Option<UserPoint>, crate::StoreError>> {
+            if let Some((kind, raw, name)) = self.twin.lock().unwrap().take() {
+                let stored = now(self.inner.user_point(id))
+                    .unwrap()
+                    .map_or(0, |p| p.point);
+                let point = match kind {
+                    TransactionType::Charge => stored + raw,
+                    TransactionType::Use => stored - raw,
+                };
+                let bypass = KeyedLock::unsynchronized();
+                let twin = Change::for_tests(
+                    Arc::new(now(bypass.lock(id))),
+                    Some(stored),
+                    point,
+                    kind,
+                    amount(raw),
+                    0,
+                )
+                .with_key_for_tests(key(name), i64::MIN);
+                now(self.inner.commit(twin)).unwrap();
+            }
+            self.inner.user_point(id)
+        }
+        fn histories(
+            &self,
+            id: UserId,
+        ) -> crate::BoxFuture<'_, Result<Vec<PointHistory>, crate::StoreError>> {
+            self.inner.histories(id)
+        }
+        fn commit(
+            &self,
+            change: Change,
+        ) -> crate::BoxFuture<'_, Result<crate::Committed, crate::StoreError>> {
+            self.inner.commit(change)
+        }
+    }
+
+    #[test]
+    fn a_duplicate_applied_between_the_key_lookup_and_the_balance_read_is_replayed_not_refused() {
+        // Found by tests/model_http.rs without the lock (the store's condition
+        // on, as with several instances on one database): a keyed charge of
+        // 7,468 answered 409 "balance 7631 + charge 7468 > max", the 7,631
+        // including its own duplicate's 7,468. The request had applied; its
+        // answer said it had not. After a refusal the key is looked up again.
+        for (kind, raw, opening) in [
+            (TransactionType::Charge, 6_000, 0),
+            (TransactionType::Use, 60, 100),
+        ] {
+            let svc = PointService::new(
+                Interloper {
+                    inner: MemoryStore::new(),
+                    twin: std::sync::Mutex::new(None),
+                },
+                Policy::default(),
+                Arc::new(ManualClock::new(0)),
+            );
+            let held = Arc::new(now(svc.lock().lock(id(1))));
+            if opening > 0 {
+                now(svc.charge(&held, amount(opening))).unwrap();
+            }
+            *svc.store.twin.lock().unwrap() = Some((kind, raw, "k"));
+            let answer = now(svc.apply(&held, kind, amount(raw), Some(&key("k"))));
+            let twin_point = if kind == TransactionType::Charge {
+                opening + raw
+            } else {
+                opening - raw
+            };
+            assert_eq!(
+                answer.map(|a| (a.point.point, a.replayed)),
+                Ok((twin_point, true)),
+                "{kind:?} {raw}: the twin's answer, replayed"
+            );
+            drop(held);
+            assert_eq!(now(svc.point(id(1))).unwrap().point, twin_point);
         }
     }
 }

@@ -337,7 +337,19 @@ impl TestServer {
         policy: Policy,
         conditional: bool,
     ) -> Self {
-        let store = Arc::new(store);
+        Self::start_shared(Arc::new(store), options, lock, policy, conditional).await
+    }
+
+    /// A server over a store that outlives it (several servers in turn over
+    /// one store: the model-based tests start one per case); `conditional:
+    /// false` as in [`start_unconditional`](Self::start_unconditional).
+    pub async fn start_shared(
+        store: Arc<ProbeStore>,
+        options: AppOptions,
+        lock: KeyedLock<UserId>,
+        policy: Policy,
+        conditional: bool,
+    ) -> Self {
         let clock = Arc::new(SystemClock::default());
         let core = PointService::with_lock(
             store.clone() as Arc<dyn PointStore>,
