@@ -1,0 +1,196 @@
+//! `GET /metrics` over real HTTP: exact counts after known traffic, bounded
+//! labels whatever the number of users, lock contention, and text that a
+//! scraper accepts (the strict reader `pointlock::server::metrics::text`).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{ProbeStore, TestServer};
+use http::StatusCode;
+use pointlock::core::KeyedLock;
+use pointlock::server::clock::SystemClock;
+use pointlock::server::metrics::text::{parse, Exposition};
+use pointlock::server::metrics::{Metrics, CONTENT_TYPE};
+use pointlock::server::AppOptions;
+use tokio::sync::Semaphore;
+
+fn with_metrics() -> AppOptions {
+    AppOptions {
+        metrics: Some(Metrics::new()),
+        ..AppOptions::default()
+    }
+}
+
+/// `GET /metrics`: checked for its type and read strictly; also the raw text.
+async fn scrape(server: &TestServer) -> (Exposition, String) {
+    let (status, headers, text) = server.get_text("/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["content-type"], CONTENT_TYPE);
+    let read = parse(&text).unwrap_or_else(|error| panic!("{error}\n{text}"));
+    (read, text)
+}
+
+fn value(read: &Exposition, series: &str) -> f64 {
+    read.value(series)
+        .unwrap_or_else(|| panic!("no series {series}: {:#?}", read.samples))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_a_409_and_a_404_are_counted_with_their_route_template_and_status() {
+    let server = TestServer::start(ProbeStore::new(0), with_metrics()).await;
+    for _ in 0..3 {
+        assert_eq!(server.charge(41, 100).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        server.use_points(41, 1_000).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        server.get("/point/41/nothing").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(server.get("/point/41").await.status, StatusCode::OK);
+
+    let (read, text) = scrape(&server).await;
+    assert!(
+        text.contains(
+            "pointlock_http_requests_total{method=\"PATCH\",route=\"/point/{id}/charge\",status=\"200\"} 3\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &read,
+            r#"pointlock_http_requests_total{method="PATCH",route="/point/{id}/use",status="409"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &read,
+            r#"pointlock_http_requests_total{method="GET",route="other",status="404"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &read,
+            r#"pointlock_http_requests_total{method="GET",route="/point/{id}",status="200"}"#
+        ),
+        1.0
+    );
+    assert_eq!(read.named("pointlock_http_requests_total").count(), 4);
+    assert_eq!(
+        value(
+            &read,
+            r#"pointlock_http_request_duration_seconds_count{method="PATCH",route="/point/{id}/charge"}"#
+        ),
+        3.0
+    );
+    assert_eq!(value(&read, "pointlock_lock_acquisitions_total"), 6.0);
+    for series in read.samples.keys() {
+        assert!(!series.contains("41"), "a user id in {series}");
+    }
+
+    // The first scrape is counted once answered.
+    let (read, _) = scrape(&server).await;
+    assert_eq!(
+        value(
+            &read,
+            r#"pointlock_http_requests_total{method="GET",route="/metrics",status="200"}"#
+        ),
+        1.0
+    );
+    let (status, _, _) = server.get_text("/metrics?x=1").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a query string is not part of the route"
+    );
+    let reply = server.send(http::Method::POST, "/metrics", None).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.headers["allow"], "GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_users_add_no_series() {
+    let server = Arc::new(TestServer::start(ProbeStore::new(0), with_metrics()).await);
+    for user in 1..=10 {
+        assert_eq!(server.charge(user, 1).await.status, StatusCode::OK);
+    }
+    scrape(&server).await; // so that the scrape's own series exist from here on
+    let (before, _) = scrape(&server).await;
+    for chunk in (11..=1_000_u64).collect::<Vec<_>>().chunks(50) {
+        let charges: Vec<_> = chunk
+            .iter()
+            .map(|&user| server.spawn_charge(user, 1))
+            .collect();
+        for charge in charges {
+            assert_eq!(charge.await.unwrap().status, StatusCode::OK);
+        }
+    }
+    let (after, text) = scrape(&server).await;
+    assert_eq!(
+        before.samples.keys().collect::<Vec<_>>(),
+        after.samples.keys().collect::<Vec<_>>(),
+        "the series after 10 users and after 1,000"
+    );
+    assert!(
+        after.samples.len() < 200,
+        "{} samples: {text}",
+        after.samples.len()
+    );
+    assert_eq!(
+        value(
+            &after,
+            r#"pointlock_http_requests_total{method="PATCH",route="/point/{id}/charge",status="200"}"#
+        ),
+        1_000.0
+    );
+    for series in after.samples.keys() {
+        assert!(
+            !series.contains("/point/") || series.contains("/point/{id}"),
+            "a raw path in {series}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_queued_behind_another_shows_in_contended_and_the_wait_histogram() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ProbeStore::new(0).with_gate(Arc::clone(&gate));
+    let mut entered = store.entered();
+    let lock = KeyedLock::with_clock(Arc::new(SystemClock::default()));
+    let server = Arc::new(TestServer::start_with_lock(store, with_metrics(), lock).await);
+    let first = server.spawn_charge(7, 10);
+    // The first charge holds user 7's lock inside the store, at the gate.
+    assert_eq!(entered.recv().await.map(|user| user.get()), Some(7));
+    let second = server.spawn_charge(7, 10);
+    server
+        .wait_for_lock("the second charge queued", |lock| lock.waiters() == 1)
+        .await;
+    let (during, _) = scrape(&server).await;
+    assert_eq!(value(&during, "pointlock_lock_waiters"), 1.0);
+    assert_eq!(value(&during, "pointlock_lock_keys_held"), 1.0);
+    gate.add_permits(2);
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(second.await.unwrap().status, StatusCode::OK);
+
+    let (after, _) = scrape(&server).await;
+    assert_eq!(
+        value(&after, "pointlock_lock_contended_acquisitions_total"),
+        1.0
+    );
+    assert_eq!(value(&after, "pointlock_lock_acquisitions_total"), 2.0);
+    assert_eq!(value(&after, "pointlock_lock_wait_seconds_count"), 1.0);
+    assert!(value(&after, "pointlock_lock_wait_seconds_sum") > 0.0);
+    assert_eq!(value(&after, "pointlock_lock_waiters"), 0.0);
+    assert_eq!(value(&after, "pointlock_lock_keys_held"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_metrics_there_is_no_route() {
+    let server = TestServer::start(ProbeStore::new(0), AppOptions::default()).await;
+    assert_eq!(server.get("/metrics").await.status, StatusCode::NOT_FOUND);
+}
