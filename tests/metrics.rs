@@ -6,12 +6,16 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{ProbeStore, TestServer};
+use std::time::Duration;
+
+use common::{pg_support, postgres_skipped, ProbeStore, TestServer};
 use http::StatusCode;
-use pointlock::core::KeyedLock;
+use pointlock::core::{KeyedLock, PointService, PointStore, Policy};
+use pointlock::server::app::{build_app, serve};
 use pointlock::server::clock::SystemClock;
 use pointlock::server::metrics::text::{parse, Exposition};
-use pointlock::server::metrics::{Metrics, CONTENT_TYPE};
+use pointlock::server::metrics::{Metrics, StoreSource, CONTENT_TYPE};
+use pointlock::server::store::{PostgresOptions, PostgresStore};
 use pointlock::server::AppOptions;
 use tokio::sync::Semaphore;
 
@@ -193,4 +197,109 @@ async fn a_charge_queued_behind_another_shows_in_contended_and_the_wait_histogra
 async fn without_metrics_there_is_no_route() {
     let server = TestServer::start(ProbeStore::new(0), AppOptions::default()).await;
     assert_eq!(server.get("/metrics").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_the_postgresql_store_s_commits_and_pool_are_read_from_its_stats() {
+    if postgres_skipped() {
+        return;
+    }
+    let db = pg_support::TestDatabase::create().await;
+    let store = PostgresStore::connect(db.url(), PostgresOptions::default())
+        .await
+        .expect("connect");
+    let clock = Arc::new(SystemClock::default());
+    let service = Arc::new(PointService::with_lock(
+        Arc::new(store.clone()) as Arc<dyn PointStore>,
+        Policy::default(),
+        clock.clone(),
+        KeyedLock::with_clock(clock),
+    ));
+    let metrics = Metrics::new();
+    metrics.watch_store(StoreSource::Postgres(store.clone()));
+    let options = AppOptions {
+        metrics: Some(metrics.clone()),
+        ..AppOptions::default()
+    };
+    let app = build_app(service, &options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(
+        listener,
+        app,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    let client = plain_client();
+    for _ in 0..2 {
+        let (status, body) = client.send("PATCH", addr, "/point/5/charge", "3").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let text = metrics.render().unwrap();
+    let read = parse(&text).unwrap_or_else(|error| panic!("{error}\n{text}"));
+    assert_eq!(
+        value(&read, "pointlock_store_commit_duration_seconds_count"),
+        2.0
+    );
+    assert!(value(&read, "pointlock_store_commit_duration_seconds_sum") > 0.0);
+    assert_eq!(value(&read, "pointlock_store_conflicts_total"), 0.0);
+    assert_eq!(value(&read, "pointlock_store_pool_waiters"), 0.0);
+    let idle = value(&read, r#"pointlock_store_pool_connections{state="idle"}"#);
+    let busy = value(&read, r#"pointlock_store_pool_connections{state="busy"}"#);
+    assert!(idle + busy >= 1.0, "a connection is open: {idle} + {busy}");
+    assert_eq!(
+        value(&read, r#"pointlock_store_errors_total{kind="unavailable"}"#),
+        0.0
+    );
+    assert!(
+        read.named("pointlock_store_commit_batch_changes_count")
+            .next()
+            .is_none(),
+        "no batches on PostgreSQL"
+    );
+    let stats = StoreSource::Postgres(store).stats_json();
+    assert_eq!(stats["commits"], 2, "{stats}");
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+}
+
+/// A plain hyper client for the test above (the harness's server is not used).
+fn plain_client() -> PlainClient {
+    PlainClient(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http(),
+    )
+}
+
+struct PlainClient(
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+);
+
+impl PlainClient {
+    async fn send(
+        &self,
+        method: &str,
+        addr: std::net::SocketAddr,
+        path: &str,
+        body: &'static str,
+    ) -> (StatusCode, String) {
+        use http_body_util::BodyExt;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                body.as_bytes(),
+            )))
+            .unwrap();
+        let response = self.0.request(request).await.expect("answered");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
 }
