@@ -86,6 +86,14 @@ impl HistogramSnapshot {
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
+
+    /// Add `other`'s counts and sum to these (histograms of the same bounds).
+    pub fn add(&mut self, other: &Self) {
+        for (count, more) in self.counts.iter_mut().zip(&other.counts) {
+            *count += more;
+        }
+        self.sum_nanos += other.sum_nanos;
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +119,20 @@ mod tests {
             snapshot.sum_nanos,
             50_000 + 50_001 + 3_000_000 + 11_000_000_000 + 3_600_000_000_000
         );
+    }
+
+    #[test]
+    fn snapshots_add_up() {
+        let (one, two) = (DurationHistogram::new(), DurationHistogram::new());
+        one.observe(Duration::from_micros(10));
+        two.observe(Duration::from_micros(10));
+        two.observe(Duration::from_secs(1));
+        let mut total = one.snapshot();
+        total.add(&two.snapshot());
+        assert_eq!(total.counts[0], 2);
+        assert_eq!(total.counts[13], 1, "1 s: the 1 s bucket");
+        assert_eq!(total.count(), 3);
+        assert_eq!(total.sum_nanos, 1_000_020_000);
     }
 
     #[test]
