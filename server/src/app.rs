@@ -4,9 +4,10 @@
 //!
 //! 0. [`HttpMetricsLayer`](crate::metrics::HttpMetricsLayer), only with
 //!    [`AppOptions::metrics`]: counts every answer by method, route template
-//!    ([`route_template`](crate::routes::route_template)) and status, and times it; outermost, so what it
-//!    counts is what the client got, and its duration covers every layer below.
-//!    The same [`Metrics`] serve `GET /metrics` through the router.
+//!    ([`route_template`](crate::routes::route_template)) and status, and
+//!    times it; outermost, so what it counts is what the client got, and its
+//!    duration covers every layer below. The same [`Metrics`] serve
+//!    `GET /metrics` through the router.
 //! 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
 //!    process-wide counter; outermost, so every answer below carries it; the id
 //!    is also in the request's extensions, on the log line of a failed (5xx)
