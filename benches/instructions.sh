@@ -6,14 +6,25 @@
 #
 #   ./benches/instructions.sh            # SCENARIO=charge (or get, hot)
 #   ANNOTATE=1 ./benches/instructions.sh # also the top functions of pointlock
+#   SERVERS="baseline pointlock pointlock-metrics-off" ROUNDS=3 ./benches/instructions.sh
+#                                        # metrics on vs off, medians of 3 rounds
+#
+# SERVERS (default "baseline pointlock"): `baseline`, `pointlock` (as started by
+# default: metrics on) and `pointlock-metrics-off` (`--metrics off`), measured
+# in that order in every round. The binaries are taken from $CARGO_TARGET_DIR
+# (default target/); POINTLOCK=path measures another pointlock binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${SCENARIO:-charge}
 PORT=${PORT:-18097}
 OUT=${OUT:-target/instructions}
+SERVERS=${SERVERS:-"baseline pointlock"}
+ROUNDS=${ROUNDS:-1}
+BIN_DIR=${CARGO_TARGET_DIR:-target}/release
+POINTLOCK=${POINTLOCK:-$BIN_DIR/pointlock}
 command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
-if [ "${BUILD:-1}" = 1 ]; then
+if [ "${BUILD:-1}" = 1 ]; then # BUILD=0: use the binaries already built
   cargo build --release --locked -p pointlock-server --bin pointlock
   cargo build --release --locked --example baseline_server
 fi
@@ -38,9 +49,34 @@ measure() { # NAME CMD...
 }
 
 : >"$OUT/summary.txt"
-measure baseline target/release/examples/baseline_server "127.0.0.1:$PORT"
-measure pointlock target/release/pointlock --store memory --addr "127.0.0.1:$PORT"
-awk '{v[$1]=$2} END {printf "instructions per %s request: pointlock %d, baseline %d, ratio %.2f\n", "'"$SCENARIO"'", v["pointlock"], v["baseline"], v["pointlock"]/v["baseline"]}' "$OUT/summary.txt"
+for round in $(seq "$ROUNDS"); do
+  for server in $SERVERS; do
+    case $server in
+      baseline) measure baseline "$BIN_DIR/examples/baseline_server" "127.0.0.1:$PORT" ;;
+      pointlock) measure pointlock "$POINTLOCK" --store memory --addr "127.0.0.1:$PORT" ;;
+      pointlock-metrics-off)
+        measure pointlock-metrics-off "$POINTLOCK" --store memory --metrics off --addr "127.0.0.1:$PORT" ;;
+      *) echo "unknown server in SERVERS: $server" >&2; exit 2 ;;
+    esac
+  done
+done
+python3 - "$OUT/summary.txt" "$SCENARIO" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
+runs = {}
+for name, value in rows:
+    runs.setdefault(name, []).append(int(value))
+med = {name: statistics.median(values) for name, values in runs.items()}
+print(f"instructions per {sys.argv[2]} request (median of {max(len(v) for v in runs.values())}):")
+for name, values in runs.items():
+    line = f"  {name} {med[name]:,.0f} ({' '.join(f'{v:,}' for v in values)})"
+    if name != "baseline" and "baseline" in med:
+        line += f", ratio to baseline {med[name] / med['baseline']:.2f}"
+    print(line)
+if "pointlock" in med and "pointlock-metrics-off" in med:
+    on, off = med["pointlock"], med["pointlock-metrics-off"]
+    print(f"  metrics on vs off: {on - off:+,.0f} instructions ({(on / off - 1) * 100:+.2f} %)")
+PY
 if [ "${ANNOTATE:-0}" = 1 ]; then
   callgrind_annotate "$OUT/pointlock.callgrind" | head -40
 fi

@@ -7,6 +7,8 @@
 #   DURATION=20 ROUNDS=3 ./benches/load.sh
 #   PIN=1 ./benches/load.sh               # servers on CPU 0, wrk on CPU 1 (steadier)
 #   STORES="memory sqlite pg pg4" ./benches/load.sh   # every store; pg4 = 4 processes on one database
+#   STORES="memory memory-metrics-off" BASELINE=0 ROUNDS=3 ./benches/load.sh
+#                                         # the cost of the metrics: the same binary with --metrics off
 #
 # Scenarios (benches/load/wallet.lua): GET over 10,000 users; charge 1 over 10,000
 # users; one hot user alternating charge/use of 1. For each: req/s (and 2xx/s),
@@ -14,7 +16,8 @@
 # the database, and (pointlock) the lock table size and RSS after the run.
 #
 # STORES (default "memory"): which pointlock configurations run, each started
-# fresh per round: `memory`; `sqlite` (a new file under $OUT); `pg` / `pgN`: N
+# fresh per round: `memory`; `memory-metrics-off` (the memory store with
+# `--metrics off`); `sqlite` (a new file under $OUT); `pg` / `pgN`: N
 # pointlock processes (pg = 1) on one fresh PostgreSQL database, on ports
 # PG_PORT_BASE.. . With N > 1, one wrk runs N threads, thread i sending to
 # instance i (CONNECTIONS/N connections each), so the instances are loaded at
@@ -45,6 +48,8 @@ STORES=${STORES:-memory}
 BASELINE=${BASELINE:-1}
 OUT=${OUT:-target/load}
 PG_DIR=${PG_DIR:-target/load/pg}
+# The binaries cargo builds: under $CARGO_TARGET_DIR when set.
+BIN_DIR=${CARGO_TARGET_DIR:-target}/release
 # PIN=1: each server gets CPU 0 (so its runtime starts one worker) and wrk CPU 1,
 # instead of all three sharing both CPUs; ratios then vary much less between rounds.
 # (PostgreSQL itself is not pinned.)
@@ -66,14 +71,14 @@ command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 
 for store in $STORES; do
   case $store in
-    memory | sqlite | pg | pg[1-9] | pg[1-9][0-9]) ;;
+    memory | memory-metrics-off | sqlite | pg | pg[1-9] | pg[1-9][0-9]) ;;
     *) echo "unknown store in STORES: $store (memory, sqlite, pg, pgN)" >&2; exit 2 ;;
   esac
 done
 needs_pg=0
 case " $STORES " in *" pg"*) needs_pg=1 ;; esac
 
-if [ "${BUILD:-1}" = 1 ]; then # BUILD=0: use the binaries already in target/release
+if [ "${BUILD:-1}" = 1 ]; then # BUILD=0: use the binaries already in $BIN_DIR
   echo "==> building release binaries"
   cargo build --release --locked -p pointlock-server --bin pointlock
   if [ "$BASELINE" = 1 ]; then
@@ -252,9 +257,11 @@ PY
 }
 
 # Each instance's log (warnings: e.g. one line per 503) goes to $OUT/server-PORT.log.
-start_pointlock() { # PORT STORE-SPEC
-  RUST_LOG=warn "${on_server_cpu[@]}" target/release/pointlock --store "$2" --addr "127.0.0.1:$1" \
-    2>>"$OUT/server-$1.log" &
+start_pointlock() { # PORT STORE-SPEC [FLAG...]
+  local port=$1 spec=$2
+  shift 2
+  RUST_LOG=warn "${on_server_cpu[@]}" "$BIN_DIR/pointlock" --store "$spec" --addr "127.0.0.1:$port" "$@" \
+    2>>"$OUT/server-$port.log" &
   server_pids+=($!)
 }
 
@@ -263,12 +270,16 @@ run_server() { # NAME ROUND
   case $name in
     baseline)
       ports=$BASELINE_PORT
-      "${on_server_cpu[@]}" target/release/examples/baseline_server "127.0.0.1:$ports" &
+      "${on_server_cpu[@]}" "$BIN_DIR/examples/baseline_server" "127.0.0.1:$ports" &
       server_pids+=($!)
       ;;
     pointlock) # the memory store (the name the earlier results and charts use)
       ports=$POINTLOCK_PORT
       start_pointlock "$ports" memory
+      ;;
+    pointlock-metrics-off)
+      ports=$POINTLOCK_PORT
+      start_pointlock "$ports" memory --metrics off
       ;;
     pointlock-sqlite)
       ports=$POINTLOCK_PORT
@@ -314,6 +325,7 @@ servers=()
 for store in $STORES; do
   case $store in
     memory) servers+=(pointlock) ;;
+    memory-metrics-off) servers+=(pointlock-metrics-off) ;;
     *) servers+=("pointlock-$store") ;;
   esac
 done
@@ -361,7 +373,8 @@ if "pointlock" in servers and "baseline" in servers:
 
 stores = [s for s in servers if s.startswith("pointlock")]
 if len(stores) > 1 or stores != ["pointlock"]:
-    names = {"pointlock": "memory", "pointlock-sqlite": "SQLite"}
+    names = {"pointlock": "memory", "pointlock-sqlite": "SQLite",
+             "pointlock-metrics-off": "memory, --metrics off"}
     def label(s):
         if s in names:
             return names[s]

@@ -79,6 +79,8 @@ pub struct PointService<S> {
     conflicts: AtomicU64,
     /// Requests answered from an idempotency record.
     replays: AtomicU64,
+    /// Expired idempotency records removed by sweeps.
+    swept: AtomicU64,
     /// How long an idempotency record is kept, in milliseconds.
     idempotency_ttl_millis: i64,
     /// Test-util negative controls only: make unconditional changes.
@@ -107,6 +109,7 @@ impl<S: PointStore> PointService<S> {
             clock,
             conflicts: AtomicU64::new(0),
             replays: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
             idempotency_ttl_millis: ttl_millis(IDEMPOTENCY_TTL_DEFAULT),
             #[cfg(any(test, feature = "test-util"))]
             unconditional: false,
@@ -143,7 +146,14 @@ impl<S: PointStore> PointService<S> {
     /// background sweep); answers how many were removed.
     pub async fn sweep_idempotency(&self, limit: usize) -> Result<usize, PointError> {
         let expired_before = self.key_expired_before();
-        Ok(self.store.sweep_idempotency(expired_before, limit).await?)
+        let removed = self.store.sweep_idempotency(expired_before, limit).await?;
+        self.swept.fetch_add(removed as u64, Ordering::Relaxed);
+        Ok(removed)
+    }
+
+    /// Expired idempotency records removed by sweeps so far.
+    pub fn idempotency_keys_swept(&self) -> u64 {
+        self.swept.load(Ordering::Relaxed)
     }
 
     /// The per-user lock whose guards the mutations demand.

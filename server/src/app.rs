@@ -2,6 +2,12 @@
 //!
 //! Layers as [`build_app`] assembles them, outermost first:
 //!
+//! 0. [`HttpMetricsLayer`](crate::metrics::HttpMetricsLayer), only with
+//!    [`AppOptions::metrics`]: counts every answer by method, route template
+//!    ([`route_template`](crate::routes::route_template)) and status, and
+//!    times it; outermost, so what it counts is what the client got, and its
+//!    duration covers every layer below. The same [`Metrics`] serve
+//!    `GET /metrics` through the router.
 //! 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
 //!    process-wide counter; outermost, so every answer below carries it; the id
 //!    is also in the request's extensions, on the log line of a failed (5xx)
@@ -68,8 +74,11 @@ use crate::deadline;
 use crate::error::{refusal_response, ApiError, ServerErrorReport};
 use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use crate::limits::{head_buffer_bytes, HeaderLimitLayer, HEADER_LIMIT_BYTES_DEFAULT};
+use crate::metrics::Metrics;
 use crate::request_id::RequestIdLayer;
-use crate::routes::{user_key, Router, RouterOptions, SharedService, StoreStats};
+use crate::routes::{
+    route_index, user_key, Router, RouterOptions, SharedService, StoreStats, ROUTE_TEMPLATES,
+};
 
 /// The boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -101,6 +110,9 @@ pub struct AppOptions {
     pub header_limit_bytes: usize,
     /// The store's statistics for `GET /stats` (`null` without).
     pub store_stats: Option<StoreStats>,
+    /// Request metrics and `GET /metrics` (`None`: neither, and no layer: the
+    /// stack costs what it did without metrics).
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for AppOptions {
@@ -114,6 +126,8 @@ impl Default for AppOptions {
             lock_layer: true,
             header_limit_bytes: HEADER_LIMIT_BYTES_DEFAULT,
             store_stats: None,
+            // On, as in the binary (`--metrics on`).
+            metrics: Some(Metrics::new()),
         }
     }
 }
@@ -199,6 +213,9 @@ pub fn build_stack(
        + 'static {
     let limit = options.body_limit_bytes;
     let request_timeout = options.request_timeout;
+    if let Some(metrics) = &options.metrics {
+        metrics.watch_service(Arc::clone(&service));
+    }
     let router = Router::new(
         Arc::clone(&service),
         RouterOptions {
@@ -206,6 +223,7 @@ pub fn build_stack(
             body_limit_bytes: options.body_limit_bytes,
             body_timeout: options.body_timeout,
             store_stats: options.store_stats.clone(),
+            metrics: options.metrics.clone(),
         },
     );
     // Both variants answer `Response<KeyedLockBody<_>>`; `Either` joins them without
@@ -225,7 +243,12 @@ pub fn build_stack(
                 .service(router),
         )
     };
+    let metrics = options
+        .metrics
+        .as_ref()
+        .map(|metrics| metrics.layer(&ROUTE_TEMPLATES, route_index));
     ServiceBuilder::new()
+        .option_layer(metrics)
         .layer(RequestIdLayer::new())
         .layer(HeaderLimitLayer::new(options.header_limit_bytes))
         .map_response(move |res| normalize_error(res, limit))

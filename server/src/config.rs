@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::app::AppOptions;
+use crate::metrics::Metrics;
 use crate::store::{PostgresOptions, SqliteOptions};
 
 /// Where balances and histories are kept.
@@ -82,6 +83,15 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line (fields, span fields, level, target, timestamp).
     Json,
+}
+
+/// A feature switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Turned on.
+    On,
+    /// Turned off.
+    Off,
 }
 
 /// pointlock: a per-user point wallet over HTTP whose requests for one user run one
@@ -192,6 +202,11 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_H2_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub h2_max_streams: u32,
 
+    /// GET /metrics (Prometheus/OpenMetrics text: requests, lock, store): on or
+    /// off. Off also removes the per-request counting.
+    #[arg(long, env = "POINTLOCK_METRICS", value_enum, default_value_t = Switch::On)]
+    pub metrics: Switch,
+
     /// Largest accepted request body, in bytes; larger bodies get a 413.
     #[arg(long, env = "POINTLOCK_BODY_LIMIT_BYTES", default_value_t = 4_096)]
     pub body_limit_bytes: usize,
@@ -235,6 +250,7 @@ impl Config {
             lock_layer: true,
             header_limit_bytes: self.header_limit_bytes,
             store_stats: None,
+            metrics: (self.metrics == Switch::On).then(Metrics::new),
         }
     }
 

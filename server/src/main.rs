@@ -11,6 +11,7 @@ use pointlock_core::{KeyedLock, MemoryStore, PointService, PointStore, Policy};
 use pointlock_server::app::{build_stack, serve_with, shutdown_signal, spawn_idempotency_sweeper};
 use pointlock_server::clock::SystemClock;
 use pointlock_server::config::LogFormat;
+use pointlock_server::metrics::StoreSource;
 use pointlock_server::routes::StoreStats;
 use pointlock_server::store::PostgresStore;
 use pointlock_server::{Config, SqliteStore, StoreSpec};
@@ -55,7 +56,8 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> Result<(), String> {
     // Kept to close it after the last request: the writer commits what is queued.
     let mut durable: Option<Arc<SqliteStore>> = None;
-    let mut store_stats: Option<StoreStats> = None;
+    // The store's own statistics, for GET /stats and GET /metrics alike.
+    let mut source: Option<StoreSource> = None;
     if config.simulate_latency_ms > 0 && config.store != StoreSpec::Memory {
         tracing::warn!("--simulate-latency-ms applies to the memory store only; ignored");
     }
@@ -71,10 +73,7 @@ async fn run(config: Config) -> Result<(), String> {
                 "PostgreSQL store ready at {} (schema migrated; shared with any other instance)",
                 opened.target()
             );
-            let read = opened.clone();
-            store_stats = Some(StoreStats::new(move || {
-                serde_json::to_value(read.stats()).unwrap_or_default()
-            }));
+            source = Some(StoreSource::Postgres(opened.clone()));
             Arc::new(opened)
         }
         StoreSpec::Sqlite(path) => {
@@ -90,6 +89,7 @@ async fn run(config: Config) -> Result<(), String> {
             );
             let opened = Arc::new(opened);
             durable = Some(Arc::clone(&opened));
+            source = Some(StoreSource::Sqlite(Arc::clone(&opened)));
             opened
         }
         StoreSpec::Memory => {
@@ -117,11 +117,13 @@ async fn run(config: Config) -> Result<(), String> {
         service
     };
     let mut options = config.app_options();
-    options.store_stats = store_stats.or_else(|| {
-        durable.clone().map(|store| {
-            StoreStats::new(move || serde_json::to_value(store.stats()).unwrap_or_default())
-        })
-    });
+    if let Some(source) = source {
+        let read = source.clone();
+        options.store_stats = Some(StoreStats::new(move || read.stats_json()));
+        if let Some(metrics) = &options.metrics {
+            metrics.watch_store(source);
+        }
+    }
     let sweeper = spawn_idempotency_sweeper(
         Arc::clone(&service),
         Duration::from_millis(config.idempotency_sweep_interval_ms),
@@ -137,6 +139,7 @@ async fn run(config: Config) -> Result<(), String> {
         max_balance = config.max_balance,
         lock_timeout_ms = config.lock_timeout_ms,
         simulate_latency_ms = config.simulate_latency_ms,
+        metrics = ?config.metrics,
         "pointlock listening on http://{addr}"
     );
     let served = serve_with(listener, app, shutdown_signal(), &config.serve_options())

@@ -8,6 +8,7 @@
 //! | `PATCH /point/{id}/use`    | same                                  |
 //! | `GET /health`, `GET /stats`| – (liveness; lock and store metrics)  |
 //! | `GET /ready`               | – (readiness: can the store take changes?) |
+//! | `GET /metrics`             | – (Prometheus/OpenMetrics text; when metrics are on) |
 //! | `GET /openapi.json`        | – (the OpenAPI 3.1 document of this API) |
 //!
 //! [`ROUTES`] lists them all; the tests hold the dispatch and the OpenAPI
@@ -22,7 +23,8 @@
 //!
 //! The wallet's path grammar lives here, and only here: [`user_key`] is the key
 //! extractor the server gives the generic [`KeyedLockLayer`], so that layer locks
-//! `/point/{id}` and `/point/{id}/...` by user without knowing any path.
+//! `/point/{id}` and `/point/{id}/...` by user without knowing any path; and
+//! [`route_template`] names a path's route for the request metrics.
 //!
 //! Mutating handlers take the user's guard from the request's [`HeldLock`]
 //! extension, put there by the layer, and hand it to the service (which hands a
@@ -53,6 +55,7 @@ use crate::amount::parse_amount;
 use crate::deadline;
 use crate::error::{json_response, ApiError};
 use crate::layer::{HeldLock, KeyDecision};
+use crate::metrics::Metrics;
 
 /// The request header naming a change for idempotency.
 pub const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
@@ -87,6 +90,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/stats"),
+    ("GET", "/metrics"),
     ("GET", "/openapi.json"),
 ];
 
@@ -96,6 +100,58 @@ impl Route {
             Self::Point | Self::Histories => (Method::GET, "GET"),
             Self::Charge | Self::Use => (Method::PATCH, "PATCH"),
         }
+    }
+
+    /// The route's path with `{id}` for the user's id.
+    pub fn template(self) -> &'static str {
+        match self {
+            Self::Point => "/point/{id}",
+            Self::Histories => "/point/{id}/histories",
+            Self::Charge => "/point/{id}/charge",
+            Self::Use => "/point/{id}/use",
+        }
+    }
+}
+
+/// Every value [`route_template`] returns: a bounded set, whatever the paths.
+pub const ROUTE_TEMPLATES: [&str; 10] = [
+    "/point/{id}",
+    "/point/{id}/histories",
+    "/point/{id}/charge",
+    "/point/{id}/use",
+    "/health",
+    "/ready",
+    "/stats",
+    "/metrics",
+    "/openapi.json",
+    "other",
+];
+
+/// The route `path` belongs to, as a template for metrics labels: the wallet's
+/// routes with `{id}` in place of the id (valid or not: `/point/abc` is
+/// `/point/{id}`, answered 400), the fixed paths as they are, and `other` for
+/// any path no route takes. Never the raw id: one of [`ROUTE_TEMPLATES`]
+/// (the templates of [`ROUTES`], and `other`).
+pub fn route_template(path: &str) -> &'static str {
+    ROUTE_TEMPLATES[route_index(path)]
+}
+
+/// The position of [`route_template`]`(path)` in [`ROUTE_TEMPLATES`]: the
+/// request metrics' row, found without comparing template strings.
+pub fn route_index(path: &str) -> usize {
+    match wallet_route(path) {
+        Some((_, Route::Point)) => 0,
+        Some((_, Route::Histories)) => 1,
+        Some((_, Route::Charge)) => 2,
+        Some((_, Route::Use)) => 3,
+        None => match path {
+            "/health" => 4,
+            "/ready" => 5,
+            "/stats" => 6,
+            "/metrics" => 7,
+            "/openapi.json" => 8,
+            _ => 9,
+        },
     }
 }
 
@@ -169,6 +225,8 @@ pub struct RouterOptions {
     pub body_timeout: Duration,
     /// The store's statistics for `GET /stats` (`null` without).
     pub store_stats: Option<StoreStats>,
+    /// What `GET /metrics` serves (a 404 without).
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for RouterOptions {
@@ -178,6 +236,7 @@ impl Default for RouterOptions {
             body_limit_bytes: 4 * 1024,
             body_timeout: Duration::from_millis(2_000),
             store_stats: None,
+            metrics: None,
         }
     }
 }
@@ -230,7 +289,9 @@ struct Health {
 
 /// `GET /stats`: the lock's metrics, the service's commit conflicts, and the
 /// store's own statistics (`null` for a store that has none, such as the
-/// memory store).
+/// memory store). The same sources `GET /metrics` reads at each scrape
+/// ([`crate::metrics`]), as JSON: the two never disagree but for what changed
+/// between two reads.
 #[derive(Serialize)]
 struct Stats {
     lock: pointlock_core::LockMetrics,
@@ -273,6 +334,10 @@ impl Router {
                     };
                     json_response(StatusCode::OK, &stats)
                 }),
+                "/metrics" if self.options.metrics.is_some() => {
+                    require_get(&parts.method)?;
+                    self.scrape()
+                }
                 "/openapi.json" => get_only(&parts.method, crate::openapi::response),
                 _ => Err(ApiError::NotFound {
                     method: parts.method.to_string(),
@@ -314,6 +379,22 @@ impl Router {
                 response
             }
         };
+        Ok(response)
+    }
+
+    /// `GET /metrics`: the metrics in the OpenMetrics text format.
+    fn scrape(&self) -> Result<Response<Full<Bytes>>, ApiError> {
+        let Some(metrics) = &self.options.metrics else {
+            return Err(ApiError::Internal("metrics are off".into()));
+        };
+        let text = metrics
+            .render()
+            .map_err(|_| ApiError::Internal("the metrics could not be encoded".into()))?;
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        );
         Ok(response)
     }
 
@@ -706,7 +787,13 @@ mod tests {
             Arc::new(SystemClock::default()),
             KeyedLock::new(),
         ));
-        let mut router = Router::new(service, RouterOptions::default());
+        // Metrics on: /metrics is one of the routes (off, it is a 404 like any
+        // unknown path).
+        let options = RouterOptions {
+            metrics: Some(crate::metrics::Metrics::new()),
+            ..RouterOptions::default()
+        };
+        let mut router = Router::new(service, options);
         let mut listed = ROUTES.to_vec();
         listed.sort_unstable();
         listed.dedup();
@@ -736,7 +823,8 @@ mod tests {
                 let status = res.status();
                 let allow = res.headers().get(http::header::ALLOW).cloned();
                 let body = res.into_body().collect().await.unwrap().to_bytes();
-                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                // JSON but for the metrics' text.
+                let json = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
                 let what = format!("{method} {path}: {status} {}", json["code"]);
                 if allowed.contains(&method.as_str()) {
                     assert!(
@@ -760,6 +848,56 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn route_templates_name_routes_never_ids() {
+        let cases = [
+            ("/point/12", "/point/{id}"),
+            ("/point/abc", "/point/{id}"),
+            ("/point/", "/point/{id}"),
+            ("/point/12/histories", "/point/{id}/histories"),
+            ("/point/9223372036854775807/charge", "/point/{id}/charge"),
+            ("/point/0/use", "/point/{id}/use"),
+            ("/point/12/unknown", "other"),
+            ("/point/12/charge/x", "other"),
+            ("/health", "/health"),
+            ("/ready", "/ready"),
+            ("/stats", "/stats"),
+            ("/metrics", "/metrics"),
+            ("/openapi.json", "/openapi.json"),
+            ("/health/", "other"),
+            ("/", "other"),
+            ("/points/1", "other"),
+        ];
+        for (path, template) in cases {
+            assert_eq!(route_template(path), template, "{path}");
+            assert_eq!(ROUTE_TEMPLATES[route_index(path)], template, "{path}");
+        }
+        let distinct: std::collections::BTreeSet<_> = ROUTE_TEMPLATES.iter().collect();
+        assert_eq!(distinct.len(), ROUTE_TEMPLATES.len());
+    }
+
+    #[tokio::test]
+    async fn every_fixed_template_is_a_route_the_router_answers() {
+        let service = Arc::new(PointService::with_lock(
+            Arc::new(MemoryStore::new()) as Arc<dyn PointStore>,
+            Policy::default(),
+            Arc::new(SystemClock::default()),
+            KeyedLock::new(),
+        ));
+        let options = RouterOptions {
+            metrics: Some(crate::metrics::Metrics::new()),
+            ..RouterOptions::default()
+        };
+        let router = Router::new(service, options);
+        for path in ROUTE_TEMPLATES.iter().filter(|t| !t.contains('{')) {
+            let req = Request::get(*path).body(Full::new(Bytes::new())).unwrap();
+            let status = router.clone().call(req).await.unwrap().status();
+            let answered = status != StatusCode::NOT_FOUND;
+            let expected = *path != "other";
+            assert_eq!(answered, expected, "{path}: {status}");
         }
     }
 

@@ -5,6 +5,8 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_pointlock");
 
 #[test]
@@ -27,6 +29,7 @@ fn help_explains_every_flag() {
         "--pg-statement-timeout-ms",
         "--pg-connect-timeout-ms",
         "--log-format",
+        "--metrics",
         "sqlite:pointlock.db",
         "POINTLOCK_ADDR",
     ] {
@@ -271,4 +274,58 @@ fn request_log_lines_carry_the_request_id_and_never_a_key_or_a_body() {
         );
     }
     assert!(about_requests >= requests.len() * 2, "{log:#?}");
+}
+
+#[test]
+fn metrics_are_on_by_default_with_the_store_s_families_and_off_by_flag_or_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = support::command(dir.path());
+    cmd.args(["--store", "sqlite:p.db"]);
+    let server = support::Server::start(cmd);
+    for _ in 0..2 {
+        let (status, body) =
+            support::request(&server.addr, "PATCH", "/point/3/charge", "5").expect("answered");
+        assert_eq!(status, 200, "{body}");
+    }
+    let response = get(&server.addr, "/metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains(
+            "\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+        ),
+        "{response}"
+    );
+    // Two charges of one user, one after the other: two SQLite batches of one.
+    for line in [
+        "pointlock_http_requests_total{method=\"PATCH\",route=\"/point/{id}/charge\",status=\"200\"} 2\n",
+        "pointlock_store_commit_batch_changes_count 2\n",
+        "pointlock_store_commit_duration_seconds_count 2\n",
+        "pointlock_store_failed_stop 0\n",
+        "pointlock_lock_acquisitions_total 2\n",
+    ] {
+        assert!(response.contains(line), "{line}: {response}");
+    }
+    assert!(response.ends_with("# EOF\n"), "{response}");
+    // GET /stats reads the same statistics.
+    let stats = support::get_json(&server.addr, "/stats");
+    assert_eq!(stats["store"]["batches"], 2, "{stats}");
+    server.stop();
+
+    let mut by_flag = support::command(dir.path());
+    by_flag.args(["--store", "memory", "--metrics", "off"]);
+    let mut by_env = support::command(dir.path());
+    by_env
+        .args(["--store", "memory"])
+        .env("POINTLOCK_METRICS", "off");
+    for cmd in [by_flag, by_env] {
+        let server = support::Server::start(cmd);
+        let (status, body) = support::request(&server.addr, "GET", "/metrics", "").unwrap();
+        assert_eq!(status, 404, "{body}");
+        server.stop();
+    }
+    let out = Command::new(BIN)
+        .args(["--metrics", "maybe"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "only on or off");
 }

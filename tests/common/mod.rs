@@ -432,6 +432,19 @@ impl TestServer {
         )
     }
 
+    /// `GET path`: status, headers and the body as text (for non-JSON answers).
+    pub async fn get_text(&self, path: &str) -> (StatusCode, HeaderMap, String) {
+        let req = Request::get(format!("http://{}{}", self.addr, path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = self.client.request(req).await.expect("request failed");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).expect("a UTF-8 body");
+        (status, headers, text)
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, None).await
     }

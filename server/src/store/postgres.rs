@@ -59,7 +59,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use pointlock_core::{
@@ -71,6 +71,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::{corrupt_row, history_row, idempotency_row, to_i64};
+use crate::histogram::{DurationHistogram, HistogramSnapshot};
 
 /// The key of the session advisory lock held while migrating (any constant
 /// unlikely to be used by another application on the same database: "PLK1").
@@ -260,6 +261,9 @@ pub struct PgStats {
     pub pool_idle: usize,
     /// Requests waiting for a connection now.
     pub pool_waiting: usize,
+    /// How long each commit statement took (the round trip; not the wait for a
+    /// connection), whatever its outcome.
+    pub commit_duration: HistogramSnapshot,
 }
 
 #[derive(Default)]
@@ -267,6 +271,7 @@ struct Counters {
     commits: AtomicU64,
     conflicts: AtomicU64,
     errors: AtomicU64,
+    commit_duration: DurationHistogram,
 }
 
 /// The PostgreSQL store. See the [module docs](self).
@@ -346,6 +351,7 @@ impl PostgresStore {
             pool_size: status.size,
             pool_idle: status.available,
             pool_waiting: status.waiting,
+            commit_duration: self.counters.commit_duration.snapshot(),
         }
     }
 
@@ -451,10 +457,10 @@ impl PostgresStore {
             params.push(key_text);
             params.push(&expired_before);
         }
-        let rows = client
-            .query(&statement, &params)
-            .await
-            .map_err(|e| self.failed(&e, true))?;
+        let started = Instant::now();
+        let rows = client.query(&statement, &params).await;
+        self.counters.commit_duration.observe(started.elapsed());
+        let rows = rows.map_err(|e| self.failed(&e, true))?;
         match rows.first() {
             Some(row) => {
                 let id: i64 = row.get(0);

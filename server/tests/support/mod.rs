@@ -23,7 +23,8 @@ pub fn command(dir: &Path) -> Command {
         .env("RUST_LOG", "info")
         .env_remove("POINTLOCK_STORE")
         .env_remove("POINTLOCK_ADDR")
-        .env_remove("POINTLOCK_LOG_FORMAT");
+        .env_remove("POINTLOCK_LOG_FORMAT")
+        .env_remove("POINTLOCK_METRICS");
     cmd
 }
 

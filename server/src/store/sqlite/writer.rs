@@ -59,6 +59,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::cache::BalanceCache;
+use crate::histogram::{DurationHistogram, HistogramSnapshot};
 use crate::store::to_i64;
 
 /// A first balance, or one computed from 0: insert it, or update a row whose
@@ -130,6 +131,9 @@ pub struct CommitStats {
     pub stopped: bool,
     /// Batch sizes by powers of two: 1, 2-3, 4-7, … 256+.
     pub batch_ops_log2: [u64; 9],
+    /// How long each batch's transaction took, `BEGIN IMMEDIATE` to the end of
+    /// its COMMIT (the fsync included), one count per batch.
+    pub commit_duration: HistogramSnapshot,
 }
 
 /// The writer's counters, shared with the store.
@@ -142,6 +146,7 @@ pub(super) struct Stats {
     ops_failed: AtomicU64,
     conflicts: AtomicU64,
     batch_ops_log2: [AtomicU64; 9],
+    commit_duration: DurationHistogram,
 }
 
 impl Stats {
@@ -164,6 +169,7 @@ impl Stats {
             conflicts: self.conflicts.load(Ordering::Relaxed),
             stopped,
             batch_ops_log2: std::array::from_fn(|i| self.batch_ops_log2[i].load(Ordering::Relaxed)),
+            commit_duration: self.commit_duration.snapshot(),
         }
     }
 }
@@ -259,7 +265,10 @@ impl Writer {
         }
         self.stats.record_batch(batch.len());
         let changes: Vec<&Change> = batch.iter().map(|job| &job.change).collect();
-        match write(conn, &changes) {
+        let started = Instant::now();
+        let written = write(conn, &changes);
+        self.stats.commit_duration.observe(started.elapsed());
+        match written {
             Ok(outcomes) => {
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
                     self.answer(job, outcome);
