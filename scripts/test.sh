@@ -62,6 +62,9 @@ set +a
 step "cargo test --workspace (PostgreSQL at $POINTLOCK_TEST_PG_URL)"
 cargo test --workspace --locked
 
+step "loom: the keyed lock's models, every interleaving up to 3 preemptions (scripts/loom.sh; own target dir)"
+LOOM_MAX_PREEMPTIONS=3 ./scripts/loom.sh
+
 step "crash test against the release binary (kill -9 mid-load, several rounds)"
 cargo build --release -p pointlock-server --bin pointlock --locked
 release_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/pointlock"

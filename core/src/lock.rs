@@ -55,14 +55,21 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::PoisonError;
 use std::task::{Context, Poll, Waker};
 
 use foldhash::fast::RandomState;
 use serde::Serialize;
 
 use crate::clock::Clock;
+// `std`'s, or loom's models of them in the loom tests (see `crate::sync`).
+use crate::sync::{Arc, AtomicU64, Mutex, MutexGuard};
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(all(test, loom))]
+use loom_tests::Bug;
 
 /// One shard's table of `(key, entry)`. The key is hashed once per `lock()` (with
 /// foldhash: SipHash made hashing most of an uncontended acquisition's cost), and
@@ -70,7 +77,14 @@ use crate::clock::Clock;
 type Table<K> = hashbrown::HashTable<(K, Entry)>;
 
 /// Independent tables, so unrelated keys rarely touch the same mutex (a power of 2).
+#[cfg(not(all(test, loom)))]
 const SHARD_COUNT: usize = 256;
+/// One shard under loom: every shard's mutex is a modelled object whose every
+/// acquisition (`len()` takes them all) is a point loom explores, and which shard a
+/// key lands in must not vary between the executions of one model (the hasher is
+/// seeded at random).
+#[cfg(all(test, loom))]
+const SHARD_COUNT: usize = 1;
 
 /// One shard: its table, counters and a reference count of its own, alone on its
 /// cache lines. Waiters and guards point at their key's shard, not at the whole
@@ -85,8 +99,11 @@ struct Shard<K> {
     hasher: RandomState,
     /// No mutual exclusion at all: for negative controls only.
     unsynchronized: bool,
-    clock: Option<Arc<dyn Clock>>,
+    clock: Option<std::sync::Arc<dyn Clock>>,
     counters: Counters,
+    /// A deliberate bug for the loom negative controls (`loom_tests.rs`).
+    #[cfg(all(test, loom))]
+    bug: Bug,
 }
 
 struct ShardState<K> {
@@ -295,7 +312,7 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
     }
 
     /// A lock that measures wait times with `clock`'s monotonic reading.
-    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(clock: std::sync::Arc<dyn Clock>) -> Self {
         Self::build(Some(clock), false)
     }
 
@@ -308,7 +325,22 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
         Self::build(None, true)
     }
 
-    fn build(clock: Option<Arc<dyn Clock>>, unsynchronized: bool) -> Self {
+    /// A lock with `bug` planted in every shard: the negative controls of the loom
+    /// tests, which the model checker must reject.
+    #[cfg(all(test, loom))]
+    fn with_bug(bug: Bug) -> Self {
+        if bug == Bug::Unsynchronized {
+            return Self::unsynchronized();
+        }
+        let mut lock = Self::new();
+        let inner = Arc::get_mut(&mut lock.inner).expect("a new lock is not shared");
+        for shard in inner.shards.iter_mut() {
+            Arc::get_mut(shard).expect("a new lock is not shared").bug = bug;
+        }
+        lock
+    }
+
+    fn build(clock: Option<std::sync::Arc<dyn Clock>>, unsynchronized: bool) -> Self {
         let hasher = RandomState::default();
         let shards = (0..SHARD_COUNT)
             .map(|_| {
@@ -322,6 +354,8 @@ impl<K: Hash + Eq + Clone> KeyedLock<K> {
                     unsynchronized,
                     clock: clock.clone(),
                     counters: Counters::default(),
+                    #[cfg(all(test, loom))]
+                    bug: Bug::None,
                 })
             })
             .collect();
@@ -546,6 +580,10 @@ impl<K: Hash + Eq> Shard<K> {
         if self.unsynchronized {
             return;
         }
+        #[cfg(all(test, loom))]
+        if self.bug == Bug::ReleaseInTwoSteps {
+            return loom_tests::release_in_two_steps(self, hash, key);
+        }
         let waker = hand_off(self, &mut self.lock().table, hash, key);
         if let Some(waker) = waker {
             waker.wake();
@@ -583,7 +621,14 @@ fn hand_off<K: Hash + Eq>(
         unreachable!("KeyedLock invariant: a released key has an entry");
     };
     let entry = &mut found.get_mut().1;
-    match entry.pop() {
+    #[cfg(not(all(test, loom)))]
+    let next = entry.pop();
+    #[cfg(all(test, loom))]
+    let next = match shard.bug {
+        Bug::Lifo => entry.queue.as_mut().and_then(|queue| queue.pop_back()),
+        _ => entry.pop(),
+    };
+    match next {
         Some(next) => {
             entry.handoff = next.id;
             next.waker
@@ -691,6 +736,10 @@ impl<K: Hash + Eq + Clone> Future for Acquire<K> {
         match this.state {
             AcquireState::Granted => Poll::Ready(this.guard()),
             AcquireState::Queued { id, since_nanos } => {
+                #[cfg(all(test, loom))]
+                if let Bug::PollInTwoSteps | Bug::HeadTakesTheKey = this.shard().bug {
+                    return loom_tests::poll_wrongly(this, id, since_nanos, cx);
+                }
                 let shard = this.shard();
                 let mut state = shard.lock();
                 let (_, entry) = state
@@ -726,6 +775,10 @@ impl<K: Hash + Eq + Clone> Drop for Acquire<K> {
         };
         let shard = self.shard();
         shard.counters.cancelled.fetch_add(1, Relaxed);
+        #[cfg(all(test, loom))]
+        if let Bug::CancelInTwoSteps | Bug::CancelForgetsHandOff = shard.bug {
+            return loom_tests::cancel_wrongly(self, id);
+        }
         let waker = {
             let mut state = shard.lock();
             let (_, entry) = state
@@ -792,7 +845,9 @@ impl<K: Hash + Eq + Clone + fmt::Debug> fmt::Debug for KeyGuard<K> {
     }
 }
 
-#[cfg(test)]
+// Not under loom: these tests run outside a loom model, where loom's primitives
+// cannot be used (the loom tests are `loom_tests`).
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::task::Wake;

@@ -366,7 +366,8 @@ fn ttl_millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
-#[cfg(test)]
+// Not under loom: these tests use the lock outside a loom model (see lock/loom_tests.rs).
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::future::Future;
     use std::pin::pin;

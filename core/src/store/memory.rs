@@ -274,7 +274,8 @@ impl PointStore for MemoryStore {
     }
 }
 
-#[cfg(test)]
+// Not under loom: these tests use the lock outside a loom model (see lock/loom_tests.rs).
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::collections::HashSet;
     use std::future::Future;
