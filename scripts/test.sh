@@ -65,6 +65,20 @@ cargo test --workspace --locked
 step "loom: the keyed lock's models, every interleaving up to 3 preemptions (scripts/loom.sh; own target dir)"
 LOOM_MAX_PREEMPTIONS=3 ./scripts/loom.sh
 
+step "fuzz targets: fmt, clippy, rustdoc, corpus replay and a bounded random run (fuzz/README.md)"
+# fuzz/ is a workspace of its own (fuzz/Cargo.toml says why), so the workspace
+# steps above do not cover it; sharing their target directory reuses their
+# builds (the ~30 crates whose versions or features differ there, bolero and
+# an older indexmap among them, are built again: ~1.5 min cold). Each of the 8 bolero targets
+# replays its corpus, then runs random inputs for BOLERO_RANDOM_TEST_TIME_MS
+# (7 s; two at a time on two cores: ~35 s in all).
+fuzz_target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo fmt --manifest-path fuzz/Cargo.toml --all --check
+CARGO_TARGET_DIR="$fuzz_target_dir" cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+CARGO_TARGET_DIR="$fuzz_target_dir" RUSTDOCFLAGS="-D warnings" cargo doc --manifest-path fuzz/Cargo.toml --no-deps --locked
+CARGO_TARGET_DIR="$fuzz_target_dir" BOLERO_RANDOM_TEST_TIME_MS="${BOLERO_RANDOM_TEST_TIME_MS:-7000}" \
+  cargo test --manifest-path fuzz/Cargo.toml --locked
+
 step "crash test against the release binary (kill -9 mid-load, several rounds)"
 cargo build --release -p pointlock-server --bin pointlock --locked
 release_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/pointlock"

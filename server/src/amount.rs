@@ -9,7 +9,8 @@ use crate::error::ApiError;
 
 /// `{"amount": n}` (NestJS template) or a bare `n` (Spring template), where `n` is a
 /// JSON integer in `1..=2^63-1`. Fractions, exponents, strings, null, booleans,
-/// arrays, a missing field and numbers out of range are all `INVALID_AMOUNT`;
+/// arrays, a missing field and numbers out of range are all `INVALID_AMOUNT`
+/// (numbers beyond a double's range too, such as `1e400`: JSON allows them);
 /// anything that is not JSON is `INVALID_JSON`. With a repeated `amount` field the
 /// last one counts.
 ///
@@ -21,14 +22,118 @@ pub fn parse_amount(bytes: &[u8]) -> Result<Amount, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidJson("the body is empty".into()));
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let found = serde::Deserializer::deserialize_any(&mut de, AmountVisitor { top: true })
-        .and_then(|found| de.end().map(|()| found))
-        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let found = match read_body(bytes) {
+        Ok(found) => found,
+        // serde_json refuses a number beyond a double's range ("number out of
+        // range", a syntax error), which JSON allows. Only then, on this error
+        // path, the body is read again with such numbers tamed.
+        Err(error) => {
+            let tamed = if error.is_syntax() {
+                tame_numbers(bytes)
+            } else {
+                None
+            };
+            let invalid = || ApiError::InvalidJson(error.to_string());
+            read_body(&tamed.ok_or_else(invalid)?).map_err(|_| invalid())?
+        }
+    };
     // Only non-negative integers arrive as u64; fractions, exponents, negatives,
     // numbers too large for u64 and every non-number arrive as `None`.
     let raw = found.ok_or(PointError::InvalidAmount)?;
     Ok(Amount::new(raw)?)
+}
+
+/// The amount `bytes` name (`None`: not a valid one), if they are one JSON document.
+fn read_body(bytes: &[u8]) -> serde_json::Result<Option<u64>> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let found = serde::Deserializer::deserialize_any(&mut de, AmountVisitor { top: true })?;
+    de.end()?;
+    Ok(found)
+}
+
+/// `bytes` with every JSON number that is not a plain integer of at most 20
+/// digits (one with a sign, a fraction, an exponent or more digits: never a
+/// valid amount, and the only numbers serde_json may find out of range)
+/// replaced by `-1`, which means the same to [`AmountVisitor`] and is never out
+/// of range; `None` if there is no such number.
+///
+/// A number is a maximal run of `0-9 + - . e E` outside strings that starts
+/// with a digit or `-` and is exactly one number of JSON's grammar. In a valid
+/// document every such run is one, and swapping one number for another keeps a
+/// document valid or invalid as it was: only the range error goes away.
+fn tame_numbers(bytes: &[u8]) -> Option<Vec<u8>> {
+    let in_number = |b: u8| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E');
+    let mut tamed = Vec::new();
+    let mut copied = 0;
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+        } else if b == b'"' {
+            in_string = true;
+            i += 1;
+        } else if in_number(b) {
+            let end = bytes[i..]
+                .iter()
+                .position(|&b| !in_number(b))
+                .map_or(bytes.len(), |len| i + len);
+            if json_number_is_plain(&bytes[i..end]) == Some(false) {
+                tamed.extend_from_slice(&bytes[copied..i]);
+                tamed.extend_from_slice(b"-1");
+                copied = end;
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    tamed.extend_from_slice(&bytes[copied..]);
+    Some(tamed)
+}
+
+/// Whether `run` is one JSON number (RFC 8259, section 6) and, if so, whether it
+/// is a plain integer (no sign, fraction or exponent) of at most 20 digits.
+fn json_number_is_plain(run: &[u8]) -> Option<bool> {
+    let digits = |from: usize| {
+        run[from..]
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(run.len(), |len| from + len)
+    };
+    let negative = run.first() == Some(&b'-');
+    let start = usize::from(negative);
+    let mut i = match run.get(start) {
+        Some(b'0') => start + 1,
+        Some(b'1'..=b'9') => digits(start),
+        _ => return None,
+    };
+    let mut plain = !negative && i - start <= 20;
+    if run.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        (i, plain) = (end, false);
+    }
+    if matches!(run.get(i), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(run.get(i + 1), Some(b'+' | b'-')));
+        let end = digits(i + 1 + sign);
+        if end == i + 1 + sign {
+            return None;
+        }
+        (i, plain) = (end, false);
+    }
+    (i == run.len()).then_some(plain)
 }
 
 /// Reads one JSON value: `Some(n)` for a non-negative integer; for the top-level
@@ -176,6 +281,94 @@ mod tests {
                 Err("INVALID_JSON"),
                 "{}",
                 String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    /// Found by the `amount_model` fuzz target (fuzz/): serde_json refuses a
+    /// number beyond a double's range ("number out of range"), which JSON
+    /// itself allows. Such a body is JSON: as the amount it is
+    /// `INVALID_AMOUNT` like any other non-integer, and in another field it
+    /// does not stop the amount from being read.
+    #[test]
+    fn numbers_beyond_a_double_are_json() {
+        let huge = format!("1{}", "0".repeat(400));
+        for body in [
+            "1e400".to_string(),
+            "-1e400".to_string(),
+            "1E+99999".to_string(),
+            huge.clone(),
+            format!("-{huge}"),
+            format!("{huge}.5"),
+            r#"{"amount":1e400}"#.to_string(),
+            format!(r#"{{"amount":{huge}}}"#),
+            r#"{"amount":1e400,"amount":0}"#.to_string(),
+            r#"{"x":1,"amount":[1e400]}"#.to_string(),
+        ] {
+            assert_eq!(amount(&body), Err("INVALID_AMOUNT"), "{body}");
+        }
+        for body in [
+            r#"{"amount":5,"note":1e400}"#.to_string(),
+            r#"{"note":[-1e400,{"deep":1e999}],"amount":5}"#.to_string(),
+            format!(r#"{{"amount":1e400,"amount":5,"n":{huge}}}"#),
+            r#"{"amount":5,"s":"1e400 \" 1e400","k":1E400}"#.to_string(),
+            r#"{"amount":5,"s":"\u1e40","k":1e400}"#.to_string(),
+        ] {
+            assert_eq!(amount(&body), Ok(5), "{body}");
+        }
+        // Still not JSON: broken numbers, and broken bodies with a huge number.
+        for body in [
+            "1e400x",
+            "01e400",
+            "1e400 1",
+            "1.e400",
+            "-e400",
+            r#"{"amount":1e400"#,
+            r#"{"amount":5,"note":1e400,}"#,
+            "[1e400",
+            "\"1e400",
+            // A number run on into another: taming one must not make JSON of it.
+            "1e-1e5",
+            "1e400e5",
+            "1e400.5",
+            "-1e400-1",
+            "1e400true",
+            r#"{"amount":5,"note":1e400"#,
+        ] {
+            assert_eq!(amount(body), Err("INVALID_JSON"), "{body}");
+        }
+    }
+
+    #[test]
+    fn taming_replaces_only_whole_non_plain_numbers_outside_strings() {
+        let tame =
+            |body: &str| tame_numbers(body.as_bytes()).map(|b| String::from_utf8(b).unwrap());
+        assert_eq!(tame(r#"{"amount":5,"n":7}"#), None);
+        assert_eq!(tame("12345678901234567890"), None);
+        assert_eq!(tame("123456789012345678901").as_deref(), Some("-1"));
+        assert_eq!(
+            tame(r#"[1.5,-2,3e3,"4e4\"5e5",6E-6,07,1e,true]"#).as_deref(),
+            Some(r#"[-1,-1,-1,"4e4\"5e5",-1,07,1e,true]"#)
+        );
+        assert_eq!(json_number_is_plain(b"0"), Some(true));
+        assert_eq!(json_number_is_plain(b"-0"), Some(false));
+        assert_eq!(json_number_is_plain(b"1.0e+2"), Some(false));
+        for bad in [
+            &b"01"[..],
+            b"1.",
+            b".5",
+            b"1e",
+            b"1e+",
+            b"+1",
+            b"-",
+            b"1-",
+            b"--1",
+        ] {
+            assert_eq!(
+                json_number_is_plain(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
             );
         }
     }
