@@ -20,6 +20,12 @@ max_time=${ST_MAX_TIME:-120}
 
 if [ ! -x "$venv/bin/st" ]; then
   echo "installing schemathesis $version into $venv"
+  if ! python3 -c 'import ensurepip' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ]; then sudo_=""; else sudo_="sudo"; fi
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq python3-venv
+  fi
+  rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"
 fi

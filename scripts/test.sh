@@ -84,6 +84,9 @@ cargo build --release -p pointlock-server --bin pointlock --locked
 release_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/pointlock"
 POINTLOCK_TEST_BIN="$release_bin" cargo test -p pointlock-server --test crash --locked
 
+step "schemathesis against GET /openapi.json on the release binary (memory and SQLite; installs schemathesis from PyPI once)"
+ST_MAX_TIME="${ST_MAX_TIME:-60}" ./scripts/schemathesis.sh "$release_bin"
+
 step "benches keep compiling (cargo bench --no-run)"
 cargo bench --workspace --no-run --locked
 
