@@ -37,6 +37,18 @@ async fn keyed(
         .await
 }
 
+/// The same keyed charge of 10 to user 1, sent 40 times at once.
+fn forty_duplicates(
+    server: &Arc<TestServer>,
+) -> Vec<tokio::task::JoinHandle<(StatusCode, HeaderMap, Bytes)>> {
+    (0..40)
+        .map(|_| {
+            let server = Arc::clone(server);
+            tokio::spawn(async move { keyed(&server, "charge", 1, b"double-click", "10").await })
+        })
+        .collect()
+}
+
 fn replayed(headers: &HeaderMap) -> bool {
     match headers.get("idempotent-replayed") {
         None => false,
@@ -147,12 +159,7 @@ async fn refusals_before_and_in_the_service_store_nothing_on(backend: Backend) {
 async fn concurrent_duplicates_apply_once_and_the_rest_replay_on(backend: Backend) {
     let server =
         Arc::new(TestServer::start(ProbeStore::on(backend, LATENCY_MS).await, patient()).await);
-    let tasks: Vec<_> = (0..40)
-        .map(|_| {
-            let server = Arc::clone(&server);
-            tokio::spawn(async move { keyed(&server, "charge", 1, b"double-click", "10").await })
-        })
-        .collect();
+    let tasks = forty_duplicates(&server);
     let mut first = None;
     let mut replays = 0;
     for task in tasks {
@@ -192,12 +199,7 @@ async fn without_the_lock_the_key_condition_still_applies_once_on(backend: Backe
         )
         .await,
     );
-    let tasks: Vec<_> = (0..40)
-        .map(|_| {
-            let server = Arc::clone(&server);
-            tokio::spawn(async move { keyed(&server, "charge", 1, b"double-click", "10").await })
-        })
-        .collect();
+    let tasks = forty_duplicates(&server);
     let mut applied = 0;
     for task in tasks {
         let (status, headers, body) = task.await.unwrap();
@@ -230,12 +232,7 @@ async fn negative_control_without_lock_and_conditions_duplicates_apply_more_than
         )
         .await,
     );
-    let tasks: Vec<_> = (0..40)
-        .map(|_| {
-            let server = Arc::clone(&server);
-            tokio::spawn(async move { keyed(&server, "charge", 1, b"double-click", "10").await })
-        })
-        .collect();
+    let tasks = forty_duplicates(&server);
     for task in tasks {
         assert_eq!(task.await.unwrap().0, StatusCode::OK);
     }

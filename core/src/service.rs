@@ -518,15 +518,32 @@ mod tests {
         assert_eq!(now(after.point(id(1))).unwrap().point, 14_000);
     }
 
-    /// A store that, before each of its first `meddle` commits, slips in a change
-    /// of +1 behind the service's back (as another process on the same database
-    /// would), so the service's change was computed from a stale balance.
-    struct Meddler {
+    /// A memory store that runs a hook before each balance read and each
+    /// commit: how these tests make another writer act behind the service's
+    /// lock at a chosen moment.
+    struct Hooked {
         inner: MemoryStore,
-        meddle: std::sync::atomic::AtomicU32,
+        before_read: Box<ReadHook>,
+        before_commit: Box<CommitHook>,
     }
 
-    impl PointStore for Meddler {
+    type ReadHook = dyn Fn(&MemoryStore, UserId) + Send + Sync;
+    type CommitHook = dyn Fn(&MemoryStore, &Change) + Send + Sync;
+
+    impl Hooked {
+        fn new(
+            before_read: impl Fn(&MemoryStore, UserId) + Send + Sync + 'static,
+            before_commit: impl Fn(&MemoryStore, &Change) + Send + Sync + 'static,
+        ) -> Self {
+            Self {
+                inner: MemoryStore::new(),
+                before_read: Box::new(before_read),
+                before_commit: Box::new(before_commit),
+            }
+        }
+    }
+
+    impl PointStore for Hooked {
         fn idempotency_record(
             &self,
             id: UserId,
@@ -548,6 +565,7 @@ mod tests {
             &self,
             id: UserId,
         ) -> crate::BoxFuture<'_, Result<Option<UserPoint>, crate::StoreError>> {
+            (self.before_read)(&self.inner, id);
             self.inner.user_point(id)
         }
 
@@ -562,40 +580,65 @@ mod tests {
             &self,
             change: Change,
         ) -> crate::BoxFuture<'_, Result<crate::Committed, crate::StoreError>> {
-            let meddle = self
-                .meddle
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if meddle {
-                let id = change.user_id();
-                let stored = now(self.inner.user_point(id))
-                    .unwrap()
-                    .map_or(0, |p| p.point);
-                let bypass = KeyedLock::unsynchronized();
-                let sneaked = Change::for_tests(
-                    Arc::new(now(bypass.lock(id))),
-                    None,
-                    stored + 1,
-                    TransactionType::Charge,
-                    amount(1),
-                    0,
-                );
-                now(self.inner.commit(sneaked)).unwrap();
-            }
+            (self.before_commit)(&self.inner, &change);
             self.inner.commit(change)
         }
     }
 
-    fn meddled(times: u32) -> PointService<Meddler> {
-        let store = Meddler {
-            inner: MemoryStore::new(),
-            meddle: std::sync::atomic::AtomicU32::new(times),
-        };
-        PointService::new(store, Policy::default(), Arc::new(ManualClock::new(0)))
+    /// Commit `change` to `store` as a writer that bypasses the lock would.
+    fn behind_the_lock(
+        store: &MemoryStore,
+        change: impl FnOnce(Arc<KeyGuard<UserId>>) -> Change,
+        user: UserId,
+    ) {
+        let bypass = KeyedLock::unsynchronized();
+        now(store.commit(change(Arc::new(now(bypass.lock(user)))))).unwrap();
+    }
+
+    /// A store that, before each of its first `times` commits, slips in a
+    /// change of +1 behind the service's back (as another process on the same
+    /// database would), so the service's change was computed from a stale
+    /// balance.
+    fn meddler(times: u32) -> Hooked {
+        let meddle = std::sync::atomic::AtomicU32::new(times);
+        Hooked::new(
+            |_, _| {},
+            move |inner, change| {
+                let meddling = meddle
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if meddling {
+                    let id = change.user_id();
+                    let stored = now(inner.user_point(id)).unwrap().map_or(0, |p| p.point);
+                    behind_the_lock(
+                        inner,
+                        |held| {
+                            Change::for_tests(
+                                held,
+                                None,
+                                stored + 1,
+                                TransactionType::Charge,
+                                amount(1),
+                                0,
+                            )
+                        },
+                        id,
+                    );
+                }
+            },
+        )
+    }
+
+    fn meddled(times: u32) -> PointService<Hooked> {
+        PointService::new(
+            meddler(times),
+            Policy::default(),
+            Arc::new(ManualClock::new(0)),
+        )
     }
 
     /// Invariant 1 over the memory store: the balance equals the replayed history.
-    fn replays(svc: &PointService<Meddler>, user: u64) -> u64 {
+    fn replays(svc: &PointService<Hooked>, user: u64) -> u64 {
         let balance = now(svc.point(id(user))).unwrap().point;
         let mut sum: i128 = 0;
         for row in now(svc.histories(id(user))).unwrap() {
@@ -821,20 +864,35 @@ mod tests {
         assert_eq!(histories, 2, "applied twice");
     }
 
-    struct Racer {
-        inner: MemoryStore,
-        armed: std::sync::atomic::AtomicBool,
-        twin_keyed: bool,
-    }
-
     /// Charge 100 with key "k" while another writer commits the same keyed
     /// charge behind the lock first; the answer and the history's length.
     fn race(twin_keyed: bool) -> (Result<Applied, PointError>, usize) {
-        let store = Racer {
-            inner: MemoryStore::new(),
-            armed: std::sync::atomic::AtomicBool::new(true),
-            twin_keyed,
-        };
+        // The twin, computed from the same balance, commits first.
+        let armed = std::sync::atomic::AtomicBool::new(true);
+        let store = Hooked::new(
+            |_, _| {},
+            move |inner, change| {
+                if armed.swap(false, Ordering::SeqCst) {
+                    let twin = |held| {
+                        let twin = Change::for_tests(
+                            held,
+                            change.expected_point(),
+                            change.point(),
+                            change.kind(),
+                            change.amount(),
+                            change.time_millis(),
+                        );
+                        match change.idempotency_key() {
+                            Some(key) if twin_keyed => {
+                                twin.with_key_for_tests(key.clone(), change.key_expired_before())
+                            }
+                            _ => twin,
+                        }
+                    };
+                    behind_the_lock(inner, twin, change.user_id());
+                }
+            },
+        );
         let svc = PointService::new(store, Policy::default(), Arc::new(ManualClock::new(0)));
         let held = Arc::new(now(svc.lock().lock(id(1))));
         let answer = now(svc.apply(&held, TransactionType::Charge, amount(100), Some(&key("k"))));
@@ -843,124 +901,32 @@ mod tests {
         (answer, now(svc.histories(id(1))).unwrap().len())
     }
 
-    impl PointStore for Racer {
-        fn idempotency_record(
-            &self,
-            id: UserId,
-            key: &IdempotencyKey,
-        ) -> crate::BoxFuture<'_, Result<Option<crate::IdempotencyRecord>, crate::StoreError>>
-        {
-            self.inner.idempotency_record(id, key)
-        }
-        fn sweep_idempotency(
-            &self,
-            expired_before: i64,
-            limit: usize,
-        ) -> crate::BoxFuture<'_, Result<usize, crate::StoreError>> {
-            self.inner.sweep_idempotency(expired_before, limit)
-        }
-        fn user_point(
-            &self,
-            id: UserId,
-        ) -> crate::BoxFuture<'_, Result<Option<UserPoint>, crate::StoreError>> {
-            self.inner.user_point(id)
-        }
-        fn histories(
-            &self,
-            id: UserId,
-        ) -> crate::BoxFuture<'_, Result<Vec<PointHistory>, crate::StoreError>> {
-            self.inner.histories(id)
-        }
-        fn commit(
-            &self,
-            change: Change,
-        ) -> crate::BoxFuture<'_, Result<crate::Committed, crate::StoreError>> {
-            if self.armed.swap(false, Ordering::SeqCst) {
-                // The twin, computed from the same balance, wins the race.
-                let bypass = KeyedLock::unsynchronized();
-                let mut twin = Change::for_tests(
-                    Arc::new(now(bypass.lock(change.user_id()))),
-                    change.expected_point(),
-                    change.point(),
-                    change.kind(),
-                    change.amount(),
-                    change.time_millis(),
-                );
-                if self.twin_keyed {
-                    twin = twin.with_key_for_tests(
-                        change.idempotency_key().unwrap().clone(),
-                        change.key_expired_before(),
-                    );
+    /// The twin to commit before the next balance read: (operation, amount,
+    /// key).
+    type Twin = Arc<std::sync::Mutex<Option<(TransactionType, u64, &'static str)>>>;
+
+    /// A store whose next balance read, once `twin` is set, is preceded by that
+    /// keyed change committed behind the lock (another instance serving the
+    /// duplicate of the same request): the twin lands between the service's
+    /// key lookup and its balance read.
+    fn interloper(twin: Twin) -> Hooked {
+        Hooked::new(
+            move |inner, id| {
+                if let Some((kind, raw, name)) = twin.lock().unwrap().take() {
+                    let stored = now(inner.user_point(id)).unwrap().map_or(0, |p| p.point);
+                    let point = match kind {
+                        TransactionType::Charge => stored + raw,
+                        TransactionType::Use => stored - raw,
+                    };
+                    let change = |held| {
+                        Change::for_tests(held, Some(stored), point, kind, amount(raw), 0)
+                            .with_key_for_tests(key(name), i64::MIN)
+                    };
+                    behind_the_lock(inner, change, id);
                 }
-                now(self.inner.commit(twin)).unwrap();
-            }
-            self.inner.commit(change)
-        }
-    }
-
-    /// A store whose first balance read is preceded by a twin of the keyed
-    /// change being made, committed behind the lock (another instance
-    /// serving the duplicate of the same request): the twin lands between
-    /// the service's key lookup and its balance read.
-    struct Interloper {
-        inner: MemoryStore,
-        twin: std::sync::Mutex<Option<(TransactionType, u64, &'static str)>>,
-    }
-
-    impl PointStore for Interloper {
-        fn idempotency_record(
-            &self,
-            id: UserId,
-            key: &IdempotencyKey,
-        ) -> crate::BoxFuture<'_, Result<Option<crate::IdempotencyRecord>, crate::StoreError>>
-        {
-            self.inner.idempotency_record(id, key)
-        }
-        fn sweep_idempotency(
-            &self,
-            expired_before: i64,
-            limit: usize,
-        ) -> crate::BoxFuture<'_, Result<usize, crate::StoreError>> {
-            self.inner.sweep_idempotency(expired_before, limit)
-        }
-        fn user_point(
-            &self,
-            id: UserId,
-        ) -> crate::BoxFuture<'_, Result<Option<UserPoint>, crate::StoreError>> {
-            if let Some((kind, raw, name)) = self.twin.lock().unwrap().take() {
-                let stored = now(self.inner.user_point(id))
-                    .unwrap()
-                    .map_or(0, |p| p.point);
-                let point = match kind {
-                    TransactionType::Charge => stored + raw,
-                    TransactionType::Use => stored - raw,
-                };
-                let bypass = KeyedLock::unsynchronized();
-                let twin = Change::for_tests(
-                    Arc::new(now(bypass.lock(id))),
-                    Some(stored),
-                    point,
-                    kind,
-                    amount(raw),
-                    0,
-                )
-                .with_key_for_tests(key(name), i64::MIN);
-                now(self.inner.commit(twin)).unwrap();
-            }
-            self.inner.user_point(id)
-        }
-        fn histories(
-            &self,
-            id: UserId,
-        ) -> crate::BoxFuture<'_, Result<Vec<PointHistory>, crate::StoreError>> {
-            self.inner.histories(id)
-        }
-        fn commit(
-            &self,
-            change: Change,
-        ) -> crate::BoxFuture<'_, Result<crate::Committed, crate::StoreError>> {
-            self.inner.commit(change)
-        }
+            },
+            |_, _| {},
+        )
     }
 
     #[test]
@@ -974,11 +940,9 @@ mod tests {
             (TransactionType::Charge, 6_000, 0),
             (TransactionType::Use, 60, 100),
         ] {
+            let twin: Twin = Arc::default();
             let svc = PointService::new(
-                Interloper {
-                    inner: MemoryStore::new(),
-                    twin: std::sync::Mutex::new(None),
-                },
+                interloper(Arc::clone(&twin)),
                 Policy::default(),
                 Arc::new(ManualClock::new(0)),
             );
@@ -986,7 +950,7 @@ mod tests {
             if opening > 0 {
                 now(svc.charge(&held, amount(opening))).unwrap();
             }
-            *svc.store.twin.lock().unwrap() = Some((kind, raw, "k"));
+            *twin.lock().unwrap() = Some((kind, raw, "k"));
             let answer = now(svc.apply(&held, kind, amount(raw), Some(&key("k"))));
             let twin_point = if kind == TransactionType::Charge {
                 opening + raw
