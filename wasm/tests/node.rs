@@ -33,7 +33,7 @@ async fn concurrent_charges_on_the_slow_memory_store_sum_exactly() {
     ])))
     .unwrap();
     let calls: Vec<Promise> = (0..20)
-        .map(|_| svc.charge(1.0.into(), 10.0.into()))
+        .map(|_| svc.charge(1.0.into(), 10.0.into(), None))
         .collect();
     for call in calls {
         settle(call).await.unwrap();
@@ -47,14 +47,14 @@ async fn concurrent_charges_on_the_slow_memory_store_sum_exactly() {
 async fn errors_reject_with_codes() {
     let svc = PointService::new(Some(options(&[]))).unwrap();
     for (call, code) in [
-        (svc.charge(0.0.into(), 1.0.into()), "INVALID_USER_ID"),
-        (svc.charge(1.0.into(), 0.5.into()), "INVALID_AMOUNT"),
+        (svc.charge(0.0.into(), 1.0.into(), None), "INVALID_USER_ID"),
+        (svc.charge(1.0.into(), 0.5.into(), None), "INVALID_AMOUNT"),
         (
-            svc.use_points(1.0.into(), 1.0.into()),
+            svc.use_points(1.0.into(), 1.0.into(), None),
             "INSUFFICIENT_BALANCE",
         ),
         (
-            svc.charge(1.0.into(), 10_001.0.into()),
+            svc.charge(1.0.into(), 10_001.0.into(), None),
             "MAX_BALANCE_EXCEEDED",
         ),
     ] {
