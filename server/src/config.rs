@@ -235,6 +235,12 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
+    /// Bearer JWT: the most verified tokens remembered, so that a client's next
+    /// request with the same token costs a lookup instead of a signature check
+    /// (each use still checks exp and nbf). 0: none.
+    #[arg(long, env = "POINTLOCK_JWT_CACHE_MAX", default_value_t = crate::auth::CACHE_MAX_DEFAULT)]
+    pub jwt_cache_max: usize,
+
     /// Bearer JWT: GET /metrics and GET /stats need a token with the
     /// points:admin scope (open by default, like /health and /ready).
     #[arg(long, env = "POINTLOCK_METRICS_REQUIRE_ADMIN")]
@@ -314,7 +320,7 @@ impl Config {
         } else {
             return Ok(None);
         };
-        let mut verifier = verifier;
+        let mut verifier = verifier.cache_max(self.jwt_cache_max);
         if let Some(audience) = &self.jwt_audience {
             verifier = verifier.audience(audience);
         }

@@ -35,6 +35,7 @@ fn help_explains_every_flag() {
         "--jwt-audience",
         "--jwt-issuer",
         "--metrics-require-admin",
+        "--jwt-cache-max",
         "POINTLOCK_JWT_HS256_SECRET_FILE",
         "sqlite:pointlock.db",
         "POINTLOCK_ADDR",

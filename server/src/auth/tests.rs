@@ -483,3 +483,103 @@ async fn a_refused_request_never_reaches_the_inner_service() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 6);
 }
+
+#[test]
+fn a_cached_verdict_is_current_by_jsonwebtokens_own_comparisons() {
+    let entry = |exp, nbf| cache::Entry {
+        principal: Principal {
+            user: user(1),
+            admin: false,
+        },
+        exp,
+        nbf,
+    };
+    let leeway = LEEWAY_SECS;
+    let t = 1_800_000_000;
+    // exp: valid up to and including exp + leeway.
+    assert!(entry(t, None).is_current(t + leeway, leeway));
+    assert!(!entry(t, None).is_current(t + leeway + 1, leeway));
+    assert!(entry(t, None).is_current(t - 1_000, leeway));
+    // nbf: valid from nbf - leeway.
+    assert!(entry(t + 3_600, Some(t)).is_current(t - leeway, leeway));
+    assert!(!entry(t + 3_600, Some(t)).is_current(t - leeway - 1, leeway));
+    // No wrap-around at the ends of time.
+    assert!(entry(u64::MAX, Some(0)).is_current(u64::MAX, leeway));
+    assert!(!entry(0, None).is_current(u64::MAX, leeway));
+    // The same verdict as jsonwebtoken's validation (margins of a second or
+    // more either side, so a clock tick during the test changes nothing).
+    let uncached = verifier().cache_max(0);
+    let now = now();
+    for offset in [-3_600_i64, -32, -28, 0, 60] {
+        let exp = now.checked_add_signed(offset).unwrap();
+        let verdict = uncached.verify(&hs256(&json!({ "sub": "1", "exp": exp })));
+        let current = entry(exp, None).is_current(jsonwebtoken::get_current_timestamp(), leeway);
+        assert_eq!(verdict.is_ok(), current, "exp now{offset:+}");
+        let nbf = now.checked_add_signed(-offset).unwrap();
+        let verdict = uncached.verify(&hs256(
+            &json!({ "sub": "1", "exp": now + 7_200, "nbf": nbf }),
+        ));
+        let current =
+            entry(now + 7_200, Some(nbf)).is_current(jsonwebtoken::get_current_timestamp(), leeway);
+        assert_eq!(verdict.is_ok(), current, "nbf now{:+}", -offset);
+    }
+}
+
+#[test]
+fn only_verified_tokens_are_remembered_and_only_while_current() {
+    let v = verifier();
+    let good = hs256(&claims(json!("3")));
+    assert_eq!(v.cached(), 0);
+    assert_eq!(v.verify(&good).map(|p| p.user), Ok(user(3)));
+    assert_eq!(v.cached(), 1);
+    // The second use is the cache's answer, the same.
+    assert_eq!(v.verify(&good).map(|p| p.user), Ok(user(3)));
+    let cache = v.cache.as_ref().unwrap();
+    let t = now();
+    assert_eq!(
+        cache.get(&good, t, LEEWAY_SECS).map(|p| p.user),
+        Some(user(3))
+    );
+    // Past its exp (an hour) and the leeway, the entry no longer answers.
+    assert_eq!(
+        cache.get(&good, t + 3_600 + LEEWAY_SECS + 2, LEEWAY_SECS),
+        None
+    );
+    // A token that differs by one byte is another key.
+    let mut edited = good.clone();
+    edited.pop();
+    // (A canonical last character: its two low bits are padding.)
+    edited.push(if good.ends_with('A') { 'Q' } else { 'A' });
+    assert_eq!(cache.get(&edited, t, LEEWAY_SECS), None);
+    assert_eq!(v.verify(&edited), Err(TokenRejection::Signature));
+    // Refusals are never remembered.
+    let mut expired = claims(json!("3"));
+    expired["exp"] = json!(t - 3_600);
+    let mut early = claims(json!("3"));
+    early["nbf"] = json!(t + 3_600);
+    for refused in [hs256(&expired), hs256(&early), "x.y.z".to_owned()] {
+        assert!(v.verify(&refused).is_err());
+        assert!(v.verify(&refused).is_err(), "refused again, not remembered");
+    }
+    assert_eq!(v.cached(), 1);
+    // Off: nothing remembered.
+    let off = verifier().cache_max(0);
+    assert_eq!(off.verify(&good).map(|p| p.user), Ok(user(3)));
+    assert_eq!(off.cached(), 0);
+}
+
+#[test]
+fn the_cache_is_bounded() {
+    let v = verifier().cache_max(3);
+    for sub in 1..=3 {
+        v.verify(&hs256(&claims(json!(sub)))).unwrap();
+    }
+    assert_eq!(v.cached(), 3);
+    let first = hs256(&claims(json!(1)));
+    // Full: the next new token empties it first.
+    v.verify(&hs256(&claims(json!(4)))).unwrap();
+    assert_eq!(v.cached(), 1);
+    // And every token still verifies, cached or not.
+    assert_eq!(v.verify(&first).map(|p| p.user), Ok(user(1)));
+    assert_eq!(v.cached(), 2);
+}
