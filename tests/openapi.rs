@@ -8,10 +8,12 @@
 //!    test holds to the dispatch), and each is served by a running server;
 //! 3. its error codes and statuses are exactly those the error type produces;
 //! 4. every answer of a running server (successes and every error code,
-//!    provoked for real over loopback HTTP) validates against the response the
-//!    document declares for its operation and status: body schema, media
-//!    type and headers; and every example in the document validates against its
-//!    schema.
+//!    provoked for real over loopback HTTP; the 401 and 403 of bearer
+//!    authentication on a second server started with it) validates against the
+//!    response the document declares for its operation and status: body
+//!    schema, media type and headers; and every example in the document
+//!    validates against its schema. The document's security requirements are
+//!    held to the authentication layer's own map of what each path needs.
 //!
 //! A feature may be documented ahead of its code (built on a branch of its own):
 //! [`PENDING_ROUTES`] and [`PENDING_CODES`] list what is, its live check is an

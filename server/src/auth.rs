@@ -523,6 +523,8 @@ where
                 future: self.inner.call(req),
             },
             Err(error) => {
+                // Never the token: the reason only (the client's message too).
+                tracing::debug!(code = error.code(), %error, "refused by bearer authentication");
                 let refused = error.into_response().map(|body| {
                     AppBody::new(http_body_util::BodyExt::map_err(
                         body,
