@@ -8,10 +8,12 @@
 //!    test holds to the dispatch), and each is served by a running server;
 //! 3. its error codes and statuses are exactly those the error type produces;
 //! 4. every answer of a running server (successes and every error code,
-//!    provoked for real over loopback HTTP) validates against the response the
-//!    document declares for its operation and status: body schema, media
-//!    type and headers; and every example in the document validates against its
-//!    schema.
+//!    provoked for real over loopback HTTP; the 401 and 403 of bearer
+//!    authentication on a second server started with it) validates against the
+//!    response the document declares for its operation and status: body
+//!    schema, media type and headers; and every example in the document
+//!    validates against its schema. The document's security requirements are
+//!    held to the authentication layer's own map of what each path needs.
 //!
 //! A feature may be documented ahead of its code (built on a branch of its own):
 //! [`PENDING_ROUTES`] and [`PENDING_CODES`] list what is, its live check is an
@@ -27,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::jwt::{admin_claims, alg_none, bearer, claims, now, Scheme};
 use common::{ProbeStore, TestServer};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -39,7 +42,9 @@ use pointlock::core::{
     Policy, StoreError, StoreErrorKind, UserId, UserPoint,
 };
 use pointlock::server::app::{build_app, serve, service};
+use pointlock::server::auth::{access, Access};
 use pointlock::server::clock::SystemClock;
+use pointlock::server::error::{Denial, TokenRejection};
 use pointlock::server::openapi::DOCUMENT;
 use pointlock::server::routes::{StoreStats, ROUTES};
 use pointlock::server::store::{PostgresOptions, PostgresStore};
@@ -253,7 +258,12 @@ impl Contract {
                 }
             }
         }
-        for name in ["retry-after", "allow", "idempotent-replayed"] {
+        for name in [
+            "retry-after",
+            "allow",
+            "idempotent-replayed",
+            "www-authenticate",
+        ] {
             assert!(
                 declared.contains_key(name) || answer.header(name).is_none(),
                 "undeclared header {name}: {what}"
@@ -498,6 +508,18 @@ fn producible_errors() -> Vec<ApiError> {
                 | PointError::ForeignGuard
                 | PointError::Store(_) => {}
             },
+            ApiError::Unauthorized(rejection) => match rejection {
+                TokenRejection::Missing
+                | TokenRejection::NotBearer
+                | TokenRejection::Malformed
+                | TokenRejection::Algorithm
+                | TokenRejection::Signature
+                | TokenRejection::Expired
+                | TokenRejection::NotYetValid
+                | TokenRejection::Claims
+                | TokenRejection::Audience => {}
+            },
+            ApiError::Forbidden(Denial::AnotherUser | Denial::NotAdmin) => {}
             ApiError::InvalidJson(_)
             | ApiError::HeadersTooLarge { .. }
             | ApiError::LengthRequired
@@ -519,6 +541,17 @@ fn producible_errors() -> Vec<ApiError> {
         ApiError::Point(PointError::InvalidIdempotencyKey),
         ApiError::HeadersTooLarge { limit_bytes: 1 },
         ApiError::LengthRequired,
+        ApiError::Unauthorized(TokenRejection::Missing),
+        ApiError::Unauthorized(TokenRejection::NotBearer),
+        ApiError::Unauthorized(TokenRejection::Malformed),
+        ApiError::Unauthorized(TokenRejection::Algorithm),
+        ApiError::Unauthorized(TokenRejection::Signature),
+        ApiError::Unauthorized(TokenRejection::Expired),
+        ApiError::Unauthorized(TokenRejection::NotYetValid),
+        ApiError::Unauthorized(TokenRejection::Claims),
+        ApiError::Unauthorized(TokenRejection::Audience),
+        ApiError::Forbidden(Denial::AnotherUser),
+        ApiError::Forbidden(Denial::NotAdmin),
         ApiError::Point(PointError::IdempotencyKeyReused {
             kind: "CHARGE",
             amount: 1,
@@ -562,7 +595,9 @@ fn producible_errors() -> Vec<ApiError> {
 }
 
 /// The shared responses of `components/responses` and their statuses.
-const SHARED_RESPONSES: [(&str, u16); 7] = [
+const SHARED_RESPONSES: [(&str, u16); 9] = [
+    ("Unauthorized", 401),
+    ("Forbidden", 403),
     ("NotFound", 404),
     ("MethodNotAllowed", 405),
     ("RequestTimeout", 408),
@@ -939,6 +974,7 @@ async fn every_answer_of_a_running_server_matches_the_document() {
     store_failures(&contract, &http).await;
     durable_store_stats(&contract, &http).await;
     idempotency_key(&contract, &http).await;
+    bearer_auth(&contract, &http).await;
 
     // Every error code was provoked (those of features not built here aside).
     let all: BTreeSet<String> = contract.doc["components"]["schemas"]["ErrorCode"]["enum"]
@@ -1508,4 +1544,127 @@ async fn idempotency_key(contract: &Contract, http: &Http) {
     contract.check(&Method::PATCH, "/point/1/use", &r);
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(s.balance(1).await, 9);
+}
+
+// ---------------------------------------------------------------------------
+// Bearer authentication
+// ---------------------------------------------------------------------------
+
+/// The document's security requirements are the authentication layer's: an
+/// operation declares bearer (optional: off by default) exactly where
+/// `auth::access` asks for a token, the admin scope where it asks for one,
+/// and 401 and 403 exactly there.
+#[test]
+fn the_security_requirements_are_the_auth_layers() {
+    let contract = Contract::new();
+    assert_eq!(
+        contract.doc["components"]["securitySchemes"]["bearerAuth"]
+            .as_object()
+            .map(|scheme| (&scheme["type"], &scheme["scheme"], &scheme["bearerFormat"])),
+        Some((&json!("http"), &json!("bearer"), &json!("JWT")))
+    );
+    assert!(
+        contract.doc.get("security").is_none(),
+        "no requirement for the whole API: the open routes stay open"
+    );
+    let mut protected = 0;
+    for (method, template, op) in contract.operations() {
+        let path = template.replace("{id}", "1");
+        let expected = match access(&path, true) {
+            Access::User(_) => Some(json!([{ "bearerAuth": [] }, {}])),
+            Access::Admin => Some(json!([{ "bearerAuth": ["points:admin"] }, {}])),
+            Access::Open => None,
+            Access::Authenticated => panic!("{template}: a documented path with a valid id"),
+        };
+        let what = format!("{method} {template}");
+        assert_eq!(op.get("security"), expected.as_ref(), "{what}");
+        for status in ["401", "403"] {
+            assert_eq!(
+                op["responses"].get(status).is_some(),
+                expected.is_some(),
+                "{what}: {status} documented where a token is needed"
+            );
+        }
+        protected += usize::from(expected.is_some());
+    }
+    assert_eq!(protected, 6, "the four wallet routes, /metrics and /stats");
+}
+
+/// 401 and 403 on every operation that documents them, from a server with
+/// bearer authentication on (HS256, `--metrics-require-admin`), each answer
+/// checked against the document; the tokens that grant each operation; and
+/// the open operations answering without a token.
+async fn bearer_auth(contract: &Contract, http: &Http) {
+    let options = AppOptions {
+        auth: Some(Scheme::Hs256.auth().operations_admin_only(true)),
+        ..AppOptions::default()
+    };
+    let s = TestServer::start(ProbeStore::new(0), options).await;
+    let sign = |claims: &Value| bearer(&Scheme::Hs256.sign(claims));
+    let mut expired = claims(json!("1"));
+    expired["exp"] = json!(now() - 3_600);
+    let owner = sign(&claims(json!("1")));
+    let stranger = sign(&claims(json!("2")));
+    let admin = sign(&admin_claims());
+    let refusals: [(&str, Option<String>, u16, &str); 5] = [
+        ("no token", None, 401, "UNAUTHORIZED"),
+        ("expired", Some(sign(&expired)), 401, "UNAUTHORIZED"),
+        (
+            "alg: none",
+            Some(bearer(&alg_none(&claims(json!("1"))))),
+            401,
+            "UNAUTHORIZED",
+        ),
+        ("not bearer", Some("Basic eDp5".into()), 401, "UNAUTHORIZED"),
+        ("another user", Some(stranger), 403, "FORBIDDEN"),
+    ];
+    let mut protected = 0;
+    for (method, template, op) in contract.operations() {
+        let path = template.replace("{id}", "1");
+        let method: Method = method.parse().unwrap();
+        let body = if method == Method::PATCH { "1" } else { "" };
+        let send = |authorization: Option<String>| {
+            let (method, path) = (method.clone(), path.clone());
+            async move {
+                let headers: Vec<(&str, &str)> = authorization
+                    .as_deref()
+                    .map(|value| ("authorization", value))
+                    .into_iter()
+                    .collect();
+                http.send(s.addr, method, &path, &headers, body).await
+            }
+        };
+        if op["responses"].get("401").is_none() {
+            let r = send(None).await;
+            contract.check(&method, &path, &r);
+            assert_eq!(r.status, StatusCode::OK, "{method} {path} is open");
+            continue;
+        }
+        protected += 1;
+        for (name, authorization, status, code) in &refusals {
+            let r = send(authorization.clone()).await;
+            let got = contract.check(&method, &path, &r);
+            assert!(
+                r.header("www-authenticate").is_some(),
+                "{name}: {method} {path}"
+            );
+            expect(got, &r, *status, code);
+        }
+        let granted: &[&str] = if template.contains("{id}") {
+            &[&owner, &admin]
+        } else {
+            &[&admin]
+        };
+        for authorization in granted {
+            let r = send(Some((*authorization).to_owned())).await;
+            contract.check(&method, &path, &r);
+            assert_eq!(r.status, StatusCode::OK, "{method} {path}: {}", r.text());
+        }
+    }
+    assert_eq!(protected, 6);
+    assert_eq!(
+        s.store.commits(),
+        4,
+        "only the granted changes reached the store"
+    );
 }

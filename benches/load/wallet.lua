@@ -5,6 +5,9 @@
 -- ADDRS=host:port,host:port,...  (optional) thread i sends to the i-th address
 --   (wrk -t must equal their number): several instances loaded by one wrk, whose
 --   figures are then the sum and the merged latency distribution.
+-- AUTHORIZATION=value  (optional) sent as the Authorization header of every
+--   request: a bearer token for a server with authentication on (an admin
+--   token, scope points:admin, acts on every user).
 -- done() prints one JSON line (prefixed "RESULT ") that load.sh collects.
 
 local scenario = os.getenv("SCENARIO") or "get"
@@ -29,6 +32,12 @@ function setup(thread)
 end
 
 local json_headers = { ["Content-Type"] = "application/json" }
+local get_headers = {}
+local authorization = os.getenv("AUTHORIZATION")
+if authorization then
+  json_headers["Authorization"] = authorization
+  get_headers["Authorization"] = authorization
+end
 local amount_body = '{"amount":1}'
 
 function request()
@@ -41,7 +50,7 @@ function request()
   if scenario == "charge" then
     return wrk.format("PATCH", "/point/" .. id .. "/charge", json_headers, amount_body)
   end
-  return wrk.format("GET", "/point/" .. id)
+  return wrk.format("GET", "/point/" .. id, get_headers)
 end
 
 function done(summary, latency, requests)

@@ -17,32 +17,40 @@
 //!    the connection; before any lock, inside the request id so the answer
 //!    carries one). Connection-level limits (header timeout, connection cap,
 //!    HTTP/2 streams) are [`ServeOptions`], applied by [`serve_with`].
-//! 3. error normalisation (`map_response`): turns the non-JSON 408 and 413 of
+//! 3. [`BearerAuth`], only with [`AppOptions::auth`] (bearer JWT: 401
+//!    `UNAUTHORIZED`, 403 `FORBIDDEN`). Far above the lock layer (9): a
+//!    refused request is answered here and never waits for, takes or holds a
+//!    user's lock, nor has its body read. Inside the request id (its answers
+//!    carry one) and the header limit (which bounds the token's size); above
+//!    everything that looks at the request's content, so an anonymous client
+//!    learns nothing but "authenticate". Off, there is no layer: the stack
+//!    costs what it did without authentication.
+//! 4. error normalisation (`map_response`): turns the non-JSON 408 and 413 of
 //!    the request deadline and the body limit into JSON errors, copying the response's
 //!    headers (not its content type or length). Outermost but one, so `Trace`,
 //!    inside it, logs the raw 408/413 (the same status code).
-//! 4. `Trace` (a span and events per request, at DEBUG). Installed only when the
+//! 5. `Trace` (a span and events per request, at DEBUG). Installed only when the
 //!    process's log filter lets DEBUG through: at the default INFO it would emit
 //!    nothing yet cost ~1,400 instructions per request (5% of a charge; measured
 //!    with `benches/instructions.sh`). Server errors are logged either way, with
 //!    the request's id, by the request-id layer (from the report
 //!    [`ApiError::into_response`] attaches to every 5xx).
-//! 5. `CatchPanic` (a panic becomes a 500 JSON answer). A panic unwinds through the
+//! 6. `CatchPanic` (a panic becomes a 500 JSON answer). A panic unwinds through the
 //!    lock layer's future, whose `polling` flag marks it as panicked: it is never
 //!    resumed, and when `CatchPanic`'s future is dropped (right after the 500 is
 //!    ready) it drops the handler's future and releases the user's lock. It boxes
 //!    the response body into [`AppBody`], the one box a response body gets.
-//! 6. the request deadline (`map_future` with [`deadline::within`]: a bare 408
+//! 7. the request deadline (`map_future` with [`deadline::within`]: a bare 408
 //!    for the whole request, default 10 s; longer than the lock timeout). Its
 //!    timer is only made if the request is not done in its first poll.
-//! 7. `RequestBodyLimit` (413, default 4 KiB)
-//! 8. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
+//! 8. `RequestBodyLimit` (413, default 4 KiB)
+//! 9. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
 //!    lock for the life of the request, a bounded queue per user; left out only
 //!    when [`AppOptions::lock_layer`] is false, for negative-control tests). Its
 //!    body type has an empty `Default`, which the deadline needs for its 408.
-//! 9. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
-//!    counted from when the user's lock is held: a slow uploader holds its user no
-//!    longer than this)
+//! 10. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
+//!     counted from when the user's lock is held: a slow uploader holds its user no
+//!     longer than this)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -70,6 +78,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 use tower_service::Service;
 
+use crate::auth::BearerAuth;
 use crate::deadline;
 use crate::error::{refusal_response, ApiError, ServerErrorReport};
 use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
@@ -113,6 +122,9 @@ pub struct AppOptions {
     /// Request metrics and `GET /metrics` (`None`: neither, and no layer: the
     /// stack costs what it did without metrics).
     pub metrics: Option<Metrics>,
+    /// Bearer JWT authentication (`None`, the default: the open API of the
+    /// course's templates, and no layer).
+    pub auth: Option<BearerAuth>,
 }
 
 impl Default for AppOptions {
@@ -128,6 +140,7 @@ impl Default for AppOptions {
             store_stats: None,
             // On, as in the binary (`--metrics on`).
             metrics: Some(Metrics::new()),
+            auth: None,
         }
     }
 }
@@ -251,6 +264,7 @@ pub fn build_stack(
         .option_layer(metrics)
         .layer(RequestIdLayer::new())
         .layer(HeaderLimitLayer::new(options.header_limit_bytes))
+        .option_layer(options.auth.clone())
         .map_response(move |res| normalize_error(res, limit))
         .option_layer(trace_enabled().then(|| {
             // The trace layer wraps the body: box it again so both branches agree.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::app::AppOptions;
+use crate::auth::{BearerAuth, JwtVerifier};
 use crate::metrics::Metrics;
 use crate::store::{PostgresOptions, SqliteOptions};
 
@@ -207,6 +208,44 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_METRICS", value_enum, default_value_t = Switch::On)]
     pub metrics: Switch,
 
+    /// Bearer JWT with a shared secret: verify HS256 tokens with the bytes of
+    /// this file (trailing whitespace dropped; at least 32 bytes, such as
+    /// `openssl rand -base64 48`). A user's routes then need a token whose sub
+    /// is that user, or whose scope holds points:admin. Off unless this or
+    /// --jwt-public-key-file is given.
+    #[arg(
+        long,
+        env = "POINTLOCK_JWT_HS256_SECRET_FILE",
+        value_name = "PATH",
+        conflicts_with = "jwt_public_key_file"
+    )]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// Bearer JWT from an identity provider: verify tokens with this public
+    /// key in PEM (RSA: RS256; EC P-256: ES256). See --jwt-hs256-secret-file.
+    #[arg(long, env = "POINTLOCK_JWT_PUBLIC_KEY_FILE", value_name = "PATH")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Bearer JWT: require this aud claim (tokens that carry an aud are refused
+    /// unless it is set and matches).
+    #[arg(long, env = "POINTLOCK_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Bearer JWT: require this iss claim.
+    #[arg(long, env = "POINTLOCK_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Bearer JWT: the most verified tokens remembered, so that a client's next
+    /// request with the same token costs a lookup instead of a signature check
+    /// (each use still checks exp and nbf). 0: none.
+    #[arg(long, env = "POINTLOCK_JWT_CACHE_MAX", default_value_t = crate::auth::CACHE_MAX_DEFAULT)]
+    pub jwt_cache_max: usize,
+
+    /// Bearer JWT: GET /metrics and GET /stats need a token with the
+    /// points:admin scope (open by default, like /health and /ready).
+    #[arg(long, env = "POINTLOCK_METRICS_REQUIRE_ADMIN")]
+    pub metrics_require_admin: bool,
+
     /// Largest accepted request body, in bytes; larger bodies get a 413.
     #[arg(long, env = "POINTLOCK_BODY_LIMIT_BYTES", default_value_t = 4_096)]
     pub body_limit_bytes: usize,
@@ -251,7 +290,46 @@ impl Config {
             header_limit_bytes: self.header_limit_bytes,
             store_stats: None,
             metrics: (self.metrics == Switch::On).then(Metrics::new),
+            // Read from files: see `auth`.
+            auth: None,
         }
+    }
+
+    /// Whether bearer JWT authentication is on.
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt_hs256_secret_file.is_some() || self.jwt_public_key_file.is_some()
+    }
+
+    /// The bearer authentication these flags describe, its key read from its
+    /// file (`None`: off). The error names the file, never its content.
+    pub fn auth(&self) -> Result<Option<BearerAuth>, String> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let verifier = if let Some(path) = &self.jwt_hs256_secret_file {
+            let secret = read(path)?;
+            let end = secret
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(0, |last| last + 1);
+            JwtVerifier::hs256(&secret[..end])
+                .map_err(|e| format!("--jwt-hs256-secret-file {}: {e}", path.display()))?
+        } else if let Some(path) = &self.jwt_public_key_file {
+            JwtVerifier::from_public_key_pem(&read(path)?)
+                .map_err(|e| format!("--jwt-public-key-file {}: {e}", path.display()))?
+        } else {
+            return Ok(None);
+        };
+        let mut verifier = verifier.cache_max(self.jwt_cache_max);
+        if let Some(audience) = &self.jwt_audience {
+            verifier = verifier.audience(audience);
+        }
+        if let Some(issuer) = &self.jwt_issuer {
+            verifier = verifier.issuer(issuer);
+        }
+        Ok(Some(
+            BearerAuth::new(verifier).operations_admin_only(self.metrics_require_admin),
+        ))
     }
 
     /// The connection limits these flags describe.
@@ -341,6 +419,19 @@ impl Config {
                 ));
             }
         }
+        if !self.jwt_enabled() {
+            for (set, flag) in [
+                (self.jwt_audience.is_some(), "--jwt-audience"),
+                (self.jwt_issuer.is_some(), "--jwt-issuer"),
+                (self.metrics_require_admin, "--metrics-require-admin"),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{flag} needs bearer JWT: --jwt-hs256-secret-file or --jwt-public-key-file"
+                    ));
+                }
+            }
+        }
         if self.body_limit_bytes < 64 {
             return Err("--body-limit-bytes must be at least 64".into());
         }
@@ -369,5 +460,75 @@ mod tests {
             .unwrap_err();
         assert!(unknown.contains("root:***@db"), "{unknown}");
         assert!(!unknown.contains("hunter2"), "{unknown}");
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("pointlock").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn bearer_jwt_is_off_by_default_and_its_flags_need_it() {
+        let config = parse(&[]).unwrap();
+        assert!(!config.jwt_enabled());
+        assert!(config.auth().unwrap().is_none());
+        assert!(config.validate().is_ok());
+        for flags in [
+            &["--jwt-audience", "a"][..],
+            &["--jwt-issuer", "i"],
+            &["--metrics-require-admin"],
+        ] {
+            let error = parse(flags).unwrap().validate().unwrap_err();
+            assert!(error.contains("needs bearer JWT"), "{flags:?}: {error}");
+        }
+        let both = parse(&["--jwt-hs256-secret-file", "s", "--jwt-public-key-file", "k"]);
+        assert!(both.is_err(), "one key, one algorithm");
+    }
+
+    #[test]
+    fn the_key_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, content: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        // `echo` adds a newline: dropped, so the secret is the text.
+        let secret = file("secret", b"0123456789abcdef0123456789abcdef\n");
+        let config = parse(&[
+            "--jwt-hs256-secret-file",
+            &secret,
+            "--metrics-require-admin",
+        ])
+        .unwrap();
+        assert!(config.validate().is_ok());
+        let auth = config.auth().unwrap().expect("on");
+        assert_eq!(auth.verifier().algorithm(), jsonwebtoken::Algorithm::HS256);
+        assert!(auth.protects_operations());
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({ "sub": "1", "exp": jsonwebtoken::get_current_timestamp() + 60 }),
+            &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        assert!(auth.verifier().verify(&token).is_ok(), "the trimmed secret");
+        let short = file("short", b"0123456789abcdef0123456789abcde\n");
+        let error = parse(&["--jwt-hs256-secret-file", &short])
+            .unwrap()
+            .auth()
+            .unwrap_err();
+        assert!(error.contains("at least 32"), "{error}");
+        assert!(!error.contains("0123"), "never the secret: {error}");
+        let key = file("key.pem", include_bytes!("../../tests/auth/ec-public.pem"));
+        let config = parse(&["--jwt-public-key-file", &key, "--jwt-audience", "wallet"]).unwrap();
+        let auth = config.auth().unwrap().expect("on");
+        assert_eq!(auth.verifier().algorithm(), jsonwebtoken::Algorithm::ES256);
+        let missing = parse(&["--jwt-public-key-file", "/nonexistent/key.pem"])
+            .unwrap()
+            .auth()
+            .unwrap_err();
+        assert!(
+            missing.contains("cannot read /nonexistent/key.pem"),
+            "{missing}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! application/json`. Codes are stable; messages are for people.
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use pointlock_core::{PointError, StoreErrorKind};
@@ -91,6 +91,19 @@ pub enum ApiError {
         waiters_max: usize,
     },
 
+    /// Bearer authentication is on ([`crate::auth`]) and the request carries no
+    /// token this server accepts (the wrapped rejection says why). Answered
+    /// with `WWW-Authenticate: Bearer` (RFC 6750) before the user's lock:
+    /// nothing was queued or changed.
+    #[error("{0}")]
+    Unauthorized(TokenRejection),
+
+    /// Bearer authentication is on and the token is valid but does not grant
+    /// this request (the wrapped denial says what it lacks). Answered before
+    /// the user's lock: nothing was queued or changed.
+    #[error("{0}")]
+    Forbidden(Denial),
+
     /// `GET /ready`: the store cannot take changes now (the wrapped error says why).
     #[error("not ready: {0}")]
     NotReady(PointError),
@@ -99,6 +112,74 @@ pub enum ApiError {
     #[error("internal server error: {0}")]
     Internal(String),
 }
+
+/// Why a request got 401 `UNAUTHORIZED` (bearer authentication on). The
+/// message says which check failed, never anything about the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum TokenRejection {
+    /// No `Authorization` header.
+    #[error("this route needs a bearer token: Authorization: Bearer <JWT>")]
+    Missing,
+    /// An `Authorization` header that is not one `Bearer <token>` (another
+    /// scheme, no token, several headers).
+    #[error("the Authorization header must be Bearer <JWT>")]
+    NotBearer,
+    /// Not a JWT: not three base64url parts, a header or claims that are not
+    /// JSON, or an algorithm no JWT library knows (`none`).
+    #[error("the bearer token is not a well-formed JWT")]
+    Malformed,
+    /// Signed with another algorithm than the one this server is configured
+    /// with (the token's `alg` never chooses it).
+    #[error("the bearer token is signed with an algorithm this server does not accept")]
+    Algorithm,
+    /// The signature does not verify with this server's key.
+    #[error("the bearer token's signature does not verify")]
+    Signature,
+    /// `exp` has passed (beyond the clock leeway).
+    #[error("the bearer token has expired")]
+    Expired,
+    /// `nbf` is still ahead (beyond the clock leeway).
+    #[error("the bearer token is not valid yet (nbf)")]
+    NotYetValid,
+    /// A claim is missing or of the wrong type: `exp` (required), `nbf`, `sub`
+    /// (a string or a non-negative integer), `scope` (a string).
+    #[error("the bearer token's claims are missing or malformed (exp is required)")]
+    Claims,
+    /// `aud` or `iss` is not the one this server is configured with.
+    #[error("the bearer token is meant for another audience or issuer")]
+    Audience,
+}
+
+impl TokenRejection {
+    /// The `WWW-Authenticate` challenge of this rejection (RFC 6750, section
+    /// 3): no error code when no token was sent, `invalid_request` for a
+    /// malformed header, `invalid_token` otherwise.
+    pub fn challenge(self) -> &'static str {
+        match self {
+            Self::Missing => r#"Bearer realm="pointlock""#,
+            Self::NotBearer => r#"Bearer realm="pointlock", error="invalid_request""#,
+            _ => r#"Bearer realm="pointlock", error="invalid_token""#,
+        }
+    }
+}
+
+/// Why a request got 403 `FORBIDDEN`: what the valid token lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum Denial {
+    /// A wallet route of another user than the token's `sub`, without the
+    /// admin scope.
+    #[error("this token acts only on its own user (its sub); another user's points need the points:admin scope")]
+    AnotherUser,
+    /// An operator route protected by `--metrics-require-admin`, without the
+    /// admin scope.
+    #[error("this route needs a token with the points:admin scope")]
+    NotAdmin,
+}
+
+/// The `WWW-Authenticate` challenge of a 403 (RFC 6750, section 3.1): the
+/// scope that would grant it.
+pub const INSUFFICIENT_SCOPE_CHALLENGE: &str =
+    r#"Bearer realm="pointlock", error="insufficient_scope", scope="points:admin""#;
 
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
@@ -161,6 +242,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RequestTimeout | Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::LockQueueFull { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -178,6 +261,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             Self::LengthRequired => "LENGTH_REQUIRED",
+            Self::Unauthorized(_) => "UNAUTHORIZED",
+            Self::Forbidden(_) => "FORBIDDEN",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::BodyTimeout { .. } => "BODY_TIMEOUT",
             Self::LockQueueFull { .. } => "LOCK_QUEUE_FULL",
@@ -187,7 +272,8 @@ impl ApiError {
         }
     }
 
-    /// The JSON error response, with `Allow` or `Retry-After` where they apply.
+    /// The JSON error response, with `Allow`, `Retry-After` or
+    /// `WWW-Authenticate` where they apply.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
         let body = ErrorBody {
@@ -207,6 +293,18 @@ impl ApiError {
         match self {
             Self::MethodNotAllowed { allow, .. } => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Unauthorized(rejection) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(rejection.challenge()),
+                );
+            }
+            Self::Forbidden(_) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(INSUFFICIENT_SCOPE_CHALLENGE),
+                );
             }
             // Whatever else the client sent on this connection is not read.
             Self::HeadersTooLarge { .. } | Self::LengthRequired => {

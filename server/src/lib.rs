@@ -4,14 +4,15 @@
 //! lock for the life of that user's request. See `ARCHITECTURE.md` for the layer
 //! stack and `README.md` for the API.
 //!
-//! Modules depend on each other in one direction only: `app` → `routes` →
-//! (`amount`, `metrics`) → `error` → `layer` → pointlock-core; `metrics` and the
+//! Modules depend on each other in one direction only: `app` → `auth` →
+//! `routes` → (`amount`, `metrics`) → `error` → `layer` → pointlock-core; `metrics` and the
 //! stores share the leaf `histogram`. The layer is generic (it knows
 //! no path grammar: [`routes::user_key`] is the wallet's key extractor) and
 //! usable on its own in front of any tower HTTP service.
 
 pub mod amount;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod deadline;

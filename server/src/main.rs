@@ -54,6 +54,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
+    // The key first: a bad one stops the server before it opens a store.
+    let auth = config.auth()?;
     // Kept to close it after the last request: the writer commits what is queued.
     let mut durable: Option<Arc<SqliteStore>> = None;
     // The store's own statistics, for GET /stats and GET /metrics alike.
@@ -117,6 +119,20 @@ async fn run(config: Config) -> Result<(), String> {
         service
     };
     let mut options = config.app_options();
+    options.auth = auth;
+    match &options.auth {
+        Some(auth) => tracing::info!(
+            algorithm = ?auth.verifier().algorithm(),
+            metrics_require_admin = auth.protects_operations(),
+            "bearer JWT on: a user's routes need a token for that user or the points:admin scope"
+        ),
+        None if !config.addr.ip().is_loopback() => tracing::warn!(
+            addr = %config.addr,
+            "bearer JWT off on a non-loopback address: anyone who reaches the server can read \
+             and move any user's points (see --jwt-hs256-secret-file, --jwt-public-key-file)"
+        ),
+        None => {}
+    }
     if let Some(source) = source {
         let read = source.clone();
         options.store_stats = Some(StoreStats::new(move || read.stats_json()));

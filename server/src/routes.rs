@@ -23,8 +23,10 @@
 //!
 //! The wallet's path grammar lives here, and only here: [`user_key`] is the key
 //! extractor the server gives the generic [`KeyedLockLayer`], so that layer locks
-//! `/point/{id}` and `/point/{id}/...` by user without knowing any path; and
-//! [`route_template`] names a path's route for the request metrics.
+//! `/point/{id}` and `/point/{id}/...` by user without knowing any path;
+//! [`path_user`] names the same user for the bearer authentication's owner
+//! check ([`crate::auth`]); and [`route_template`] names a path's route for
+//! the request metrics (and for the authentication's operator routes).
 //!
 //! Mutating handlers take the user's guard from the request's [`HeldLock`]
 //! extension, put there by the layer, and hand it to the service (which hands a
@@ -171,12 +173,20 @@ pub fn user_segment(path: &str) -> Option<&str> {
     split_wallet_path(path).map(|(id, _)| id)
 }
 
+/// The user a wallet path names: `None` for a path that is not
+/// `/point/{id}` or `/point/{id}/...`, the id or why it is invalid otherwise.
+/// The lock layer's key ([`user_key`]) and the bearer authentication's
+/// owner check ([`crate::auth`]) both read the user through this function.
+pub fn path_user(path: &str) -> Option<Result<UserId, PointError>> {
+    user_segment(path).map(str::parse::<UserId>)
+}
+
 /// The wallet's key extractor for [`KeyedLockLayer`](crate::layer::KeyedLockLayer):
 /// a wallet path locks its user (reads included, so a read queued behind a
 /// charge sees it); an invalid id is rejected at once with 400
 /// `INVALID_USER_ID`, taking no lock; every other path passes unlocked.
 pub fn user_key<B>(req: &Request<B>) -> KeyDecision<UserId> {
-    match user_segment(req.uri().path()).map(str::parse::<UserId>) {
+    match path_user(req.uri().path()) {
         None => KeyDecision::Pass,
         Some(Ok(id)) => KeyDecision::Lock(id),
         Some(Err(error)) => KeyDecision::Reject(ApiError::from(error).into_response()),

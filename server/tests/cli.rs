@@ -30,6 +30,13 @@ fn help_explains_every_flag() {
         "--pg-connect-timeout-ms",
         "--log-format",
         "--metrics",
+        "--jwt-hs256-secret-file",
+        "--jwt-public-key-file",
+        "--jwt-audience",
+        "--jwt-issuer",
+        "--metrics-require-admin",
+        "--jwt-cache-max",
+        "POINTLOCK_JWT_HS256_SECRET_FILE",
         "sqlite:pointlock.db",
         "POINTLOCK_ADDR",
     ] {
@@ -328,4 +335,79 @@ fn metrics_are_on_by_default_with_the_store_s_families_and_off_by_flag_or_env() 
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "only on or off");
+}
+
+#[test]
+fn bearer_jwt_from_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt-secret");
+    std::fs::write(&secret, "a shared secret of forty-two bytes or so!!\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--addr", "127.0.0.1:0", "--store", "memory"])
+        .env("POINTLOCK_JWT_HS256_SECRET_FILE", &secret)
+        .env("POINTLOCK_METRICS_REQUIRE_ADMIN", "true")
+        .env("RUST_LOG", "debug,hyper=info,hyper_util=info")
+        .env_remove("POINTLOCK_LOG_FORMAT")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({ "sub": "7", "exp": jsonwebtoken::get_current_timestamp() + 600 }),
+        &jsonwebtoken::EncodingKey::from_secret(b"a shared secret of forty-two bytes or so!!"),
+    )
+    .unwrap();
+    let owner = format!("authorization: Bearer {token}\r\n");
+    for (method, path, headers, body, status) in [
+        ("GET", "/point/7", "", "", "401"),
+        ("PATCH", "/point/7/charge", "", "5", "401"),
+        ("PATCH", "/point/7/charge", owner.as_str(), "5", "200"),
+        ("GET", "/point/8", owner.as_str(), "", "403"),
+        ("GET", "/metrics", owner.as_str(), "", "403"),
+        ("GET", "/metrics", "", "", "401"),
+        ("GET", "/health", "", "", "200"),
+    ] {
+        let response = send(&addr, method, path, headers, body);
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method} {path}: {response}"
+        );
+        if status == "401" {
+            assert!(
+                response.contains("www-authenticate: Bearer realm=\"pointlock\""),
+                "{response}"
+            );
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let log: Vec<String> = lines.map_while(Result::ok).collect();
+    child.wait().unwrap();
+    for line in &log {
+        assert!(!line.contains(&token), "no token in the log: {line}");
+        assert!(!line.contains("forty-two"), "no secret in the log: {line}");
+    }
+    // A secret too short stops the server before it listens, naming the file only.
+    std::fs::write(&secret, "short secret").unwrap();
+    let out = Command::new(BIN)
+        .args(["--addr", "127.0.0.1:0", "--store", "memory"])
+        .arg("--jwt-hs256-secret-file")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at least 32"), "{stderr}");
+    assert!(!stderr.contains("short secret"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
 }

@@ -1,6 +1,7 @@
 //! Shared harness: an in-process server on a loopback port over an instrumented store.
 #![allow(dead_code)]
 
+pub mod jwt;
 #[path = "../pg_support/mod.rs"]
 pub mod pg_support;
 
