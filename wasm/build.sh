@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the npm package `pointlock` at wasm/pkg from scratch:
 #   cargo build (wasm32, profile wasm-release) -> wasm-bindgen --target nodejs and --target web
-#   -> wasm-opt -Oz when available -> package.json, README.
+#   -> wasm-opt -Oz when available -> the entry modules (the generated bindings plus
+#   wasm/js/methods.js) -> the export check -> package.json, README.
 # wasm-bindgen-cli is installed at exactly the wasm-bindgen version in Cargo.lock when
 # missing or mismatched (no wasm-pack: it downloads binaries).
 set -euo pipefail
@@ -27,6 +28,40 @@ rm -rf "$pkg"
 wasm-bindgen "$wasm" --target nodejs --out-dir "$pkg/node" --out-name pointlock
 wasm-bindgen "$wasm" --target web --out-dir "$pkg/web" --out-name pointlock
 
+# The generated bindings become pointlock_bindings.js (they load pointlock_bg.wasm
+# by that name, whatever their own); pointlock.js is the entry: it installs the
+# Promise-returning methods of wasm/js/methods.js on the generated classes and
+# exports the public API only (README, "How the package is built").
+for target in node web; do
+  mv "$pkg/$target/pointlock.js" "$pkg/$target/pointlock_bindings.js"
+  mv "$pkg/$target/pointlock.d.ts" "$pkg/$target/pointlock_bindings.d.ts"
+done
+{ cat wasm/js/methods.js; echo; echo 'module.exports = { install };'; } > "$pkg/node/methods.js"
+{ cat wasm/js/methods.js; echo; echo 'export { install };'; } > "$pkg/web/methods.js"
+cat > "$pkg/node/pointlock.js" <<'JS'
+'use strict';
+// pointlock for Node: the generated bindings with the methods of methods.js.
+const bindings = require('./pointlock_bindings.js');
+require('./methods.js').install(bindings);
+exports.KeyedLock = bindings.KeyedLock;
+exports.PointService = bindings.PointService;
+JS
+cat > "$pkg/node/pointlock.d.ts" <<'TS'
+export * from './pointlock_bindings';
+TS
+cat > "$pkg/web/pointlock.js" <<'JS'
+// pointlock for browsers and bundlers: await init() first (the default export).
+import * as bindings from './pointlock_bindings.js';
+import { install } from './methods.js';
+install(bindings);
+export { KeyedLock, PointService, initSync } from './pointlock_bindings.js';
+export { default } from './pointlock_bindings.js';
+JS
+cat > "$pkg/web/pointlock.d.ts" <<'TS'
+export * from './pointlock_bindings';
+export { default } from './pointlock_bindings';
+TS
+
 if [ ! -x wasm/node_modules/.bin/wasm-opt ] && command -v npm >/dev/null; then
   (cd wasm && npm ci --no-audit --no-fund) || echo "npm ci failed: continuing without npm's binaryen"
 fi
@@ -41,6 +76,14 @@ if [ -n "$wasm_opt" ]; then
   done
 else
   echo "wasm-opt not found: skipping the size pass (npm's binaryen or Debian's binaryen provide it)"
+fi
+
+# No export may return a single externref (README, "The V8 crash"); the tests
+# check it too, so a machine without node only skips it here.
+if command -v node >/dev/null; then
+  node wasm/test/wasm-exports.js "$pkg/node/pointlock_bg.wasm"
+else
+  echo "node not found: the export check is left to the tests"
 fi
 
 crate_version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)

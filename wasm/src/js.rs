@@ -1,4 +1,4 @@
-//! JavaScript plumbing: errors with codes, timers, the clock, value conversion.
+//! JavaScript plumbing: errors with codes, timers, the clock, table calls.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use js_sys::{Function, Promise, Reflect};
 use pointlock_core::store::{BoxFuture, Sleeper};
-use pointlock_core::{Clock, KeyGuard, KeyedLock, PointError};
+use pointlock_core::Clock;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
@@ -82,21 +82,6 @@ pub fn coded_error(code: &str, message: &str) -> JsValue {
     error.into()
 }
 
-/// A core error as a JavaScript `Error` with its stable `code`. Ids and amounts
-/// from JavaScript are limited to safe integers, so those messages say so.
-pub fn point_error(error: &PointError) -> JsValue {
-    let message = match error {
-        PointError::InvalidUserId => {
-            "user id must be a positive safe integer (1 to Number.MAX_SAFE_INTEGER)".to_owned()
-        }
-        PointError::InvalidAmount => {
-            "amount must be a positive safe integer (1 to Number.MAX_SAFE_INTEGER)".to_owned()
-        }
-        other => other.to_string(),
-    };
-    coded_error(error.code(), &message)
-}
-
 /// The message of a thrown JavaScript value (an `Error`'s message, or its string form).
 pub fn message_of(thrown: &JsValue) -> String {
     if let Some(error) = thrown.dyn_ref::<js_sys::Error>() {
@@ -129,38 +114,4 @@ pub async fn call_method(
     JsFuture::from(Promise::resolve(&value))
         .await
         .map_err(|thrown| format!("{name} rejected: {}", message_of(&thrown)))
-}
-
-/// Serialize a core value into a plain JavaScript object.
-pub fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .map_err(|e| coded_error("INTERNAL", &e.to_string()))
-}
-
-/// A pending acquisition that rejects with `LOCK_TIMEOUT` (an `Error` with that
-/// code) if `timeout` passes first; without a timeout it waits as long as it takes.
-pub type Acquiring<K> = Pin<Box<dyn Future<Output = Result<KeyGuard<K>, JsValue>>>>;
-
-/// Take `key`'s place in the queue now, in call order; wait for it in the future.
-pub fn acquire<K>(
-    lock: &KeyedLock<K>,
-    key: K,
-    timeout: Option<Duration>,
-    what: &'static str,
-) -> Acquiring<K>
-where
-    K: std::hash::Hash + Eq + Clone + 'static,
-{
-    let timed_out = move |_| coded_error("LOCK_TIMEOUT", what);
-    match timeout {
-        None => {
-            let waiting = lock.lock(key);
-            Box::pin(async move { Ok(waiting.await) })
-        }
-        Some(limit) => {
-            let waiting = lock.lock_timeout(key, sleep(limit));
-            Box::pin(async move { waiting.await.map_err(timed_out) })
-        }
-    }
 }

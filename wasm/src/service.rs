@@ -1,18 +1,26 @@
 //! `PointService` for JavaScript.
+//!
+//! The Rust side validates, queues for the user's lock and runs the core; the
+//! Promise and the result objects are made in JavaScript (`wasm/js/methods.js`)
+//! from the numbers the exports return ([`crate::outcome`] says how). A call on
+//! the memory store whose user is not busy is done within the call: granted at
+//! once, applied, answered, no future left behind.
 
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use js_sys::Promise;
 use pointlock_core::{
-    Amount, IdempotencyKey, KeyedLock, MemoryStore, PointError, PointStore, Policy,
-    TransactionType, UserId,
+    Acquire, Amount, IdempotencyKey, KeyGuard, KeyedLock, MemoryStore, PointError, PointStore,
+    Policy, TransactionType, UserId,
 };
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::future_to_promise;
 
-use crate::js::{acquire, coded_error, get, point_error, sleeper, to_js, Acquiring, JsClock};
+use crate::js::{coded_error, get, sleep, sleeper, JsClock};
+use crate::outcome::{fail_now, start, Answer, Failure};
 use crate::store::TemplateStore;
 
 type Core = pointlock_core::PointService<Box<dyn PointStore>>;
@@ -63,6 +71,48 @@ export interface PointServiceOptions {
 /** Options of `new KeyedLock(...)`. Without `timeoutMs`, waits are unbounded. */
 export interface KeyedLockOptions { timeoutMs?: number; }
 
+export interface KeyedLock {
+  /**
+   * Run `fn` while holding `key`; resolves or rejects with its result. FIFO per
+   * key: the place in the queue is taken by this call. The key is released when
+   * `fn` settles, also when it throws; a thrown non-object becomes an `Error`
+   * with code ERROR. Numbers and strings are keys (`1` and `'1'` are different
+   * keys; numbers compare like a `Map`'s keys). With `timeoutMs`, a call queued
+   * that long rejects with LOCK_TIMEOUT and `fn` never runs.
+   */
+  withLock<T>(key: number | string, fn: () => T | PromiseLike<T>): Promise<T>;
+}
+
+export interface PointService {
+  /** `{ id, point, updateMillis }`; a user never charged has 0. */
+  point(id: number): Promise<UserPoint>;
+  /** `[{ id, userId, type: 'CHARGE' | 'USE', amount, timeMillis }]`, oldest first. */
+  histories(id: number): Promise<PointHistory[]>;
+  /**
+   * Add `amount` points; resolves to the updated `{ id, point, updateMillis }`.
+   * Rejects with MAX_BALANCE_EXCEEDED past `maxBalance` (reaching it is allowed).
+   *
+   * `idempotencyKey` (optional, 1 to 255 visible ASCII characters, per user):
+   * a later call with the same key, operation and amount applies nothing and
+   * resolves to the first call's answer again (counted by
+   * `idempotentReplays`); with another operation or amount it rejects with
+   * IDEMPOTENCY_KEY_REUSED. Only applied changes are recorded.
+   */
+  charge(id: number, amount: number, idempotencyKey?: string): Promise<UserPoint>;
+  /**
+   * Spend `amount` points; resolves to the updated `{ id, point, updateMillis }`.
+   * Rejects with INSUFFICIENT_BALANCE when `amount` exceeds the balance.
+   * `idempotencyKey` as for `charge`.
+   */
+  use(id: number, amount: number, idempotencyKey?: string): Promise<UserPoint>;
+  /**
+   * Remove at most `limit` (default 1000) expired idempotency records;
+   * resolves to how many were removed. Expired keys are free again either
+   * way: this only gives their memory back.
+   */
+  sweepIdempotencyKeys(limit?: number): Promise<number>;
+}
+
 /**
  * Every rejection is an `Error` with one of these codes. WRITE_CONFLICT: the
  * balance kept changing between the service's read and its write (a writer that
@@ -106,31 +156,44 @@ fn option_number(options: &JsValue, name: &str) -> Result<Option<f64>, JsValue> 
     }
 }
 
-fn user_id(raw: &JsValue) -> Result<UserId, PointError> {
-    raw.as_f64()
-        .ok_or(PointError::InvalidUserId)
-        .and_then(UserId::from_f64)
-}
-
-fn amount(raw: &JsValue) -> Result<Amount, PointError> {
-    raw.as_f64()
-        .ok_or(PointError::InvalidAmount)
-        .and_then(Amount::from_f64)
-}
-
-/// An optional key: `undefined` or `null` for none; otherwise a valid string.
-fn idempotency_key(raw: Option<JsValue>) -> Result<Option<IdempotencyKey>, PointError> {
-    match raw.filter(|v| !v.is_undefined() && !v.is_null()) {
-        None => Ok(None),
-        Some(v) => {
-            let text = v.as_string().ok_or(PointError::InvalidIdempotencyKey)?;
-            IdempotencyKey::new(&text).map(Some)
-        }
+/// The operation `__apply` takes: 0 charges, 1 uses.
+fn kind_of(raw: u32) -> TransactionType {
+    if raw == 1 {
+        TransactionType::Use
+    } else {
+        TransactionType::Charge
     }
 }
 
-fn rejected(error: PointError) -> Promise {
-    Promise::reject(&point_error(&error))
+/// Wait for the lock `acquire` queued for: at once when it was free (no timer),
+/// else until the holders before it are done or `timeout` passes.
+async fn wait(
+    acquire: Acquire<UserId>,
+    timeout: Option<Duration>,
+) -> Result<KeyGuard<UserId>, Failure> {
+    let Some(limit) = timeout.filter(|_| !acquire.is_granted()) else {
+        return Ok(acquire.await);
+    };
+    // The core's `lock_timeout`, for a place already taken: the timer starts now
+    // (the first poll is made within the call), and a wait it ends is abandoned.
+    let mut acquire = Some(acquire);
+    let mut timer = pin!(sleep(limit));
+    std::future::poll_fn(|cx| {
+        let Some(pending) = acquire.as_mut() else {
+            return Poll::Ready(Err(Failure::new("LOCK_TIMEOUT", USER_LOCK_TIMEOUT)));
+        };
+        if let Poll::Ready(guard) = Pin::new(pending).poll(cx) {
+            return Poll::Ready(Ok(guard));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            if let Some(abandoned) = acquire.take() {
+                abandoned.abandon_timed_out();
+            }
+            return Poll::Ready(Err(Failure::new("LOCK_TIMEOUT", USER_LOCK_TIMEOUT)));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 #[wasm_bindgen]
@@ -179,86 +242,57 @@ impl PointService {
         })
     }
 
-    /// `{ id, point, updateMillis }`; a user never charged has 0.
-    #[wasm_bindgen(unchecked_return_type = "Promise<UserPoint>")]
-    pub fn point(&self, #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue) -> Promise {
-        self.read(id, |core, id| async move { core.point(id).await })
+    /// `charge` (`kind` 0) or `use` (1) without an idempotency key; the status
+    /// protocol of `outcome.rs`: the new balance, FAILED or PENDING.
+    #[wasm_bindgen(js_name = __apply, skip_typescript)]
+    pub fn apply_call(&self, kind: u32, id: f64, amount: f64) -> f64 {
+        self.mutate(kind_of(kind), id, amount, None)
     }
 
-    /// `[{ id, userId, type: 'CHARGE' | 'USE', amount, timeMillis }]`, oldest first.
-    #[wasm_bindgen(unchecked_return_type = "Promise<PointHistory[]>")]
-    pub fn histories(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
-    ) -> Promise {
-        self.read(id, |core, id| async move { core.histories(id).await })
+    /// `__apply` with an idempotency key (JavaScript passes `''`, which is
+    /// invalid, for a key that is not a string).
+    #[wasm_bindgen(js_name = __applyKeyed, skip_typescript)]
+    pub fn apply_keyed_call(&self, kind: u32, id: f64, amount: f64, key: &str) -> f64 {
+        self.mutate(kind_of(kind), id, amount, Some(key))
     }
 
-    /// Add `amount` points; resolves to the updated `{ id, point, updateMillis }`.
-    /// Rejects with MAX_BALANCE_EXCEEDED past `maxBalance` (reaching it is allowed).
-    ///
-    /// `idempotencyKey` (optional, 1 to 255 visible ASCII characters, per user):
-    /// a later call with the same key, operation and amount applies nothing and
-    /// resolves to the first call's answer again (counted by
-    /// `idempotentReplays`); with another operation or amount it rejects with
-    /// IDEMPOTENCY_KEY_REUSED. Only applied changes are recorded.
-    #[wasm_bindgen(unchecked_return_type = "Promise<UserPoint>")]
-    pub fn charge(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number")] amount: JsValue,
-        #[wasm_bindgen(unchecked_optional_param_type = "string")] idempotency_key: Option<JsValue>,
-    ) -> Promise {
-        self.mutate(id, amount, idempotency_key, TransactionType::Charge)
+    /// `point(id)`: the balance (`__plMillis()` its time), FAILED or PENDING.
+    #[wasm_bindgen(js_name = __point, skip_typescript)]
+    pub fn point_call(&self, id: f64) -> f64 {
+        self.read(id, |core, id| async move {
+            Ok(Answer::Point(core.point(id).await?))
+        })
     }
 
-    /// Spend `amount` points; resolves to the updated `{ id, point, updateMillis }`.
-    /// Rejects with INSUFFICIENT_BALANCE when `amount` exceeds the balance.
-    /// `idempotencyKey` as for `charge`.
-    #[wasm_bindgen(js_name = "use", unchecked_return_type = "Promise<UserPoint>")]
-    pub fn use_points(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "number")] id: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number")] amount: JsValue,
-        #[wasm_bindgen(unchecked_optional_param_type = "string")] idempotency_key: Option<JsValue>,
-    ) -> Promise {
-        self.mutate(id, amount, idempotency_key, TransactionType::Use)
+    /// `histories(id)`: the row count (`__plRows()` the rows), FAILED or PENDING.
+    #[wasm_bindgen(js_name = __histories, skip_typescript)]
+    pub fn histories_call(&self, id: f64) -> f64 {
+        self.read(id, |core, id| async move {
+            Ok(Answer::Rows(core.histories(id).await?))
+        })
+    }
+
+    /// `sweepIdempotencyKeys(limit)`: the count removed, FAILED or PENDING.
+    /// JavaScript passes 1000 for no limit and NaN for one that is not a number.
+    #[wasm_bindgen(js_name = __sweep, skip_typescript)]
+    pub fn sweep_call(&self, limit: f64) -> f64 {
+        if !(limit.is_finite() && limit >= 0.0 && limit.fract() == 0.0) {
+            return fail_now(Failure::new(
+                "INVALID_ARGUMENT",
+                "limit must be a non-negative integer",
+            ));
+        }
+        let core = Rc::clone(&self.core);
+        start(Box::pin(async move {
+            let removed = core.sweep_idempotency(limit as usize).await?;
+            Ok(Answer::Count(removed))
+        }))
     }
 
     /// Calls answered again from an idempotency record so far.
     #[wasm_bindgen(getter, js_name = idempotentReplays)]
     pub fn idempotent_replays(&self) -> f64 {
         self.core.idempotent_replays() as f64
-    }
-
-    /// Remove at most `limit` (default 1000) expired idempotency records;
-    /// resolves to how many were removed. Expired keys are free again either
-    /// way: this only gives their memory back.
-    #[wasm_bindgen(js_name = sweepIdempotencyKeys, unchecked_return_type = "Promise<number>")]
-    pub fn sweep_idempotency_keys(
-        &self,
-        #[wasm_bindgen(unchecked_optional_param_type = "number")] limit: Option<JsValue>,
-    ) -> Promise {
-        let limit = match limit.filter(|v| !v.is_undefined() && !v.is_null()) {
-            None => 1_000,
-            Some(v) => match v.as_f64() {
-                Some(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 => n as usize,
-                _ => {
-                    return Promise::reject(&coded_error(
-                        "INVALID_ARGUMENT",
-                        "limit must be a non-negative integer",
-                    ))
-                }
-            },
-        };
-        let core = Rc::clone(&self.core);
-        future_to_promise(async move {
-            let removed = core
-                .sweep_idempotency(limit)
-                .await
-                .map_err(|e| point_error(&e))?;
-            Ok(JsValue::from_f64(removed as f64))
-        })
     }
 
     /// The number of users whose lock is held or awaited right now.
@@ -269,50 +303,42 @@ impl PointService {
 }
 
 impl PointService {
-    /// Queue for `id`'s lock now, in call order.
-    fn acquire(&self, id: UserId) -> Acquiring<UserId> {
-        acquire(self.core.lock(), id, self.lock_timeout, USER_LOCK_TIMEOUT)
-    }
-
     /// A read, queued behind the user's earlier calls like every call.
-    fn read<T, F, Fut>(&self, id: JsValue, read: F) -> Promise
+    fn read<F, Fut>(&self, id: f64, read: F) -> f64
     where
-        T: serde::Serialize,
         F: FnOnce(Rc<Core>, UserId) -> Fut + 'static,
-        Fut: std::future::Future<Output = Result<T, PointError>> + 'static,
+        Fut: Future<Output = Result<Answer, Failure>> + 'static,
     {
-        let id = match user_id(&id) {
+        let id = match UserId::from_f64(id) {
             Ok(id) => id,
-            Err(e) => return rejected(e),
+            Err(e) => return fail_now(e.into()),
         };
-        let acquiring = self.acquire(id);
+        // The queue position is taken now, in call order.
+        let acquire = self.core.lock().lock(id);
+        let timeout = self.lock_timeout;
         let core = Rc::clone(&self.core);
-        future_to_promise(async move {
-            let _held = acquiring.await?;
-            to_js(&read(core, id).await.map_err(|e| point_error(&e))?)
-        })
+        start(Box::pin(async move {
+            let _held = wait(acquire, timeout).await?;
+            read(core, id).await
+        }))
     }
 
-    fn mutate(
-        &self,
-        id: JsValue,
-        raw_amount: JsValue,
-        raw_key: Option<JsValue>,
-        kind: TransactionType,
-    ) -> Promise {
+    fn mutate(&self, kind: TransactionType, id: f64, amount: f64, key: Option<&str>) -> f64 {
         // Validate first: a rejected call neither queues nor changes anything.
-        let valid = user_id(&id).and_then(|id| {
-            let amount = amount(&raw_amount)?;
-            Ok((id, amount, idempotency_key(raw_key)?))
+        let valid = UserId::from_f64(id).and_then(|id| {
+            let amount = Amount::from_f64(amount)?;
+            let key = key.map(IdempotencyKey::new).transpose()?;
+            Ok::<_, PointError>((id, amount, key))
         });
         let (id, amount, key) = match valid {
             Ok(valid) => valid,
-            Err(e) => return rejected(e),
+            Err(e) => return fail_now(e.into()),
         };
         // The queue position is taken now, in call order.
-        let acquiring = self.acquire(id);
+        let acquire = self.core.lock().lock(id);
+        let timeout = self.lock_timeout;
         let core = Rc::clone(&self.core);
-        future_to_promise(async move {
+        start(Box::pin(async move {
             // The core takes the guard as an `Arc` (the store keeps a clone until it
             // has answered for the change). On wasm32 the guard is not `Send`, and
             // there is one thread: the lint's concern does not arise.
@@ -320,10 +346,10 @@ impl PointService {
                 clippy::arc_with_non_send_sync,
                 reason = "the core's API is Arc<KeyGuard>; wasm32 has one thread"
             )]
-            let held = Arc::new(acquiring.await?);
+            let held = Arc::new(wait(acquire, timeout).await?);
             let applied = core.apply(&held, kind, amount, key.as_ref()).await;
             drop(held);
-            to_js(&applied.map_err(|e| point_error(&e))?.point)
-        })
+            Ok(Answer::Point(applied?.point))
+        }))
     }
 }

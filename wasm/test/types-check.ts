@@ -16,6 +16,10 @@ async function demo(): Promise<void> {
   const lock = new KeyedLock({ timeoutMs: 100 });
   const n: number = lock.size + svc.lockedUsers + p.point + u.updateMillis;
   await lock.withLock('k', async () => n);
+  const typed: number = await lock.withLock(1, async () => n); // Promise<T> of the function's T
+  const plain: string = await lock.withLock(2, () => 'sync');
+  void typed;
+  void plain;
   try {
     await svc.use(2, 1);
   } catch (e) {
