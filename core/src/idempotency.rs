@@ -11,7 +11,7 @@
 //!   same commit as the change**: a crash keeps both or neither.
 //! - A later request of that user with the same key and the same operation and
 //!   amount applies nothing and gets the first answer again
-//!   ([`Applied::replayed`]); with a different operation or amount it is
+//!   (`Applied::replayed`); with a different operation or amount it is
 //!   refused with [`PointError::IdempotencyKeyReused`], changing nothing.
 //! - Duplicates sent at once need nothing more: the user's lock runs them one
 //!   at a time, so the first applies and the rest find its record.
@@ -23,10 +23,9 @@
 //!   record nothing either.
 //! - A record is kept for the service's TTL (default
 //!   [`IDEMPOTENCY_TTL_DEFAULT`]); after it the key is free again, and
-//!   [`PointService::sweep_idempotency`](crate::PointService::sweep_idempotency)
+//!   `PointService::sweep_idempotency`
 //!   removes expired records in bounded steps.
 //!
-//! [`Applied::replayed`]: crate::service::Applied::replayed
 
 use std::fmt;
 use std::sync::Arc;

@@ -72,7 +72,7 @@ use pointlock_core::{Clock, KeyedLock, PointService, PointStore, Policy, UserId}
 use tokio::net::TcpListener;
 use tower::util::{BoxCloneSyncService, Either};
 use tower::ServiceBuilder;
-use tower_http::body::{Limited, UnsyncBoxBody};
+use tower_http::body::Limited;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
@@ -89,10 +89,7 @@ use crate::routes::{
     route_index, user_key, Router, RouterOptions, SharedService, StoreStats, ROUTE_TEMPLATES,
 };
 
-/// The boxed error type of response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The response body of the whole stack (tower-http's, which `CatchPanic` makes).
-pub type AppBody = UnsyncBoxBody<Bytes, BoxError>;
+pub use crate::body::{AppBody, BoxError};
 /// The whole stack as one cloneable service.
 pub type App = BoxCloneSyncService<Request<Incoming>, Response<AppBody>, Infallible>;
 

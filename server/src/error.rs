@@ -91,7 +91,7 @@ pub enum ApiError {
         waiters_max: usize,
     },
 
-    /// Bearer authentication is on ([`crate::auth`]) and the request carries no
+    /// Bearer authentication is on (`auth.rs`) and the request carries no
     /// token this server accepts (the wrapped rejection says why). Answered
     /// with `WWW-Authenticate: Bearer` (RFC 6750) before the user's lock:
     /// nothing was queued or changed.

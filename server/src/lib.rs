@@ -13,6 +13,7 @@
 pub mod amount;
 pub mod app;
 pub mod auth;
+pub mod body;
 pub mod clock;
 pub mod config;
 pub mod deadline;

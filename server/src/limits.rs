@@ -13,7 +13,7 @@
 //! for heads too large to be parsed at all ([`head_buffer_bytes`]): those get
 //! hyper's bare 431 and the connection is closed. The other connection limits
 //! (header read timeout, connection cap, HTTP/2 streams) are set where
-//! connections are served ([`crate::app::ServeOptions`]).
+//! connections are served (`app::ServeOptions`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +25,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::app::AppBody;
+use crate::body::AppBody;
 use crate::error::ApiError;
 
 /// The default limit on a request's line and headers: far above any honest

@@ -55,7 +55,7 @@
 //! | `pointlock_idempotency_keys_swept_total` | counter | | expired Idempotency-Key records removed |
 //!
 //! Labels are bounded by construction: `route` is one of
-//! [`ROUTE_TEMPLATES`](crate::routes::ROUTE_TEMPLATES) (`/point/{id}/charge`,
+//! `routes::ROUTE_TEMPLATES` (`/point/{id}/charge`,
 //! never the id; `other` for unknown paths), `method` one of the nine standard
 //! methods or `OTHER`, `kind` one of four. Only `status` is open, and only
 //! to the codes the server answers.
@@ -152,7 +152,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Metrics with nothing to read yet: the stack adds the requests and the
-    /// service it is built over ([`crate::app::build_stack`]), the binary its
+    /// service it is built over (`app::build_stack`), the binary its
     /// store ([`Metrics::watch_store`]).
     pub fn new() -> Self {
         let sources = Arc::new(Sources::default());
@@ -174,7 +174,7 @@ impl Metrics {
     }
 
     /// Read `service`'s lock and commit conflicts at each scrape (replacing any
-    /// service before). [`crate::app::build_stack`] calls it with its service.
+    /// service before). `app::build_stack` calls it with its service.
     pub fn watch_service(&self, service: Service) {
         *self
             .sources
@@ -185,8 +185,8 @@ impl Metrics {
 
     /// The request-counting layer. `routes` are the route templates (the
     /// `route` labels) and `route_of` gives a path's position among them (the
-    /// router's: [`crate::routes::ROUTE_TEMPLATES`] and
-    /// [`crate::routes::route_index`]); a position out of range counts as the
+    /// router's: `routes::ROUTE_TEMPLATES` and
+    /// `routes::route_index`); a position out of range counts as the
     /// last route. The table is made by the first call; later calls share it.
     pub fn layer(
         &self,

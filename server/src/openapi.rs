@@ -3,7 +3,7 @@
 //! The document is `server/openapi.json`, kept by hand beside the code and
 //! compiled into the binary. `tests/openapi.rs` holds it to the code: it must be
 //! valid against the official OpenAPI 3.1 schema, list exactly the routes of
-//! [`ROUTES`](crate::routes::ROUTES), and every answer of a running server must
+//! `routes::ROUTES`, and every answer of a running server must
 //! validate against the schema the document declares for its operation and
 //! status.
 

@@ -25,7 +25,7 @@
 //! extractor the server gives the generic [`KeyedLockLayer`], so that layer locks
 //! `/point/{id}` and `/point/{id}/...` by user without knowing any path;
 //! [`path_user`] names the same user for the bearer authentication's owner
-//! check ([`crate::auth`]); and [`route_template`] names a path's route for
+//! check (`auth.rs`); and [`route_template`] names a path's route for
 //! the request metrics (and for the authentication's operator routes).
 //!
 //! Mutating handlers take the user's guard from the request's [`HeldLock`]
@@ -176,7 +176,7 @@ pub fn user_segment(path: &str) -> Option<&str> {
 /// The user a wallet path names: `None` for a path that is not
 /// `/point/{id}` or `/point/{id}/...`, the id or why it is invalid otherwise.
 /// The lock layer's key ([`user_key`]) and the bearer authentication's
-/// owner check ([`crate::auth`]) both read the user through this function.
+/// owner check (`auth.rs`) both read the user through this function.
 pub fn path_user(path: &str) -> Option<Result<UserId, PointError>> {
     user_segment(path).map(str::parse::<UserId>)
 }

@@ -261,7 +261,7 @@ impl HttpTable {
 ///   A request whose future is dropped before that (the client left) is not
 ///   counted.
 /// - **Bounded labels**: the route is the router's template of the path (a
-///   function given to the layer, [`crate::routes::route_index`] in the
+///   function given to the layer, `routes::route_index` in the
 ///   server, names its position in the router's list), never the raw path;
 ///   methods outside the nine standard ones count as `OTHER`.
 /// - **Cost**: the row of a (method, route) pair is found in `call` without
