@@ -789,21 +789,25 @@ mod tests {
         paths
     }
 
-    #[tokio::test]
-    async fn routes_lists_exactly_what_the_router_dispatches() {
+    /// A router over a memory store with metrics on: `/metrics` is one of the
+    /// routes (off, it is a 404 like any unknown path).
+    fn router_with_metrics() -> Router {
         let service = Arc::new(PointService::with_lock(
             Arc::new(MemoryStore::new()) as Arc<dyn PointStore>,
             Policy::default(),
             Arc::new(SystemClock::default()),
             KeyedLock::new(),
         ));
-        // Metrics on: /metrics is one of the routes (off, it is a 404 like any
-        // unknown path).
         let options = RouterOptions {
             metrics: Some(crate::metrics::Metrics::new()),
             ..RouterOptions::default()
         };
-        let mut router = Router::new(service, options);
+        Router::new(service, options)
+    }
+
+    #[tokio::test]
+    async fn routes_lists_exactly_what_the_router_dispatches() {
+        let mut router = router_with_metrics();
         let mut listed = ROUTES.to_vec();
         listed.sort_unstable();
         listed.dedup();
@@ -891,17 +895,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_fixed_template_is_a_route_the_router_answers() {
-        let service = Arc::new(PointService::with_lock(
-            Arc::new(MemoryStore::new()) as Arc<dyn PointStore>,
-            Policy::default(),
-            Arc::new(SystemClock::default()),
-            KeyedLock::new(),
-        ));
-        let options = RouterOptions {
-            metrics: Some(crate::metrics::Metrics::new()),
-            ..RouterOptions::default()
-        };
-        let router = Router::new(service, options);
+        let router = router_with_metrics();
         for path in ROUTE_TEMPLATES.iter().filter(|t| !t.contains('{')) {
             let req = Request::get(*path).body(Full::new(Bytes::new())).unwrap();
             let status = router.clone().call(req).await.unwrap().status();
