@@ -17,7 +17,8 @@
 #
 # STORES (default "memory"): which pointlock configurations run, each started
 # fresh per round: `memory`; `memory-metrics-off` (the memory store with
-# `--metrics off`); `sqlite` (a new file under $OUT); `pg` / `pgN`: N
+# `--metrics off`); `sqlite` (a new file under $OUT); `sqlite-serial` (the
+# same without pipelining: `--sqlite-pipeline off`); `pg` / `pgN`: N
 # pointlock processes (pg = 1) on one fresh PostgreSQL database, on ports
 # PG_PORT_BASE.. . With N > 1, one wrk runs N threads, thread i sending to
 # instance i (CONNECTIONS/N connections each), so the instances are loaded at
@@ -71,8 +72,8 @@ command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 
 for store in $STORES; do
   case $store in
-    memory | memory-metrics-off | sqlite | pg | pg[1-9] | pg[1-9][0-9]) ;;
-    *) echo "unknown store in STORES: $store (memory, sqlite, pg, pgN)" >&2; exit 2 ;;
+    memory | memory-metrics-off | sqlite | sqlite-serial | pg | pg[1-9] | pg[1-9][0-9]) ;;
+    *) echo "unknown store in STORES: $store (memory, memory-metrics-off, sqlite, sqlite-serial, pg, pgN)" >&2; exit 2 ;;
   esac
 done
 needs_pg=0
@@ -286,6 +287,11 @@ run_server() { # NAME ROUND
       rm -f "$OUT/load.db" "$OUT/load.db-wal" "$OUT/load.db-shm"
       start_pointlock "$ports" "sqlite:$OUT/load.db"
       ;;
+    pointlock-sqlite-serial) # the SQLite store without pipelining (a user locked until durable)
+      ports=$POINTLOCK_PORT
+      rm -f "$OUT/load.db" "$OUT/load.db-wal" "$OUT/load.db-shm"
+      start_pointlock "$ports" "sqlite:$OUT/load.db" --sqlite-pipeline off
+      ;;
     pointlock-pg*)
       n=${name#pointlock-pg}
       n=${n:-1}
@@ -373,7 +379,7 @@ if "pointlock" in servers and "baseline" in servers:
 
 stores = [s for s in servers if s.startswith("pointlock")]
 if len(stores) > 1 or stores != ["pointlock"]:
-    names = {"pointlock": "memory", "pointlock-sqlite": "SQLite",
+    names = {"pointlock": "memory", "pointlock-sqlite": "SQLite", "pointlock-sqlite-serial": "SQLite, not pipelined",
              "pointlock-metrics-off": "memory, --metrics off"}
     def label(s):
         if s in names:

@@ -48,5 +48,7 @@ pub use idempotency::{
 pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut, QueueFull};
 pub use policy::Policy;
 pub use service::{Applied, PointService};
-pub use store::{memory::MemoryStore, BoxFuture, Change, Committed, PointStore};
+pub use store::{
+    memory::MemoryStore, BoxFuture, Change, Committed, Pending, PointStore, ReadMark, SequencedRead,
+};
 pub use sync::{MaybeSend, MaybeSync};

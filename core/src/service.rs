@@ -23,6 +23,10 @@
 //! The guard (a clone of the `Arc`) travels with the change into the store, which
 //! keeps it until it has answered for the change: dropping the mutation's future
 //! mid-commit does not release the user while the change may still be applied.
+//! A **pipelined** store (see [`PointStore`]) keeps it only until the change is
+//! sequenced: the user's next request then computes on the sequenced state,
+//! and every answer computed from state not yet durable waits until it is
+//! ([`apply_owned`](PointService::apply_owned)).
 //!
 //! # Idempotency keys
 //!
@@ -46,10 +50,10 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
 use crate::error::PointError;
-use crate::idempotency::{IdempotencyKey, IDEMPOTENCY_TTL_DEFAULT};
+use crate::idempotency::{IdempotencyKey, IdempotencyRecord, IDEMPOTENCY_TTL_DEFAULT};
 use crate::lock::{KeyGuard, KeyedLock};
 use crate::policy::Policy;
-use crate::store::{Change, PointStore};
+use crate::store::{Change, PointStore, ReadMark};
 
 /// The most commits one mutation attempts before it answers
 /// [`PointError::WriteConflict`]: the first, and re-reads after refused ones.
@@ -227,9 +231,35 @@ impl<S: PointStore> PointService<S> {
     /// request answers again, changing nothing (`replayed: true`); a live record
     /// of another request is [`PointError::IdempotencyKeyReused`]; otherwise
     /// the change applies and its record commits with it.
+    ///
+    /// The caller keeps `held`, so the user stays locked until the caller drops
+    /// it: [`apply_owned`](Self::apply_owned) hands the guard over instead.
     pub async fn apply(
         &self,
         held: &Arc<KeyGuard<UserId>>,
+        kind: TransactionType,
+        amount: Amount,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Applied, PointError> {
+        self.apply_owned(Arc::clone(held), kind, amount, key).await
+    }
+
+    /// [`apply`](Self::apply), taking the caller's guard: the service drops it
+    /// as soon as the answer no longer needs the user locked, and then waits
+    /// for the answer to be durable.
+    ///
+    /// On a pipelined store (see [`PointStore`]) that is once the change is
+    /// **sequenced**: the user's next request runs on the sequenced state
+    /// while this one waits for its fsync. An answer computed from sequenced
+    /// state that is not durable yet (a refusal, a replay, a 422) is held back
+    /// until that state is durable, and becomes the store's error if it never
+    /// does. On any other store the change is durable when it is sequenced, so
+    /// this is `apply` with the guard dropped at the end. The user is released
+    /// early only if `held` is the last strong handle on the guard (the HTTP
+    /// layer hands its own over).
+    pub async fn apply_owned(
+        &self,
+        held: Arc<KeyGuard<UserId>>,
         kind: TransactionType,
         amount: Amount,
         key: Option<&IdempotencyKey>,
@@ -241,12 +271,19 @@ impl<S: PointStore> PointService<S> {
         // Read the clock for the key's TTL only when there is a key.
         let expired_before = key.map_or(i64::MIN, |_| self.key_expired_before());
         for _ in 0..COMMIT_ATTEMPTS_MAX {
+            // The mark of the first read of this attempt that showed state not
+            // yet durable: every answer computed from it waits for that state.
+            let mut mark = None;
             if let Some(key) = key {
-                if let Some(answer) = self.recorded(id, key, kind, amount, expired_before).await? {
-                    return Ok(answer);
+                let read = self.store.sequenced_idempotency_record(id, key).await?;
+                mark = read.mark;
+                if let Some(answer) = recorded(read.value, id, kind, amount, expired_before) {
+                    return self.answer_settled(held, id, mark, answer).await;
                 }
             }
-            let balance = self.store.user_point(id).await?.map_or(0, |p| p.point);
+            let read = self.store.sequenced_point(id).await?;
+            mark = mark.or(read.mark);
+            let balance = read.value.map_or(0, |p| p.point);
             let decided = match kind {
                 TransactionType::Charge => self.policy.charge(balance, amount),
                 // A use never raises a balance: one above a maximum lowered since
@@ -263,36 +300,57 @@ impl<S: PointStore> PointService<S> {
                     // again: a record now answers; none means there was none
                     // when the balance was read, and the refusal stands.
                     if let Some(key) = key {
-                        if let Some(answer) =
-                            self.recorded(id, key, kind, amount, expired_before).await?
+                        let read = self.store.sequenced_idempotency_record(id, key).await?;
+                        mark = mark.or(read.mark);
+                        if let Some(answer) = recorded(read.value, id, kind, amount, expired_before)
                         {
-                            return Ok(answer);
+                            return self.answer_settled(held, id, mark, answer).await;
                         }
                     }
-                    return Err(refused);
+                    return self.answer_settled(held, id, mark, Err(refused)).await;
                 }
             };
             // Checked before writing; a store that disagrees is a broken invariant.
             debug_assert!(point <= self.policy.max_balance || point < balance);
             let mut change = Change::new(
-                Arc::clone(held),
+                Arc::clone(&held),
                 self.expected(balance),
                 point,
                 kind,
                 amount,
                 self.clock.now_millis(),
-            );
+            )
+            .with_read_mark(mark);
             if let Some(key) = key {
                 change = change.with_key(key.clone(), self.key_condition(expired_before));
             }
-            match self.store.commit(change).await {
-                Ok(committed) => {
-                    debug_assert_eq!(committed.user_point.point, point);
-                    debug_assert_eq!(committed.history.user_id, id);
-                    return Ok(Applied {
-                        point: committed.user_point,
-                        replayed: false,
-                    });
+            match self.store.sequence(change).await {
+                Ok(pending) => {
+                    // The change has its place in the store's order: the user's
+                    // next request may compute on top of it (a pipelined store
+                    // dropped the change's guard; this drops ours). The answer
+                    // waits for the change to be durable.
+                    drop(held);
+                    return match pending.await {
+                        Ok(committed) => {
+                            debug_assert_eq!(committed.user_point.point, point);
+                            debug_assert_eq!(committed.history.user_id, id);
+                            Ok(Applied {
+                                point: committed.user_point,
+                                replayed: false,
+                            })
+                        }
+                        Err(refused) => {
+                            // Refused after the lock passed on (a writer that
+                            // bypassed it, or an earlier change of the user
+                            // that failed): nothing changed, and it is too late
+                            // to retry under the lock.
+                            if refused.is_conflict() {
+                                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(refused.into())
+                        }
+                    };
                 }
                 Err(refused) if refused.is_conflict() => {
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -305,32 +363,24 @@ impl<S: PointStore> PointService<S> {
         })
     }
 
-    /// The answer a live record of `key` gives: the first answer again when
-    /// it recorded this request, [`PointError::IdempotencyKeyReused`] when
-    /// another; `None` without a live record.
-    async fn recorded(
+    /// Release the user, then give `answer` once the state it was computed
+    /// from (a read marked `mark`) is durable; the store's error instead if
+    /// that state failed.
+    async fn answer_settled(
         &self,
+        held: Arc<KeyGuard<UserId>>,
         id: UserId,
-        key: &IdempotencyKey,
-        kind: TransactionType,
-        amount: Amount,
-        expired_before: i64,
-    ) -> Result<Option<Applied>, PointError> {
-        let found = self.store.idempotency_record(id, key).await?;
-        let Some(record) = found.filter(|r| !r.is_expired(expired_before)) else {
-            return Ok(None);
-        };
-        if !record.matches(kind, amount) {
-            return Err(PointError::IdempotencyKeyReused {
-                kind: record.kind.as_str(),
-                amount: record.amount.get(),
-            });
+        mark: Option<ReadMark>,
+        answer: Result<Applied, PointError>,
+    ) -> Result<Applied, PointError> {
+        drop(held);
+        if let Some(mark) = mark {
+            self.store.settle(id, mark).await?;
         }
-        self.replays.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(Applied {
-            point: record.user_point(id),
-            replayed: true,
-        }))
+        if matches!(answer, Ok(Applied { replayed: true, .. })) {
+            self.replays.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
     }
 
     /// Records made at or before this moment have expired.
@@ -359,6 +409,29 @@ impl<S: PointStore> PointService<S> {
         }
         Some(balance)
     }
+}
+
+/// The answer a live record of `key` gives: the first answer again when it
+/// recorded this request, [`PointError::IdempotencyKeyReused`] when another;
+/// `None` without a live record.
+fn recorded(
+    found: Option<IdempotencyRecord>,
+    id: UserId,
+    kind: TransactionType,
+    amount: Amount,
+    expired_before: i64,
+) -> Option<Result<Applied, PointError>> {
+    let record = found.filter(|r| !r.is_expired(expired_before))?;
+    if !record.matches(kind, amount) {
+        return Some(Err(PointError::IdempotencyKeyReused {
+            kind: record.kind.as_str(),
+            amount: record.amount.get(),
+        }));
+    }
+    Some(Ok(Applied {
+        point: record.user_point(id),
+        replayed: true,
+    }))
 }
 
 /// `ttl` in whole milliseconds, saturating.

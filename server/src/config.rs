@@ -121,6 +121,13 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_SQLITE_BATCH_WAIT_US", default_value_t = 250)]
     pub sqlite_batch_wait_us: u64,
 
+    /// SQLite store: pipelined group commit. on: a user's next request runs
+    /// once the change before it is sequenced, so one user's burst shares an
+    /// fsync (every answer still waits for its change to be durable); off: a
+    /// user stays locked until its change is durable.
+    #[arg(long, env = "POINTLOCK_SQLITE_PIPELINE", value_enum, default_value_t = Switch::On)]
+    pub sqlite_pipeline: Switch,
+
     /// PostgreSQL store: the most connections this process opens.
     #[arg(long, env = "POINTLOCK_PG_POOL_SIZE", default_value_t = 16)]
     pub pg_pool_size: usize,
@@ -348,6 +355,8 @@ impl Config {
         SqliteOptions {
             batch_ops_max: self.sqlite_batch_ops_max,
             batch_wait: Duration::from_micros(self.sqlite_batch_wait_us),
+            pipeline: self.sqlite_pipeline == Switch::On,
+            negative_control: negative_control(),
             ..SqliteOptions::default()
         }
     }
@@ -436,6 +445,26 @@ impl Config {
             return Err("--body-limit-bytes must be at least 64".into());
         }
         Ok(())
+    }
+}
+
+/// A negative control of the pipelined SQLite store, for the crash tests only:
+/// `POINTLOCK_NEGATIVE_CONTROL=answer-at-sequencing|dirty-reads`, read by
+/// debug builds alone (a release binary ignores it).
+fn negative_control() -> Option<crate::store::NegativeControl> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    match std::env::var("POINTLOCK_NEGATIVE_CONTROL").ok()?.as_str() {
+        "answer-at-sequencing" => Some(crate::store::NegativeControl::AnswerAtSequencing),
+        "dirty-reads" => Some(crate::store::NegativeControl::DirtyReads),
+        other => {
+            tracing::warn!(
+                control = other,
+                "unknown POINTLOCK_NEGATIVE_CONTROL ignored"
+            );
+            None
+        }
     }
 }
 

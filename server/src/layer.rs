@@ -14,7 +14,11 @@
 //!   response head is ready; the inner service has finished its work). A clone of
 //!   the guard taken through [`HeldLock::guard`] keeps the key held until it is
 //!   dropped too: that is how the wallet's store keeps a user locked until it has
-//!   answered for a change.
+//!   answered for a change. An inner service may instead **take the guard over**
+//!   ([`HeldLock::take`]): the layer then holds nothing, and the key is released
+//!   when the taker drops the guard, possibly before the response (the wallet's
+//!   pipelined store releases a user once its change is sequenced, while the
+//!   response waits for the fsync).
 //! - **The extractor decides** per request ([`KeyDecision`]): lock a key, pass
 //!   the request through unlocked, or reject it at once without taking any lock.
 //! - **Timeout**: a wait longer than [`KeyedLockLayer::timeout`] (3 s by default)
@@ -83,7 +87,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -169,17 +173,21 @@ pub fn default_refusal(refusal: Refusal) -> Response<Full<Bytes>> {
 
 /// The key's guard as the inner service sees it, in the request's extensions.
 ///
-/// It holds the key and only a *weak* handle on the guard: an inner service that
-/// keeps the request, or this extension, past its response does not keep the key
-/// locked. [`guard`](Self::guard) lends a strong handle for work that must finish
-/// under the lock even if the response is dropped (the wallet hands it to its
-/// store, which drops it once the change is settled); a strong handle kept longer
-/// keeps the key locked longer.
+/// It holds the key and only a *weak* handle on the layer's hold of the guard:
+/// an inner service that keeps the request, or this extension, past its
+/// response does not keep the key locked. [`guard`](Self::guard) lends a strong
+/// handle for work that must finish under the lock even if the response is
+/// dropped; a strong handle kept longer keeps the key locked longer.
+/// [`take`](Self::take) takes the layer's own hold over: from then on the key
+/// is held exactly as long as the taken guard (and its clones) live.
 #[derive(Clone)]
 pub struct HeldLock<K: Hash + Eq + Clone> {
     key: K,
-    guard: Weak<KeyGuard<K>>,
+    slot: Weak<GuardSlot<K>>,
 }
+
+/// The layer's hold of a key's guard, which the inner service may take over.
+type GuardSlot<K> = std::sync::Mutex<Option<Arc<KeyGuard<K>>>>;
 
 impl<K: Hash + Eq + Clone> HeldLock<K> {
     /// The locked key.
@@ -187,10 +195,23 @@ impl<K: Hash + Eq + Clone> HeldLock<K> {
         &self.key
     }
 
-    /// A strong handle on the guard while the key is still held by this request
-    /// (always, while the inner service works on it); `None` once released.
+    /// A strong handle on the guard while the layer still holds it for this
+    /// request (always, while the inner service works on it, unless it was
+    /// [taken](Self::take)); `None` once released or taken.
     pub fn guard(&self) -> Option<Arc<KeyGuard<K>>> {
-        self.guard.upgrade()
+        let slot = self.slot.upgrade()?;
+        let held = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        held.clone()
+    }
+
+    /// Take the layer's hold of the guard: the layer will not release the key
+    /// when the response is ready; the caller's guard (and any clone of it)
+    /// does, when dropped. `None` if the key is no longer held by this request
+    /// or was taken already.
+    pub fn take(&self) -> Option<Arc<KeyGuard<K>>> {
+        let slot = self.slot.upgrade()?;
+        let mut held = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        held.take()
     }
 }
 
@@ -455,7 +476,8 @@ enum State<S: Service<Request<B>>, B, K: Hash + Eq + Clone> {
     /// The inner service is working (holding the guard, for a locked request).
     Running {
         future: Pin<Box<S::Future>>,
-        guard: Option<Arc<KeyGuard<K>>>,
+        /// The layer's hold of the guard (emptied if the inner service takes it).
+        guard: Option<Arc<GuardSlot<K>>>,
         /// The request's span (when DEBUG is on), for work detached on drop: a
         /// drop usually happens outside it (hyper drops a disconnected client's
         /// future from its connection task).
@@ -488,7 +510,7 @@ where
     S::Error: Send + 'static,
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
-    fn running(future: S::Future, guard: Option<Arc<KeyGuard<K>>>) -> Self {
+    fn running(future: S::Future, guard: Option<Arc<GuardSlot<K>>>) -> Self {
         // Spans are only made at DEBUG (see `request_id.rs`); skip the lookup below.
         let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
             tracing::Span::current()
@@ -558,16 +580,18 @@ where
                             continue;
                         }
                     };
-                    let guard = Arc::new(guard);
+                    let key = guard.key().clone();
+                    let slot: Arc<GuardSlot<K>> =
+                        Arc::new(std::sync::Mutex::new(Some(Arc::new(guard))));
                     let Some(mut req) = req.take() else {
                         unreachable!("the request is taken once, on acquisition");
                     };
                     req.extensions_mut().insert(HeldLock {
-                        key: guard.key().clone(),
-                        guard: Arc::downgrade(&guard),
+                        key,
+                        slot: Arc::downgrade(&slot),
                     });
                     let future = inner.call(req);
-                    *this = ResponseFuture::running(future, Some(guard));
+                    *this = ResponseFuture::running(future, Some(slot));
                 }
                 State::Running {
                     future, polling, ..
@@ -628,7 +652,7 @@ where
 /// its log lines still name the request. Without a tokio runtime (dropped during
 /// runtime shutdown) there is nowhere to finish it: it is dropped, which releases
 /// this guard (a store that holds a clone for a queued change still holds that).
-fn finish_detached<F, K>(future: Pin<Box<F>>, guard: Option<Arc<KeyGuard<K>>>, span: tracing::Span)
+fn finish_detached<F, K>(future: Pin<Box<F>>, guard: Option<Arc<GuardSlot<K>>>, span: tracing::Span)
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,

@@ -79,13 +79,18 @@ async fn run(config: Config) -> Result<(), String> {
             Arc::new(opened)
         }
         StoreSpec::Sqlite(path) => {
-            let opened = SqliteStore::open(path, config.sqlite_options())
+            let options = config.sqlite_options();
+            if let Some(control) = options.negative_control {
+                tracing::warn!(?control, "NEGATIVE CONTROL: this store breaks its own guarantees on purpose (tests only)");
+            }
+            let opened = SqliteStore::open(path, options)
                 .map_err(|e| format!("cannot open the store: {e}"))?;
             let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
             tracing::info!(
                 path = %shown.display(),
                 batch_ops_max = config.sqlite_batch_ops_max,
                 batch_wait_us = config.sqlite_batch_wait_us,
+                pipelined = opened.is_pipelined(),
                 "SQLite store open at {} (durable: WAL, synchronous=FULL)",
                 shown.display()
             );

@@ -28,9 +28,10 @@
 //! check (`auth.rs`); and [`route_template`] names a path's route for
 //! the request metrics (and for the authentication's operator routes).
 //!
-//! Mutating handlers take the user's guard from the request's [`HeldLock`]
+//! Mutating handlers take the user's guard over from the request's [`HeldLock`]
 //! extension, put there by the layer, and hand it to the service (which hands a
-//! clone on to the store, keeping the user locked until the change is settled).
+//! clone on to the store): the user stays locked until the change is settled,
+//! or, on a pipelined store, sequenced (the answer still waits for the fsync).
 //! Mounted without the layer, they acquire the lock themselves (with the same
 //! timeout), so the router alone is never unsafe.
 //!
@@ -379,7 +380,10 @@ impl Router {
                 } else {
                     TransactionType::Use
                 };
-                let applied = svc.apply(&held, kind, amount, key.as_ref()).await?;
+                // The guard goes to the service, which releases the user as
+                // soon as the store allows (a pipelined store: once the change
+                // is sequenced) and answers once the change is durable.
+                let applied = svc.apply_owned(held, kind, amount, key.as_ref()).await?;
                 let mut response = json_response(StatusCode::OK, &applied.point);
                 if applied.replayed {
                     response
@@ -415,11 +419,15 @@ impl Router {
         id: UserId,
     ) -> Result<Arc<KeyGuard<UserId>>, ApiError> {
         // The layer's guard, if it is a guard of this service's lock for this user
-        // (a layer given another lock would only earn a ForeignGuard error).
+        // (a layer given another lock would only earn a ForeignGuard error):
+        // taken over, so that the service decides when the user is released.
         let lent = from_layer
             .filter(|held| *held.key() == id)
-            .and_then(HeldLock::guard)
-            .filter(|guard| guard.is_from(self.service.lock()));
+            .filter(|held| {
+                held.guard()
+                    .is_some_and(|guard| guard.is_from(self.service.lock()))
+            })
+            .and_then(HeldLock::take);
         if let Some(guard) = lent {
             return Ok(guard);
         }

@@ -65,7 +65,13 @@ pub type Sleeper = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>
 /// commit it at the same moment.
 #[derive(Clone)]
 pub struct Change {
-    held: Arc<KeyGuard<UserId>>,
+    /// The user's guard, until a pipelined store releases it at sequencing
+    /// ([`Change::release_guard`]).
+    held: Option<Arc<KeyGuard<UserId>>>,
+    user: UserId,
+    /// Where the sequenced state stood when the change was computed from it
+    /// (a pipelined store's read); `None` for a durable read.
+    read_mark: Option<ReadMark>,
     /// `None` only in the test-util negative controls: apply unconditionally.
     expected_point: Option<u64>,
     point: u64,
@@ -93,7 +99,9 @@ impl Change {
         time_millis: i64,
     ) -> Self {
         Self {
-            held,
+            user: *held.key(),
+            held: Some(held),
+            read_mark: None,
             expected_point,
             point,
             kind,
@@ -101,6 +109,33 @@ impl Change {
             time_millis,
             keyed: None,
         }
+    }
+
+    /// The same change, computed from a read of a pipelined store's sequenced
+    /// state that stood at `mark` (see [`PointStore::sequence`]).
+    pub(crate) fn with_read_mark(mut self, mark: Option<ReadMark>) -> Self {
+        self.read_mark = mark;
+        self
+    }
+
+    /// Where the pipelined store's sequenced state stood when this change was
+    /// computed from it (`None`: computed from durable state).
+    pub fn read_mark(&self) -> Option<ReadMark> {
+        self.read_mark
+    }
+
+    /// Whether the change still carries its user's guard (see
+    /// [`release_guard`](Self::release_guard)).
+    pub fn holds_guard(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Drop the user's guard this change carries: only a **pipelined** store
+    /// does this, once the change has its place in the store's order and its
+    /// result is the user's sequenced state (see [`PointStore::sequence`]).
+    /// Every other store keeps the guard until it has answered for the change.
+    pub fn release_guard(&mut self) {
+        self.held = None;
     }
 
     /// The same change, made with `key`: it writes the key's record too, if the
@@ -138,7 +173,7 @@ impl Change {
 
     /// Whose balance changes (the key of the guard the change carries).
     pub fn user_id(&self) -> UserId {
-        *self.held.key()
+        self.user
     }
 
     /// The stored balance this change was computed from: the store applies the
@@ -271,7 +306,79 @@ pub struct Committed {
     pub history: PointHistory,
 }
 
+/// Where a pipelined store's sequenced state stood when a mutation read it:
+/// handed back with the change computed from the read ([`Change::read_mark`])
+/// and to [`PointStore::settle`], so the store can tell whether everything
+/// the read showed has become durable. Opaque to everyone but the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadMark(u64);
+
+impl ReadMark {
+    /// A mark with the store's own meaning.
+    pub fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The store's value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A read a mutation makes under the user's lock: the value, and for a
+/// pipelined store that answered from state not yet durable, its mark.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequencedRead<T> {
+    /// What was read.
+    pub value: T,
+    /// `Some` when the value includes changes sequenced but not yet durable.
+    pub mark: Option<ReadMark>,
+}
+
+impl<T> SequencedRead<T> {
+    /// A value read from durable state.
+    pub fn durable(value: T) -> Self {
+        Self { value, mark: None }
+    }
+}
+
+/// The outcome of a sequenced change, to await: resolves once the change is
+/// durable (or failed, or was refused).
+pub type Pending<'a> = BoxFuture<'a, Result<Committed, StoreError>>;
+
 /// Storage for balances and histories.
+///
+/// # Pipelined stores (optional)
+///
+/// A store may separate a change's **order** from its **durability**. Such a
+/// store implements [`sequence`](Self::sequence) to resolve as soon as the
+/// change has its place in the store's order, and promises:
+///
+/// 1. it applies a user's changes in the order they were sequenced, each under
+///    its condition ([`Change`]), and a change once sequenced is committed or
+///    refused whatever happens to its caller;
+/// 2. [`sequenced_point`](Self::sequenced_point) and
+///    [`sequenced_idempotency_record`](Self::sequenced_idempotency_record)
+///    answer from the **sequenced** state (every change sequenced so far,
+///    durable or not), with a [`ReadMark`] when that state is not all durable;
+/// 3. the [`Pending`] answer of a change resolves only once the change is
+///    durable, and fails (never succeeds) if any change it was computed on
+///    failed: its condition sees to that;
+/// 4. [`settle`](Self::settle) resolves once everything a marked read showed is
+///    durable, and fails if any of it failed;
+/// 5. the plain reads ([`user_point`](Self::user_point),
+///    [`histories`](Self::histories)) show durable state only.
+///
+/// It then drops the change's guard ([`Change::release_guard`]) at
+/// sequencing: the user's next request, computing on the sequenced state,
+/// can run while this change waits for its fsync, and a burst of one user's
+/// changes shares one. The [`PointService`](crate::PointService) holds every
+/// answer it computed from sequenced state until that state is durable, so
+/// nothing a client is shown can be lost in a crash.
+///
+/// The defaults describe a store that is not pipelined: `sequence` commits
+/// (durably) before it resolves, the sequenced reads are the plain reads, and
+/// there is nothing to settle.
 ///
 /// Futures may be dropped at any await (a client disconnects): an implementation
 /// must then have committed the change entirely or not at all, and must keep the
@@ -314,6 +421,52 @@ pub trait PointStore: MaybeSend + MaybeSync {
     fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// Place `change` in the store's order; resolve with its [`Pending`]
+    /// outcome. A refusal found at once (the condition fails against the
+    /// sequenced state) is an `Err` here, with nothing sequenced, while the
+    /// caller still holds the user's lock. See the trait docs on pipelining;
+    /// by default the change is committed before this resolves.
+    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+        Box::pin(async move {
+            let committed = self.commit(change).await?;
+            let pending: Pending<'_> = Box::pin(std::future::ready(Ok(committed)));
+            Ok(pending)
+        })
+    }
+
+    /// The user's balance as the next change must be computed from: with
+    /// every sequenced change (a pipelined store), with a mark when some are
+    /// not yet durable. By default [`user_point`](Self::user_point).
+    fn sequenced_point(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
+        Box::pin(async move { self.user_point(id).await.map(SequencedRead::durable) })
+    }
+
+    /// The user's record for `key` including records of sequenced changes (a
+    /// pipelined store), with a mark when it is not yet durable. By default
+    /// [`idempotency_record`](Self::idempotency_record).
+    fn sequenced_idempotency_record<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
+        Box::pin(async move {
+            self.idempotency_record(id, key)
+                .await
+                .map(SequencedRead::durable)
+        })
+    }
+
+    /// Resolve once everything a read of user `id` marked `mark` showed is
+    /// durable; fail if some of it failed (the answer computed from it must
+    /// then not be given). By default at once.
+    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = (id, mark);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl<S: PointStore + ?Sized> PointStore for Arc<S> {
@@ -348,6 +501,29 @@ impl<S: PointStore + ?Sized> PointStore for Arc<S> {
     fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         (**self).ready()
     }
+
+    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+        (**self).sequence(change)
+    }
+
+    fn sequenced_point(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
+        (**self).sequenced_point(id)
+    }
+
+    fn sequenced_idempotency_record<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
+        (**self).sequenced_idempotency_record(id, key)
+    }
+
+    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).settle(id, mark)
+    }
 }
 
 impl<S: PointStore + ?Sized> PointStore for Box<S> {
@@ -381,5 +557,28 @@ impl<S: PointStore + ?Sized> PointStore for Box<S> {
 
     fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         (**self).ready()
+    }
+
+    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+        (**self).sequence(change)
+    }
+
+    fn sequenced_point(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
+        (**self).sequenced_point(id)
+    }
+
+    fn sequenced_idempotency_record<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
+        (**self).sequenced_idempotency_record(id, key)
+    }
+
+    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).settle(id, mark)
     }
 }

@@ -12,7 +12,7 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use postgres::{PgOpenError, PgStats, PostgresOptions, PostgresStore};
-pub use sqlite::{CommitStats, OpenError, SqliteOptions, SqliteStore};
+pub use sqlite::{CommitStats, NegativeControl, OpenError, SqliteOptions, SqliteStore};
 
 use pointlock_core::{
     Amount, IdempotencyKey, IdempotencyRecord, PointHistory, StoreError, TransactionType, UserId,

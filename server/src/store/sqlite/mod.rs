@@ -57,8 +57,11 @@
 mod cache;
 mod open;
 mod readers;
+mod sequenced;
 mod writer;
 
+#[cfg(test)]
+mod pipeline_tests;
 #[cfg(test)]
 mod tests;
 
@@ -70,8 +73,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pointlock_core::{
-    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, PointHistory, PointStore,
-    StoreError, StoreErrorKind, UserId, UserPoint,
+    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PointHistory,
+    PointStore, ReadMark, SequencedRead, StoreError, StoreErrorKind, UserId, UserPoint,
 };
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
@@ -82,8 +85,9 @@ use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
 use readers::Readers;
+use sequenced::{Overlay, Seen, Settle};
 pub use writer::CommitStats;
-use writer::{Batching, FailStop, Job, Stats, Sweep, Work, Writer};
+use writer::{Barrier, Batching, FailStop, Job, Stats, Sweep, Work, Writer};
 
 const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = ?1";
 const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
@@ -117,6 +121,23 @@ pub struct SqliteOptions {
     /// [`CACHE_SHARDS`] shards of `balance_cache_max / CACHE_SHARDS` entries; a
     /// full shard is emptied before it takes a new entry.
     pub balance_cache_max: usize,
+    /// Pipelined group commit (see the [module docs](self)): a user is
+    /// released once its change is sequenced, not once it is durable, so one
+    /// user's burst shares an fsync. `false`: the user stays locked until the
+    /// change is durable (one fsync per change of one user).
+    pub pipeline: bool,
+    /// What the pipeline must never do, done on purpose: for the negative
+    /// controls of the tests that must catch it. `None` in any real use.
+    #[doc(hidden)]
+    pub negative_control: Option<NegativeControl>,
+    /// Fault injection for unit tests: while closed, the writer waits before
+    /// each batch (a deterministic "not durable yet").
+    #[cfg(test)]
+    pub(crate) gate: Option<Arc<Gate>>,
+    /// Fault injection for unit tests: every change of this amount fails in a
+    /// statement (as on a full disk), without failing stop.
+    #[cfg(test)]
+    pub(crate) fail_amount: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Fault injection for unit tests: while set, every COMMIT fails.
     #[cfg(test)]
     pub(crate) fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -137,10 +158,65 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             quick_check: true,
             balance_cache_max: 1 << 20,
+            pipeline: true,
+            negative_control: None,
+            #[cfg(test)]
+            gate: None,
+            #[cfg(test)]
+            fail_amount: None,
             #[cfg(test)]
             fail_commits: None,
             #[cfg(test)]
             page_limit: None,
+        }
+    }
+}
+
+/// A negative control of the pipelined store (see
+/// [`SqliteOptions::negative_control`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NegativeControl {
+    /// Answer a change as soon as it is sequenced, before it is durable.
+    AnswerAtSequencing,
+    /// Answer reads (`GET /point/{id}`) and settle marked answers from the
+    /// sequenced state, without waiting for it to be durable.
+    DirtyReads,
+}
+
+/// A gate the writer waits at before each batch while it is closed (tests).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    closed: Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Batches that have waited at the gate.
+    pub(crate) waited: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(test)]
+impl Gate {
+    pub(crate) fn close(&self) {
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    pub(crate) fn open(&self) {
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        self.opened.notify_all();
+    }
+
+    /// The writer: wait while closed.
+    pub(crate) fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            self.waited
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        while *closed {
+            closed = self
+                .opened
+                .wait(closed)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -168,6 +244,9 @@ pub struct SqliteStore {
     stats: Arc<Stats>,
     stop: Arc<FailStop>,
     cache: Option<Arc<BalanceCache>>,
+    /// The sequenced state, when pipelined.
+    overlay: Option<Arc<Overlay>>,
+    negative_control: Option<NegativeControl>,
     /// The advisory lock on the database file; dropped after everything above
     /// has been closed (fields drop in declaration order, after `Drop::drop`).
     _lock: File,
@@ -227,9 +306,15 @@ impl SqliteStore {
             idle: options.batch_idle,
         };
         let cache = BalanceCache::new(options.balance_cache_max).map(Arc::new);
+        let overlay = options.pipeline.then(|| Arc::new(Overlay::new()));
         let writer = Writer {
             stats: Arc::clone(&stats),
             cache: cache.clone(),
+            overlay: overlay.clone(),
+            #[cfg(test)]
+            gate: options.gate.clone(),
+            #[cfg(test)]
+            fail_amount: options.fail_amount.clone(),
             stop: Arc::clone(&stop),
             #[cfg(test)]
             page_limit: options.page_limit.clone(),
@@ -248,6 +333,8 @@ impl SqliteStore {
             stats,
             stop,
             cache,
+            overlay,
+            negative_control: options.negative_control,
             _lock: lock,
         })
     }
@@ -262,6 +349,16 @@ impl SqliteStore {
     pub fn queued_ops(&self) -> usize {
         self.queue_ops_max
             .saturating_sub(self.queue.available_permits())
+    }
+
+    /// Whether changes are pipelined ([`SqliteOptions::pipeline`]).
+    pub fn is_pipelined(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// Users with changes sequenced and not yet durable (pipelined only).
+    pub fn sequenced_users(&self) -> usize {
+        self.overlay.as_deref().map_or(0, Overlay::users)
     }
 
     /// How commits have been batched so far.
@@ -335,6 +432,13 @@ impl PointStore for SqliteStore {
             if self.readers.is_closed() {
                 return Err(StoreError::new("the SQLite store is closed"));
             }
+            if self.negative_control == Some(NegativeControl::DirtyReads) {
+                if let Some(Seen::Sequenced(point, _)) =
+                    self.overlay.as_deref().map(|o| o.point(id))
+                {
+                    return Ok(Some(point));
+                }
+            }
             let miss = match self.cache.as_deref().map(|cache| cache.get(id)) {
                 Some(Ok(cached)) => return Ok(Some(cached)),
                 Some(Err(miss)) => Some(miss),
@@ -394,26 +498,132 @@ impl PointStore for SqliteStore {
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         Box::pin(async move {
+            if self.overlay.is_some() {
+                self.sequence(change).await?.await
+            } else {
+                self.commit_durable(change).await
+            }
+        })
+    }
+
+    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+        Box::pin(async move {
+            let Some(overlay) = self.overlay.as_deref() else {
+                let committed = self.commit_durable(change).await?;
+                let pending: Pending<'_> = Box::pin(std::future::ready(Ok(committed)));
+                return Ok(pending);
+            };
             if self.stop.is_stopped() {
                 return Err(writer::unavailable());
             }
-            // The change, and the user's guard in it, go to the writer, which keeps
-            // them until it has answered: a caller that stops waiting cannot
-            // release its user while its change may still be committed.
             let queued = Arc::clone(&self.queue)
                 .acquire_owned()
                 .await
                 .map_err(|_| StoreError::new("the SQLite store is closed"))?;
             let (reply, answer) = oneshot::channel();
-            let job = Job {
-                change,
-                reply,
-                _queued: queued,
-            };
-            self.send(Work::Change(job))?;
-            answer
+            // Checked against the sequenced state, sent to the writer, made the
+            // sequenced state, and the guard dropped, under the user's shard
+            // mutex (see sequenced.rs). From here the change commits or is
+            // refused whatever happens to the caller.
+            let early = (self.negative_control == Some(NegativeControl::AnswerAtSequencing))
+                .then(|| change.committed(0));
+            overlay.sequence(change, |change| {
+                self.send(Work::Change(Job {
+                    change,
+                    reply,
+                    _queued: queued,
+                }))
+            })?;
+            if let Some(early) = early {
+                // Negative control: the answer before the change is durable.
+                let pending: Pending<'_> = Box::pin(std::future::ready(Ok(early)));
+                return Ok(pending);
+            }
+            let pending: Pending<'_> = Box::pin(async move {
+                answer
+                    .await
+                    .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+            });
+            Ok(pending)
+        })
+    }
+
+    fn sequenced_point(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
+        Box::pin(async move {
+            if let Some(overlay) = self.overlay.as_deref() {
+                loop {
+                    match overlay.point(id) {
+                        Seen::Sequenced(point, mark) => {
+                            return Ok(SequencedRead {
+                                value: Some(point),
+                                mark: Some(mark),
+                            })
+                        }
+                        Seen::Durable => break,
+                        // The latch only closes; an error means it has.
+                        Seen::Broken(latch) => drop(latch.acquire().await),
+                    }
+                }
+            }
+            self.user_point(id).await.map(SequencedRead::durable)
+        })
+    }
+
+    fn sequenced_idempotency_record<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
+        Box::pin(async move {
+            if let Some(overlay) = self.overlay.as_deref() {
+                loop {
+                    match overlay.key(id, key) {
+                        Seen::Sequenced(record, mark) => {
+                            return Ok(SequencedRead {
+                                value: Some(record),
+                                mark: Some(mark),
+                            })
+                        }
+                        Seen::Durable => break,
+                        Seen::Broken(latch) => drop(latch.acquire().await),
+                    }
+                }
+            }
+            self.idempotency_record(id, key)
                 .await
-                .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+                .map(SequencedRead::durable)
+        })
+    }
+
+    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Some(overlay) = self.overlay.as_deref() else {
+                return Ok(());
+            };
+            if self.negative_control == Some(NegativeControl::DirtyReads) {
+                return Ok(());
+            }
+            match overlay.settle(id, mark) {
+                Settle::Durable => Ok(()),
+                Settle::Failed => Err(sequenced::failed_under()),
+                Settle::Barrier => {
+                    self.stats
+                        .barriers
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (reply, answer) = oneshot::channel();
+                    self.send(Work::Barrier(Barrier {
+                        user: id,
+                        mark,
+                        reply,
+                    }))?;
+                    answer.await.map_err(|_| {
+                        StoreError::new("the SQLite writer stopped before answering")
+                    })?
+                }
+            }
         })
     }
 
@@ -470,6 +680,31 @@ impl PointStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Commit `change` and answer once it is durable, keeping its guard until
+    /// then (the store without pipelining).
+    async fn commit_durable(&self, change: Change) -> Result<Committed, StoreError> {
+        if self.stop.is_stopped() {
+            return Err(writer::unavailable());
+        }
+        // The change, and the user's guard in it, go to the writer, which keeps
+        // them until it has answered: a caller that stops waiting cannot
+        // release its user while its change may still be committed.
+        let queued = Arc::clone(&self.queue)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::new("the SQLite store is closed"))?;
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            change,
+            reply,
+            _queued: queued,
+        };
+        self.send(Work::Change(job))?;
+        answer
+            .await
+            .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+    }
+
     /// Hand `work` to the writer. No await between taking the sender and
     /// sending: close() never waits on a sender held by a suspended caller.
     fn send(&self, work: Work) -> Result<(), StoreError> {

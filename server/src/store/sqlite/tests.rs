@@ -431,7 +431,14 @@ fn an_empty_file_is_migrated_once_and_reopening_migrates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_changes_from_the_same_read_one_applies_and_the_other_is_refused() {
     let (_dir, path) = db();
-    let store = Arc::new(SqliteStore::open(&path, batches_of(2)).unwrap());
+    // Not pipelined: the condition checked by the writer, inside the batch's
+    // transaction (pipelined, the sequencing check refuses the second first:
+    // pipeline_tests.rs).
+    let options = SqliteOptions {
+        pipeline: false,
+        ..batches_of(2)
+    };
+    let store = Arc::new(SqliteStore::open(&path, options).unwrap());
     store.commit(change(1, 100, 100)).await.unwrap();
     // Both computed from 100 (a lock bypassed), committed in one batch: the
     // condition is checked inside the transaction, change by change.

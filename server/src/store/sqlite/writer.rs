@@ -59,6 +59,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::cache::BalanceCache;
+use super::sequenced::{self, Overlay};
 use crate::histogram::{DurationHistogram, HistogramSnapshot};
 use crate::store::to_i64;
 
@@ -84,10 +85,19 @@ const UPSERT_KEY: &str = "INSERT INTO idempotency (user_id, key, type, amount, p
 const SWEEP_KEYS: &str = "DELETE FROM idempotency WHERE (user_id, key) IN (
          SELECT user_id, key FROM idempotency WHERE time_millis <= ?1 LIMIT ?2)";
 
-/// What the writer is sent: a change, or a step of the sweep.
+/// What the writer is sent: a change, a step of the sweep, or a barrier.
 pub(super) enum Work {
     Change(Job),
     Sweep(Sweep),
+    Barrier(Barrier),
+}
+
+/// Answer once every change sent before this is answered: `Ok` if none of the
+/// changes a read marked `mark` showed failed (see sequenced.rs).
+pub(super) struct Barrier {
+    pub(super) user: pointlock_core::UserId,
+    pub(super) mark: pointlock_core::ReadMark,
+    pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// Remove at most `limit` idempotency records made at or before `expired_before`.
@@ -129,6 +139,10 @@ pub struct CommitStats {
     /// Whether the store has failed stop after a failed COMMIT (writes refused
     /// until restart).
     pub stopped: bool,
+    /// Pipelined: answers computed from sequenced state (refusals, replays)
+    /// that waited, behind a barrier in the writer's queue, for that state to
+    /// be durable.
+    pub barriers: u64,
     /// Batch sizes by powers of two: 1, 2-3, 4-7, … 256+.
     pub batch_ops_log2: [u64; 9],
     /// How long each batch's transaction took, `BEGIN IMMEDIATE` to the end of
@@ -145,6 +159,7 @@ pub(super) struct Stats {
     batches_retried: AtomicU64,
     ops_failed: AtomicU64,
     conflicts: AtomicU64,
+    pub(super) barriers: AtomicU64,
     batch_ops_log2: [AtomicU64; 9],
     commit_duration: DurationHistogram,
 }
@@ -168,6 +183,7 @@ impl Stats {
             ops_failed: self.ops_failed.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             stopped,
+            barriers: self.barriers.load(Ordering::Relaxed),
             batch_ops_log2: std::array::from_fn(|i| self.batch_ops_log2[i].load(Ordering::Relaxed)),
             commit_duration: self.commit_duration.snapshot(),
         }
@@ -208,6 +224,14 @@ pub(super) struct Batching {
 pub(super) struct Writer {
     pub(super) stats: Arc<Stats>,
     pub(super) cache: Option<Arc<BalanceCache>>,
+    /// The sequenced state, when pipelined: told of every answer.
+    pub(super) overlay: Option<Arc<Overlay>>,
+    /// Fault injection (unit tests): the writer waits here before each batch.
+    #[cfg(test)]
+    pub(super) gate: Option<Arc<super::Gate>>,
+    /// Fault injection (unit tests): changes of this amount fail in a statement.
+    #[cfg(test)]
+    pub(super) fail_amount: Option<Arc<AtomicU64>>,
     pub(super) stop: Arc<FailStop>,
     /// Fault injection (unit tests): `PRAGMA max_page_count` before each batch.
     #[cfg(test)]
@@ -228,14 +252,20 @@ impl Writer {
     pub(super) fn run(self, mut conn: Connection, jobs: &mpsc::Receiver<Work>, batching: Batching) {
         let mut batch = Vec::with_capacity(batching.ops_max);
         let mut sweeps = Vec::new();
+        let mut barriers = Vec::new();
         while let Ok(first) = jobs.recv() {
             match first {
                 Work::Change(job) => batch.push(job),
                 Work::Sweep(sweep) => sweeps.push(sweep),
+                Work::Barrier(barrier) => barriers.push(barrier),
             }
-            collect(jobs, &mut batch, &mut sweeps, batching);
+            collect(jobs, &mut batch, &mut sweeps, &mut barriers, batching);
             if !batch.is_empty() {
                 self.commit_batch(&mut conn, &mut batch);
+            }
+            // Every change sent before these barriers has been answered.
+            for barrier in barriers.drain(..) {
+                self.pass(barrier);
             }
             for sweep in sweeps.drain(..) {
                 self.sweep(&mut conn, sweep);
@@ -258,6 +288,10 @@ impl Writer {
             return;
         }
         #[cfg(test)]
+        if let Some(gate) = &self.gate {
+            gate.pass();
+        }
+        #[cfg(test)]
         if let Some(limit) = &self.page_limit {
             let pages = i64::try_from(limit.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
             // The pragma answers with the new maximum: read it, or it is not run.
@@ -266,7 +300,14 @@ impl Writer {
         self.stats.record_batch(batch.len());
         let changes: Vec<&Change> = batch.iter().map(|job| &job.change).collect();
         let started = Instant::now();
-        let written = write(conn, &changes);
+        #[cfg(test)]
+        let fail_amount = self
+            .fail_amount
+            .as_deref()
+            .map_or(0, |user| user.load(Ordering::SeqCst));
+        #[cfg(not(test))]
+        let fail_amount = 0;
+        let written = write(conn, &changes, fail_amount);
         self.stats.commit_duration.observe(started.elapsed());
         match written {
             Ok(outcomes) => {
@@ -288,7 +329,7 @@ impl Writer {
                 tracing::warn!(%error, ops = batch.len(), "SQLite batch failed in a statement (rolled back); retrying each change alone");
                 let mut jobs = batch.drain(..);
                 while let Some(job) = jobs.next() {
-                    match write(conn, &[&job.change]) {
+                    match write(conn, &[&job.change], fail_amount) {
                         Ok(mut outcome) => self.answer(job, outcome.remove(0)),
                         Err(Failure::Statement(error)) => self.answer(job, Err(error)),
                         Err(Failure::Commit(error)) => {
@@ -299,6 +340,23 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Answer a barrier (every change sent before it is answered).
+    fn pass(&self, barrier: Barrier) {
+        let holds = !self.stop.is_stopped()
+            && self
+                .overlay
+                .as_deref()
+                .is_none_or(|overlay| overlay.barrier_holds(barrier.user, barrier.mark));
+        let answer = if holds {
+            Ok(())
+        } else if self.stop.is_stopped() {
+            Err(unavailable())
+        } else {
+            Err(sequenced::failed_under())
+        };
+        let _ = barrier.reply.send(answer);
     }
 
     /// One step of the sweep of expired idempotency records, in a transaction
@@ -389,6 +447,11 @@ impl Writer {
                 }
             }
         }
+        // The sequenced state learns the outcome after the cache (a reader that
+        // finds no entry reads the cache), before the caller.
+        if let Some(overlay) = &self.overlay {
+            overlay.answered(user, job.change.idempotency_key(), result.is_ok());
+        }
         let Job {
             change,
             reply,
@@ -409,6 +472,7 @@ fn collect(
     jobs: &mpsc::Receiver<Work>,
     batch: &mut Vec<Job>,
     sweeps: &mut Vec<Sweep>,
+    barriers: &mut Vec<Barrier>,
     batching: Batching,
 ) {
     let deadline = Instant::now() + batching.wait;
@@ -419,6 +483,7 @@ fn collect(
             match jobs.try_recv() {
                 Ok(Work::Change(job)) => batch.push(job),
                 Ok(Work::Sweep(sweep)) => sweeps.push(sweep),
+                Ok(Work::Barrier(barrier)) => barriers.push(barrier),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return,
             }
@@ -435,9 +500,13 @@ fn collect(
 
 /// Write `changes` in one transaction: each change applied or refused by its
 /// condition, and the transaction committed; or, on any error, nothing.
+///
+/// `fail_amount` (unit tests' fault injection; 0: none): a change of that
+/// amount fails as a statement would.
 fn write(
     conn: &mut Connection,
     changes: &[&Change],
+    fail_amount: u64,
 ) -> Result<Vec<Result<Committed, StoreError>>, Failure> {
     let failed = |e: rusqlite::Error| {
         Failure::Statement(StoreError::new(format!("SQLite write failed: {e}")))
@@ -456,6 +525,11 @@ fn write(
             upsert_key: tx.prepare_cached(UPSERT_KEY).map_err(failed)?,
         };
         for change in changes {
+            if change.amount().get() == fail_amount {
+                return Err(Failure::Statement(StoreError::new(
+                    "SQLite write failed: injected fault (unit tests)",
+                )));
+            }
             outcomes.push(apply(&tx, &mut statements, change).map_err(Failure::Statement)?);
         }
     }

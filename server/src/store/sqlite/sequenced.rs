@@ -1,0 +1,255 @@
+//! The sequenced state of a pipelined store: each user's balance and
+//! idempotency records as of every change handed to the writer, durable or
+//! not, for the users that have such changes.
+//!
+//! # The protocol
+//!
+//! - **Sequencing** (the caller, holding the user's lock): under the user's
+//!   shard mutex, the change's condition is checked against the sequenced state,
+//!   the change is sent to the writer, the entry takes its result, and the
+//!   change's guard is dropped. The channel order of one user's changes is the
+//!   order of their entries' updates, so the writer applies them in the order
+//!   they were computed, each on top of the one before.
+//! - **Answering** (the writer, after the batch's COMMIT and the balance cache
+//!   update): the entry counts the change as answered; a change that did not
+//!   apply (refused, failed, fail-stop) marks the entry **broken** (what it
+//!   shows will never be durable) and counts a failure in the shard. The last
+//!   answer removes the entry and opens its latch: the user's state is then
+//!   durable state (the cache, SQLite).
+//! - **Reads for a mutation** see the entry, with a [`ReadMark`]: the shard's
+//!   failure count. A broken entry is never shown: the reader waits for its
+//!   latch and reads durable state.
+//! - **Settling** an answer computed from a marked read: if the entry is gone
+//!   and the shard counted no failure since the mark, everything read is
+//!   durable; if an entry is there, a barrier goes through the writer's queue,
+//!   behind every change read, and is answered after their batch, again by
+//!   the failure count. The count is per shard, not per user: a failure of
+//!   another user of the shard fails the barrier too (a 5xx where a refusal
+//!   would have been right, only while changes are failing), never the other
+//!   way round.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use pointlock_core::{
+    Change, IdempotencyKey, IdempotencyRecord, ReadMark, StoreError, StoreErrorKind, UserId,
+    UserPoint,
+};
+use tokio::sync::Semaphore;
+
+/// Shards of the sequenced state.
+const SHARDS: usize = 64;
+
+/// The sequenced state (see the [module docs](self)).
+pub(super) struct Overlay {
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    users: HashMap<UserId, Entry>,
+    /// Sequenced changes of the shard's users that did not apply, ever.
+    failures: u64,
+}
+
+struct Entry {
+    /// The balance after the last sequenced change.
+    point: UserPoint,
+    /// Sequenced changes the writer has not answered yet.
+    pending: u32,
+    /// A sequenced change did not apply: `point` will not become durable.
+    broken: bool,
+    /// The records of pending keyed changes.
+    keys: Vec<IdempotencyRecord>,
+    /// Closed when the entry leaves: waiters for a broken entry wake.
+    drained: Arc<Semaphore>,
+}
+
+/// What the sequenced state says about a user.
+pub(super) enum Seen<T> {
+    /// Sequenced, not all durable yet: this, with its mark.
+    Sequenced(T, ReadMark),
+    /// Nothing sequenced that is not durable: read durable state.
+    Durable,
+    /// An earlier change failed: wait for the latch, then look again.
+    Broken(Arc<Semaphore>),
+}
+
+/// What settling a marked read takes.
+pub(super) enum Settle {
+    /// Everything read is durable.
+    Durable,
+    /// Some of it did not apply.
+    Failed,
+    /// Changes are still pending: a barrier through the writer's queue.
+    Barrier,
+}
+
+impl Overlay {
+    pub(super) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, id: UserId) -> MutexGuard<'_, Shard> {
+        // usize is at least 32 bits wide, so the remainder converts losslessly.
+        let index = (id.get() % SHARDS as u64) as usize;
+        // Every critical section leaves the shard consistent before anything
+        // that can panic (the sends never panic).
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The user's sequenced balance.
+    pub(super) fn point(&self, id: UserId) -> Seen<UserPoint> {
+        let shard = self.shard(id);
+        match shard.users.get(&id) {
+            None => Seen::Durable,
+            Some(entry) if entry.broken => Seen::Broken(Arc::clone(&entry.drained)),
+            Some(entry) => Seen::Sequenced(entry.point, ReadMark::new(shard.failures)),
+        }
+    }
+
+    /// The user's sequenced record for `key` (`Durable`: none pending; read
+    /// the durable one).
+    pub(super) fn key(&self, id: UserId, key: &IdempotencyKey) -> Seen<IdempotencyRecord> {
+        let shard = self.shard(id);
+        match shard.users.get(&id) {
+            None => Seen::Durable,
+            Some(entry) if entry.broken => Seen::Broken(Arc::clone(&entry.drained)),
+            Some(entry) => match entry.keys.iter().find(|record| record.key == *key) {
+                Some(record) => Seen::Sequenced(record.clone(), ReadMark::new(shard.failures)),
+                None => Seen::Durable,
+            },
+        }
+    }
+
+    /// Check `change` against the sequenced state and, if it holds, `send` it
+    /// (with its guard dropped) and make its result the sequenced state, all
+    /// under the user's shard mutex. A refusal sends nothing and changes
+    /// nothing.
+    pub(super) fn sequence(
+        &self,
+        mut change: Change,
+        send: impl FnOnce(Change) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let id = change.user_id();
+        let mut shard = self.shard(id);
+        match shard.users.get(&id) {
+            Some(entry) if entry.broken => {
+                return Err(StoreError::conflict(format!(
+                    "user {id}: an earlier change failed after this one was computed"
+                )));
+            }
+            Some(entry) => {
+                if !change.holds_for(entry.point.point) {
+                    return Err(change.conflict(entry.point.point));
+                }
+                if let Some(key) = change.idempotency_key() {
+                    let made = entry
+                        .keys
+                        .iter()
+                        .find(|record| record.key == *key)
+                        .map(|record| record.time_millis);
+                    if !change.key_holds_for(made) {
+                        return Err(change.key_conflict());
+                    }
+                }
+            }
+            None => {
+                // Computed from sequenced state that has drained since: it is
+                // durable unless a change failed meanwhile.
+                if change
+                    .read_mark()
+                    .is_some_and(|mark| mark.get() != shard.failures)
+                {
+                    return Err(StoreError::conflict(format!(
+                        "user {id}: a change this one was computed on failed"
+                    )));
+                }
+            }
+        }
+        let point = change.committed(0).user_point;
+        let record = change.idempotency_record();
+        change.release_guard();
+        send(change)?;
+        let entry = shard.users.entry(id).or_insert_with(|| Entry {
+            point,
+            pending: 0,
+            broken: false,
+            keys: Vec::new(),
+            drained: Arc::new(Semaphore::new(0)),
+        });
+        entry.point = point;
+        entry.pending += 1;
+        entry.keys.extend(record);
+        Ok(())
+    }
+
+    /// The writer has answered a sequenced change of `id` (made with `key`):
+    /// `applied` or not.
+    pub(super) fn answered(&self, id: UserId, key: Option<&IdempotencyKey>, applied: bool) {
+        let mut shard = self.shard(id);
+        if !applied {
+            shard.failures += 1;
+        }
+        let Some(entry) = shard.users.get_mut(&id) else {
+            return;
+        };
+        entry.broken |= !applied;
+        if let Some(key) = key {
+            if let Some(at) = entry.keys.iter().position(|record| record.key == *key) {
+                entry.keys.swap_remove(at);
+            }
+        }
+        entry.pending = entry.pending.saturating_sub(1);
+        if entry.pending == 0 {
+            if let Some(entry) = shard.users.remove(&id) {
+                entry.drained.close();
+            }
+        }
+    }
+
+    /// What settling a read of `id` marked `mark` takes now.
+    pub(super) fn settle(&self, id: UserId, mark: ReadMark) -> Settle {
+        let shard = self.shard(id);
+        if shard.users.contains_key(&id) {
+            Settle::Barrier
+        } else if shard.failures == mark.get() {
+            Settle::Durable
+        } else {
+            Settle::Failed
+        }
+    }
+
+    /// A barrier's answer, once every change sequenced before it is answered.
+    pub(super) fn barrier_holds(&self, id: UserId, mark: ReadMark) -> bool {
+        self.shard(id).failures == mark.get()
+    }
+
+    /// Users with sequenced changes not yet durable (for tests and stats).
+    pub(super) fn users(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .users
+                    .len()
+            })
+            .sum()
+    }
+}
+
+/// The answer given instead of one computed from sequenced state that did not
+/// become durable (a refusal, a replay): nothing was changed.
+pub(super) fn failed_under() -> StoreError {
+    StoreError::with_kind(
+        StoreErrorKind::Unavailable,
+        "a change this answer was computed on failed before it was durable; nothing was \
+         changed by this request; retry",
+    )
+}
