@@ -49,6 +49,7 @@
 //! | `pointlock_store_conflicts_total` | counter | | SQLite, PostgreSQL: changes refused by their condition |
 //! | `pointlock_store_batches_retried_total` | counter | | SQLite: batches retried one change at a time |
 //! | `pointlock_store_failed_stop` | gauge | | SQLite: 1 once a failed COMMIT stopped the store |
+//! | `pointlock_store_barriers_total` | counter | | SQLite, pipelined: answers held behind a barrier until the state they were computed on was durable |
 //! | `pointlock_store_pool_connections` | gauge | `state` | PostgreSQL: open connections, `idle` or `busy` |
 //! | `pointlock_store_pool_waiters` | gauge | | PostgreSQL: requests waiting for a connection |
 //! | `pointlock_idempotent_replays_total` | counter | | answers replayed for a repeated Idempotency-Key |
@@ -376,6 +377,12 @@ fn encode_sqlite(encoder: &mut DescriptorEncoder<'_>, stats: &CommitStats) -> fm
         "store_batches_retried",
         "SQLite batches that failed in a statement and were retried one change at a time",
         stats.batches_retried,
+    )?;
+    counter(
+        encoder,
+        "store_barriers",
+        "SQLite, pipelined: answers computed from sequenced state (refusals, replays) held behind a barrier until that state was durable",
+        stats.barriers,
     )?;
     gauge(
         encoder,

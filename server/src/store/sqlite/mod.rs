@@ -5,14 +5,15 @@
 //! so a change the caller was told about survives `kill -9` and power loss (to the
 //! extent the disk honours fsync).
 //!
-//! The store in five parts, one file each:
+//! The store in six parts, one file each:
 //!
 //! - this file: [`SqliteStore`], its options, and the [`PointStore`] methods;
 //! - `open.rs`: the file lock, the checks that refuse a bad file, WAL, migrations;
 //! - `writer.rs`: the writer thread, group commit, the **conditional** write of
 //!   each change, and **fail-stop** after a failed COMMIT;
 //! - `cache.rs`: the write-through cache of committed balances;
-//! - `readers.rs`: the read-only connections.
+//! - `readers.rs`: the read-only connections;
+//! - `sequenced.rs`: the sequenced state of the pipeline.
 //!
 //! # Writes: one writer thread, group commit, a condition per change
 //!
@@ -31,7 +32,9 @@
 //! future leaves all of the change or none of it. The change carries its user's
 //! guard; the writer drops it once the change is settled: after the COMMIT and
 //! the cache update, just before it answers the caller. The user stays locked
-//! until then, whatever happens to the caller. [`SqliteStore::close`] (also run on drop) stops taking
+//! until then, whatever happens to the caller (pipelined: until the change is
+//! sequenced, after which it commits or is refused in sequence order whatever
+//! happens to the caller). [`SqliteStore::close`] (also run on drop) stops taking
 //! changes, lets the writer finish everything already queued, and joins it.
 //!
 //! **Fail-stop.** A statement that fails rolls its transaction back and its
@@ -43,6 +46,20 @@
 //! retried COMMIT can report success for data that is not on disk, and frames of
 //! the failed one may reappear at the next start; only a restart, where SQLite
 //! recovers from what is really on disk, gives a known state.
+//!
+//! # Pipelining (the default; [`SqliteOptions::pipeline`])
+//!
+//! The store implements the pipelined contract of [`PointStore`]:
+//! [`sequence`](PointStore::sequence) checks a change against the **sequenced
+//! state** (every change handed to the writer, durable or not), hands it to the
+//! writer, makes its result the sequenced state and drops its guard, all under
+//! the user's shard mutex; the caller's answer still waits for the batch's
+//! COMMIT. So the user's next request computes on the sequenced state while
+//! this change waits for its fsync, and one user's burst shares an fsync. A
+//! mutation reads the sequenced state; plain reads show durable state only;
+//! an answer computed from sequenced state waits for it
+//! ([`settle`](PointStore::settle)). The protocol and its failure cases are in
+//! `sequenced.rs`. Off, a user stays locked until its change is durable.
 //!
 //! # Reads: a balance cache, and read-only connections never behind the writer
 //!
