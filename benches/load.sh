@@ -18,7 +18,8 @@
 # STORES (default "memory"): which pointlock configurations run, each started
 # fresh per round: `memory`; `memory-metrics-off` (the memory store with
 # `--metrics off`); `sqlite` (a new file under $OUT); `sqlite-serial` (the
-# same without pipelining: `--sqlite-pipeline off`); `pg` / `pgN`: N
+# same without pipelining: `--sqlite-pipeline off`); `pg-pipelined` (one
+# instance with `--pg-pipeline on`); `pg` / `pgN`: N
 # pointlock processes (pg = 1) on one fresh PostgreSQL database, on ports
 # PG_PORT_BASE.. . With N > 1, one wrk runs N threads, thread i sending to
 # instance i (CONNECTIONS/N connections each), so the instances are loaded at
@@ -72,8 +73,8 @@ command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 
 for store in $STORES; do
   case $store in
-    memory | memory-metrics-off | sqlite | sqlite-serial | pg | pg[1-9] | pg[1-9][0-9]) ;;
-    *) echo "unknown store in STORES: $store (memory, memory-metrics-off, sqlite, sqlite-serial, pg, pgN)" >&2; exit 2 ;;
+    memory | memory-metrics-off | sqlite | sqlite-serial | pg | pg[1-9] | pg[1-9][0-9] | pg-pipelined) ;;
+    *) echo "unknown store in STORES: $store (memory, memory-metrics-off, sqlite, sqlite-serial, pg, pgN, pg-pipelined)" >&2; exit 2 ;;
   esac
 done
 needs_pg=0
@@ -292,6 +293,12 @@ run_server() { # NAME ROUND
       rm -f "$OUT/load.db" "$OUT/load.db-wal" "$OUT/load.db-shm"
       start_pointlock "$ports" "sqlite:$OUT/load.db" --sqlite-pipeline off
       ;;
+    pointlock-pg-pipelined) # one instance, --pg-pipeline on
+      db="pointlock_load_pgp"
+      pg_fresh_db "$db"
+      ports=$PG_PORT_BASE
+      start_pointlock "$ports" "$(pg_url_for "$db")" --pg-pipeline on
+      ;;
     pointlock-pg*)
       n=${name#pointlock-pg}
       n=${n:-1}
@@ -380,7 +387,8 @@ if "pointlock" in servers and "baseline" in servers:
 stores = [s for s in servers if s.startswith("pointlock")]
 if len(stores) > 1 or stores != ["pointlock"]:
     names = {"pointlock": "memory", "pointlock-sqlite": "SQLite", "pointlock-sqlite-serial": "SQLite, not pipelined",
-             "pointlock-metrics-off": "memory, --metrics off"}
+             "pointlock-metrics-off": "memory, --metrics off",
+             "pointlock-pg-pipelined": "PostgreSQL x1, pipelined"}
     def label(s):
         if s in names:
             return names[s]

@@ -411,6 +411,7 @@ impl Instances {
                         pool_size: args.pool_size,
                         statement_timeout: Duration::from_millis(args.statement_timeout_ms),
                         connect_timeout: Duration::from_millis(args.pool_wait_ms),
+                        ..PostgresOptions::default()
                     },
                 )
                 .await

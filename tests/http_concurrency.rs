@@ -542,6 +542,42 @@ async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend:
     );
 }
 
+/// One user's hundred charges on a pipelined store: exact, and pipelined (the
+/// user was released before a change was durable, so several of its changes
+/// were in the store at once: the wrapper's in-flight gauge, counted from
+/// sequencing to the durable answer, passed 1).
+async fn one_users_changes_are_in_flight_together_on(backend: Backend) {
+    let server = Arc::new(TestServer::start(ProbeStore::on(backend, 0).await, patient()).await);
+    let (balance, running) = hundred_concurrent_charges(&server).await;
+    assert_eq!(balance, 1_000);
+    assert_eq!(running.len(), 100);
+    server.assert_history_replays(1).await;
+    assert!(
+        server.store.in_flight_max() > 1,
+        "never more than one change of the user in flight: not pipelined"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_users_changes_are_in_flight_together() {
+    one_users_changes_are_in_flight_together_on(Backend::Sqlite).await;
+}
+
+// PostgreSQL with pipelined commits (`--pg-pipeline on`): the scenarios whose
+// guarantees pipelining could break (exact sums, FIFO, conservation, a failure
+// not spreading, the condition without the lock, disconnects).
+on_pg_pipelined! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    pg_pipelined_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances => hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on;
+    pg_pipelined_negative_control_without_lock_loses_updates => negative_control_without_lock_loses_updates_on;
+    pg_pipelined_without_the_lock_the_condition_still_loses_no_update => without_the_lock_the_condition_still_loses_no_update_on;
+    pg_pipelined_mixed_charge_and_use_conserve_total_and_replay_history => mixed_charge_and_use_conserve_total_and_replay_history_on;
+    pg_pipelined_a_failing_request_does_not_fail_those_queued_behind_it => a_failing_request_does_not_fail_those_queued_behind_it_on;
+    pg_pipelined_same_user_requests_apply_in_arrival_order => same_user_requests_apply_in_arrival_order_on;
+    pg_pipelined_client_disconnect_mid_request_leaves_consistent_state => client_disconnect_mid_request_leaves_consistent_state_on;
+    pg_pipelined_one_users_changes_are_in_flight_together => one_users_changes_are_in_flight_together_on;
+}
+
 on_every_store! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / sqlite_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances / pg_hundred_concurrent_charges_sum_exactly_with_distinct_running_balances => hundred_concurrent_charges_sum_exactly_with_distinct_running_balances_on;

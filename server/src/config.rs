@@ -128,6 +128,14 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_SQLITE_PIPELINE", value_enum, default_value_t = Switch::On)]
     pub sqlite_pipeline: Switch,
 
+    /// PostgreSQL store: pipelined commits. on: a user's next request runs once
+    /// the change before it is sequenced in this instance, and one user's
+    /// consecutive changes commit in one transaction; another instance writing
+    /// the same user then makes them fail (503 WRITE_CONFLICT) instead of being
+    /// retried. off: a user stays locked until its change is committed.
+    #[arg(long, env = "POINTLOCK_PG_PIPELINE", value_enum, default_value_t = Switch::Off)]
+    pub pg_pipeline: Switch,
+
     /// PostgreSQL store: the most connections this process opens.
     #[arg(long, env = "POINTLOCK_PG_POOL_SIZE", default_value_t = 16)]
     pub pg_pool_size: usize,
@@ -367,6 +375,7 @@ impl Config {
             pool_size: self.pg_pool_size,
             statement_timeout: Duration::from_millis(self.pg_statement_timeout_ms),
             connect_timeout: Duration::from_millis(self.pg_connect_timeout_ms),
+            pipeline: self.pg_pipeline == Switch::On,
         }
     }
 

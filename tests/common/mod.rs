@@ -39,6 +39,8 @@ pub enum Backend {
     /// A fresh database in the test cluster (`POINTLOCK_TEST_PG_URL`), default
     /// options. Tests skip it when [`postgres_skipped`] says so.
     Postgres,
+    /// The same with pipelined commits (`--pg-pipeline on`).
+    PostgresPipelined,
 }
 
 /// Whether to skip a test on PostgreSQL: `POINTLOCK_TEST_PG_URL` is unset (a note
@@ -110,9 +112,13 @@ impl ProbeStore {
                     .expect("open the SQLite store");
                 Self::wrap(Box::new(store), delay, Some(dir), None)
             }
-            Backend::Postgres => {
+            Backend::Postgres | Backend::PostgresPipelined => {
                 let db = pg_support::TestDatabase::create().await;
-                let store = PostgresStore::connect(db.url(), PostgresOptions::default())
+                let options = PostgresOptions {
+                    pipeline: matches!(backend, Backend::PostgresPipelined),
+                    ..PostgresOptions::default()
+                };
+                let store = PostgresStore::connect(db.url(), options)
                     .await
                     .unwrap_or_else(|e| panic!("open the PostgreSQL store at {}: {e}", db.url()));
                 Self::wrap(Box::new(store), delay, None, Some(db))
@@ -235,6 +241,15 @@ impl PointStore for ProbeStore {
     }
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        Box::pin(async move { self.sequence(change).await?.await })
+    }
+
+    /// The hooks run before the inner store sequences the change; a pipelined
+    /// inner store (SQLite) releases the user there, as it would unwrapped.
+    fn sequence(
+        &self,
+        change: Change,
+    ) -> BoxFuture<'_, Result<pointlock::core::Pending<'_>, StoreError>> {
         Box::pin(async move {
             let number = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -243,7 +258,7 @@ impl PointStore for ProbeStore {
             if let Some(tx) = self.entered.lock().unwrap().as_ref() {
                 let _ = tx.send(change.user_id());
             }
-            let result = async {
+            let sequenced = async {
                 let _global = match &self.global {
                     Some(global) => Some(global.lock().await),
                     None => None,
@@ -270,17 +285,68 @@ impl PointStore for ProbeStore {
                     Some(Fault::Panic) => panic!("ProbeStore: injected panic at commit {number}"),
                     Some(Fault::FailAfter(kind)) => {
                         self.delay().await;
-                        self.inner.commit(change).await?;
-                        return Err(injected(kind));
+                        let pending = self.inner.sequence(change).await?;
+                        let failed: pointlock::core::Pending<'_> = Box::pin(async move {
+                            pending.await?;
+                            Err(injected(kind))
+                        });
+                        return Ok(failed);
                     }
                 }
                 self.delay().await;
-                self.inner.commit(change).await
+                self.inner.sequence(change).await
             }
             .await;
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            result
+            match sequenced {
+                Ok(pending) => {
+                    let counted: pointlock::core::Pending<'_> = Box::pin(async move {
+                        let outcome = pending.await;
+                        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        outcome
+                    });
+                    Ok(counted)
+                }
+                Err(error) => {
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Err(error)
+                }
+            }
         })
+    }
+
+    fn sequenced_point(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<pointlock::core::SequencedRead<Option<UserPoint>>, StoreError>> {
+        Box::pin(async move {
+            self.delay().await;
+            self.inner.sequenced_point(id).await
+        })
+    }
+
+    fn sequenced_idempotency_record<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a pointlock_core::IdempotencyKey,
+    ) -> BoxFuture<
+        'a,
+        Result<
+            pointlock::core::SequencedRead<Option<pointlock_core::IdempotencyRecord>>,
+            StoreError,
+        >,
+    > {
+        Box::pin(async move {
+            self.delay().await;
+            self.inner.sequenced_idempotency_record(id, key).await
+        })
+    }
+
+    fn settle(
+        &self,
+        id: UserId,
+        mark: pointlock::core::ReadMark,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.settle(id, mark)
     }
 }
 
@@ -553,6 +619,21 @@ pub async fn read_until(raw: &mut tokio::net::TcpStream, needle: &str) -> String
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Scenarios on PostgreSQL with pipelined commits: `name => scenario;`
+/// (skipped without `POINTLOCK_TEST_PG_URL`, outside CI).
+#[macro_export]
+macro_rules! on_pg_pipelined {
+    (#[$test:meta] $($name:ident => $scenario:ident;)*) => {$(
+        #[$test]
+        async fn $name() {
+            if $crate::common::postgres_skipped() {
+                return;
+            }
+            $scenario($crate::common::Backend::PostgresPipelined).await;
+        }
+    )*};
 }
 
 /// Each scenario `async fn scenario(backend: Backend)` as three tests, with the

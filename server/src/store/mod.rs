@@ -9,6 +9,7 @@
 //!   migrations under an advisory lock.
 
 pub mod postgres;
+mod sequenced;
 pub mod sqlite;
 
 pub use postgres::{PgOpenError, PgStats, PostgresOptions, PostgresStore};

@@ -57,19 +57,22 @@
 //! advisory lock, so N instances starting together migrate once; a database
 //! whose schema is newer than this build is refused.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use pointlock_core::{
-    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, PointHistory, PointStore,
-    StoreError, StoreErrorKind, UserId, UserPoint,
+    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PointHistory,
+    PointStore, ReadMark, SequencedRead, StoreError, StoreErrorKind, UserId, UserPoint,
 };
 use thiserror::Error;
+use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+use super::sequenced::{self, Overlay, Seen, Settle};
 use super::{corrupt_row, history_row, idempotency_row, to_i64};
 use crate::histogram::{DurationHistogram, HistogramSnapshot};
 
@@ -203,6 +206,12 @@ pub struct PostgresOptions {
     pub statement_timeout: Duration,
     /// The longest to wait for a connection, new or from the pool.
     pub connect_timeout: Duration,
+    /// Pipelined commits (see the [module docs](self)): a user is released
+    /// once its change is sequenced in this instance, and one user's
+    /// consecutive changes commit in one transaction. Off by default: another
+    /// instance writing the same user makes this instance's pipelined changes
+    /// of that user fail (503 `WRITE_CONFLICT`) instead of being retried.
+    pub pipeline: bool,
 }
 
 impl Default for PostgresOptions {
@@ -211,6 +220,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            pipeline: false,
         }
     }
 }
@@ -280,6 +290,39 @@ pub struct PostgresStore {
     pool: Pool,
     counters: Arc<Counters>,
     target: Arc<str>,
+    /// The sequenced state and the per-user chains, when pipelined.
+    pipeline: Option<Arc<Pipeline>>,
+}
+
+/// Pipelining: the sequenced state, and per user with sequenced work the
+/// queue its chain task works through (present while the task runs).
+struct Pipeline {
+    overlay: Overlay,
+    chains: Box<[Mutex<Chains>]>,
+}
+
+/// One shard of the chains: each user's queue of sequenced work.
+type Chains = HashMap<UserId, VecDeque<Item>>;
+
+/// Shards of the chains.
+const CHAIN_SHARDS: usize = 64;
+/// The most changes one chain transaction carries.
+const CHAIN_OPS_MAX: usize = 64;
+
+/// Sequenced work of one user, in order.
+enum Item {
+    Change(Change, oneshot::Sender<Result<Committed, StoreError>>),
+    Barrier(ReadMark, oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Pipeline {
+    fn chain(&self, id: UserId) -> std::sync::MutexGuard<'_, Chains> {
+        // usize is at least 32 bits wide, so the remainder converts losslessly.
+        let index = (id.get() % CHAIN_SHARDS as u64) as usize;
+        self.chains[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -329,10 +372,17 @@ impl PostgresStore {
         })?;
         migrate(&client).await?;
         drop(client);
+        let pipeline = options.pipeline.then(|| {
+            Arc::new(Pipeline {
+                overlay: Overlay::new(),
+                chains: (0..CHAIN_SHARDS).map(|_| Mutex::default()).collect(),
+            })
+        });
         Ok(Self {
             pool,
             counters: Arc::default(),
             target: target.into(),
+            pipeline,
         })
     }
 
@@ -426,6 +476,24 @@ impl PostgresStore {
     }
 
     async fn commit_now(&self, change: &Change) -> Result<Committed, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(statement_sql(change))
+            .await
+            .map_err(|e| self.failed(&e, false))?;
+        self.run_change(&**client, &statement, change).await?
+    }
+
+    /// The one statement of `change` (prepared as `statement`, from
+    /// [`statement_sql`]) on `client`, a connection or a chain's transaction:
+    /// `Err` when the statement failed (a transaction is then aborted), else
+    /// committed or refused by the condition.
+    async fn run_change<C: tokio_postgres::GenericClient + Sync>(
+        &self,
+        client: &C,
+        statement: &tokio_postgres::Statement,
+        change: &Change,
+    ) -> Result<Result<Committed, StoreError>, StoreError> {
         let user = to_i64(change.user_id().get());
         let point = i64::try_from(change.point()).map_err(|_| {
             StoreError::new(format!(
@@ -434,18 +502,7 @@ impl PostgresStore {
             ))
         })?;
         let expected = change.expected_point().map(to_i64);
-        let client = self.client().await?;
         let key = change.idempotency_key();
-        let sql = match (expected, key.is_some()) {
-            (Some(expected), false) if expected > 0 => UPDATE_IF,
-            (_, false) => UPSERT_IF,
-            (Some(expected), true) if expected > 0 => UPDATE_IF_KEYED,
-            (_, true) => UPSERT_IF_KEYED,
-        };
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| self.failed(&e, false))?;
         let amount = to_i64(change.amount().get());
         let time = change.time_millis();
         let kind = change.kind().as_str();
@@ -458,16 +515,16 @@ impl PostgresStore {
             params.push(&expired_before);
         }
         let started = Instant::now();
-        let rows = client.query(&statement, &params).await;
+        let rows = client.query(statement, &params).await;
         self.counters.commit_duration.observe(started.elapsed());
         let rows = rows.map_err(|e| self.failed(&e, true))?;
-        match rows.first() {
+        Ok(match rows.first() {
             Some(row) => {
                 let id: i64 = row.get(0);
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                let id = u64::try_from(id)
-                    .map_err(|_| StoreError::new("PostgreSQL assigned a negative history id"))?;
-                Ok(change.committed(id))
+                u64::try_from(id)
+                    .map(|id| change.committed(id))
+                    .map_err(|_| StoreError::new("PostgreSQL assigned a negative history id"))
             }
             None => {
                 // No extra query for the message: the service reads the balance
@@ -479,6 +536,131 @@ impl PostgresStore {
                     change.user_id(),
                     change.expected_point().unwrap_or(0)
                 )))
+            }
+        })
+    }
+
+    /// Queue `item` on its user's chain; start the chain's task if none runs.
+    fn enqueue(&self, pipeline: &Arc<Pipeline>, id: UserId, item: Item) {
+        let mut chains = pipeline.chain(id);
+        if let Some(queue) = chains.get_mut(&id) {
+            queue.push_back(item);
+            return;
+        }
+        chains.insert(id, VecDeque::from([item]));
+        drop(chains);
+        let store = self.clone();
+        let pipeline = Arc::clone(pipeline);
+        tokio::spawn(async move { store.run_chain(&pipeline, id).await });
+    }
+
+    /// A user's chain task: take what is queued, commit its changes in one
+    /// transaction, answer everything in order; until the queue is empty.
+    async fn run_chain(&self, pipeline: &Pipeline, id: UserId) {
+        loop {
+            let items: Vec<Item> = {
+                let mut chains = pipeline.chain(id);
+                let Some(queue) = chains.get_mut(&id) else {
+                    return;
+                };
+                if queue.is_empty() {
+                    chains.remove(&id);
+                    return;
+                }
+                let take = queue.len().min(CHAIN_OPS_MAX);
+                queue.drain(..take).collect()
+            };
+            let changes: Vec<&Change> = items
+                .iter()
+                .filter_map(|item| match item {
+                    Item::Change(change, _) => Some(change),
+                    Item::Barrier(..) => None,
+                })
+                .collect();
+            let mut outcomes = self.commit_chain(&changes).await.into_iter();
+            for item in items {
+                match item {
+                    Item::Change(change, reply) => {
+                        let outcome = outcomes.next().unwrap_or_else(|| {
+                            Err(StoreError::new("the PostgreSQL chain lost an outcome"))
+                        });
+                        pipeline
+                            .overlay
+                            .answered(id, change.idempotency_key(), outcome.is_ok());
+                        drop(change);
+                        let _ = reply.send(outcome);
+                    }
+                    Item::Barrier(mark, reply) => {
+                        let answer = if pipeline.overlay.barrier_holds(id, mark) {
+                            Ok(())
+                        } else {
+                            Err(sequenced::failed_under())
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One user's consecutive changes: one statement alone, or several in one
+    /// transaction (one WAL flush). A statement error aborts a PostgreSQL
+    /// transaction, so then each change runs again alone.
+    async fn commit_chain(&self, changes: &[&Change]) -> Vec<Result<Committed, StoreError>> {
+        match changes {
+            [] => return Vec::new(),
+            [change] => return vec![self.commit_now(change).await],
+            _ => {}
+        }
+        let mut client = match self.client().await {
+            Ok(client) => client,
+            Err(error) => return changes.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let transaction = match client.transaction().await {
+            Ok(transaction) => transaction,
+            Err(e) => {
+                let error = self.failed(&e, false);
+                return changes.iter().map(|_| Err(error.clone())).collect();
+            }
+        };
+        let mut outcomes = Vec::with_capacity(changes.len());
+        let mut aborted = false;
+        for change in changes {
+            let ran = match transaction.prepare_cached(statement_sql(change)).await {
+                Ok(statement) => self.run_change(&*transaction, &statement, change).await,
+                Err(e) => Err(self.failed(&e, false)),
+            };
+            match ran {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(_) => {
+                    aborted = true;
+                    break;
+                }
+            }
+        }
+        if aborted {
+            // A failed statement aborts a PostgreSQL transaction: roll back
+            // (nothing of it counts), then each change alone, in order.
+            let counted = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+            self.counters.commits.fetch_sub(counted, Ordering::Relaxed);
+            drop(transaction);
+            drop(client);
+            let mut alone = Vec::with_capacity(changes.len());
+            for change in changes {
+                alone.push(self.commit_now(change).await);
+            }
+            return alone;
+        }
+        match transaction.commit().await {
+            Ok(()) => outcomes,
+            Err(e) => {
+                let error = self.failed(&e, true);
+                // Nothing of the chain counts as committed.
+                let committed = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+                self.counters
+                    .commits
+                    .fetch_sub(committed, Ordering::Relaxed);
+                changes.iter().map(|_| Err(error.clone())).collect()
             }
         }
     }
@@ -578,6 +760,9 @@ impl PointStore for PostgresStore {
     }
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        if self.pipeline.is_some() {
+            return Box::pin(async move { self.sequence(change).await?.await });
+        }
         // The task owns the change (and the user's guard in it) until the database
         // has answered, whatever happens to the caller's future.
         let store = self.clone();
@@ -590,6 +775,115 @@ impl PointStore for PostgresStore {
                 )
             })?
         })
+    }
+
+    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+        Box::pin(async move {
+            let Some(pipeline) = &self.pipeline else {
+                let committed = self.commit(change).await?;
+                let pending: Pending<'_> = Box::pin(std::future::ready(Ok(committed)));
+                return Ok(pending);
+            };
+            let id = change.user_id();
+            let (reply, answer) = oneshot::channel();
+            // Checked against the sequenced state, queued on the user's chain
+            // (whose task owns it from here, whatever happens to the caller),
+            // made the sequenced state, its guard dropped: all under the user's
+            // shard mutex of the sequenced state.
+            pipeline.overlay.sequence(change, |change| {
+                self.enqueue(pipeline, id, Item::Change(change, reply));
+                Ok(())
+            })?;
+            let pending: Pending<'_> = Box::pin(async move {
+                answer.await.map_err(|_| {
+                    StoreError::with_kind(
+                        StoreErrorKind::OutcomeUnknown,
+                        "the PostgreSQL chain stopped before answering",
+                    )
+                })?
+            });
+            Ok(pending)
+        })
+    }
+
+    fn sequenced_point(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
+        Box::pin(async move {
+            if let Some(pipeline) = &self.pipeline {
+                loop {
+                    match pipeline.overlay.point(id) {
+                        Seen::Sequenced(point, mark) => {
+                            return Ok(SequencedRead {
+                                value: Some(point),
+                                mark: Some(mark),
+                            })
+                        }
+                        Seen::Durable => break,
+                        // The latch only closes; an error means it has.
+                        Seen::Broken(latch) => drop(latch.acquire().await),
+                    }
+                }
+            }
+            self.user_point(id).await.map(SequencedRead::durable)
+        })
+    }
+
+    fn sequenced_idempotency_record<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
+        Box::pin(async move {
+            if let Some(pipeline) = &self.pipeline {
+                loop {
+                    match pipeline.overlay.key(id, key) {
+                        Seen::Sequenced(record, mark) => {
+                            return Ok(SequencedRead {
+                                value: Some(record),
+                                mark: Some(mark),
+                            })
+                        }
+                        Seen::Durable => break,
+                        Seen::Broken(latch) => drop(latch.acquire().await),
+                    }
+                }
+            }
+            self.idempotency_record(id, key)
+                .await
+                .map(SequencedRead::durable)
+        })
+    }
+
+    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Some(pipeline) = &self.pipeline else {
+                return Ok(());
+            };
+            match pipeline.overlay.settle(id, mark) {
+                Settle::Durable => Ok(()),
+                Settle::Failed => Err(sequenced::failed_under()),
+                Settle::Barrier => {
+                    let (reply, answer) = oneshot::channel();
+                    self.enqueue(pipeline, id, Item::Barrier(mark, reply));
+                    answer.await.map_err(|_| {
+                        StoreError::new("the PostgreSQL chain stopped before answering")
+                    })?
+                }
+            }
+        })
+    }
+}
+
+/// The statement of a change: from a positive balance or not, keyed or not.
+fn statement_sql(change: &Change) -> &'static str {
+    let from_positive = change.expected_point().is_some_and(|expected| expected > 0);
+    match (from_positive, change.idempotency_key().is_some()) {
+        (true, false) => UPDATE_IF,
+        (false, false) => UPSERT_IF,
+        (true, true) => UPDATE_IF_KEYED,
+        (false, true) => UPSERT_IF_KEYED,
     }
 }
 

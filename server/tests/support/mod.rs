@@ -128,3 +128,51 @@ pub fn exits_within(child: &mut Child, limit: Duration) -> std::process::ExitSta
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The test cluster's superuser URL (`POINTLOCK_TEST_PG_URL`, exported by
+/// `./scripts/test.sh`), or `None` with a note on stderr when it is unset;
+/// unset under `CI=true` is a failure (CI must run the PostgreSQL tests).
+pub fn pg_cluster_url() -> Option<String> {
+    let Ok(url) = std::env::var("POINTLOCK_TEST_PG_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "POINTLOCK_TEST_PG_URL is unset under CI: ./scripts/test.sh starts the cluster"
+        );
+        eprintln!("skipped: POINTLOCK_TEST_PG_URL is unset (./scripts/test.sh starts a cluster)");
+        return None;
+    };
+    Some(url)
+}
+
+/// A new, empty database `PREFIX_<random>` in the cluster at `admin_url`; its URL.
+pub fn pg_fresh_database(admin_url: &str, prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let name = format!(
+        "{prefix}_{:016x}",
+        nanos ^ (u64::from(std::process::id()) << 40)
+    );
+    let admin = admin_url.to_owned();
+    let create = format!("CREATE DATABASE {name}");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test cluster");
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(&create)
+                .await
+                .expect("create a database");
+            drop(client);
+            let _ = driver.await;
+        });
+    match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("POINTLOCK_TEST_PG_URL has no database part"),
+    }
+}

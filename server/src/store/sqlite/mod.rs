@@ -5,15 +5,17 @@
 //! so a change the caller was told about survives `kill -9` and power loss (to the
 //! extent the disk honours fsync).
 //!
-//! The store in six parts, one file each:
+//! The store in five parts, one file each:
 //!
 //! - this file: [`SqliteStore`], its options, and the [`PointStore`] methods;
 //! - `open.rs`: the file lock, the checks that refuse a bad file, WAL, migrations;
 //! - `writer.rs`: the writer thread, group commit, the **conditional** write of
 //!   each change, and **fail-stop** after a failed COMMIT;
 //! - `cache.rs`: the write-through cache of committed balances;
-//! - `readers.rs`: the read-only connections;
-//! - `sequenced.rs`: the sequenced state of the pipeline.
+//! - `readers.rs`: the read-only connections.
+//!
+//! The sequenced state of the pipeline is `../sequenced.rs` (shared with the
+//! PostgreSQL store).
 //!
 //! # Writes: one writer thread, group commit, a condition per change
 //!
@@ -59,7 +61,7 @@
 //! mutation reads the sequenced state; plain reads show durable state only;
 //! an answer computed from sequenced state waits for it
 //! ([`settle`](PointStore::settle)). The protocol and its failure cases are in
-//! `sequenced.rs`. Off, a user stays locked until its change is durable.
+//! `store/sequenced.rs`. Off, a user stays locked until its change is durable.
 //!
 //! # Reads: a balance cache, and read-only connections never behind the writer
 //!
@@ -74,7 +76,6 @@
 mod cache;
 mod open;
 mod readers;
-mod sequenced;
 mod writer;
 
 #[cfg(test)]
@@ -98,11 +99,11 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::{corrupt_row, history_row, idempotency_row, to_i64};
 
+use super::sequenced::{self, Overlay, Seen, Settle};
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
 use readers::Readers;
-use sequenced::{Overlay, Seen, Settle};
 pub use writer::CommitStats;
 use writer::{Barrier, Batching, FailStop, Job, Stats, Sweep, Work, Writer};
 

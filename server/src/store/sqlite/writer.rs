@@ -59,8 +59,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::cache::BalanceCache;
-use super::sequenced::{self, Overlay};
 use crate::histogram::{DurationHistogram, HistogramSnapshot};
+use crate::store::sequenced::{self, Overlay};
 use crate::store::to_i64;
 
 /// A first balance, or one computed from 0: insert it, or update a row whose

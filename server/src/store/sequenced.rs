@@ -1,6 +1,8 @@
-//! The sequenced state of a pipelined store: each user's balance and
-//! idempotency records as of every change handed to the writer, durable or
-//! not, for the users that have such changes.
+//! The sequenced state of a pipelined store (SQLite; PostgreSQL with
+//! `--pg-pipeline on`): each user's balance and idempotency records as of every
+//! change handed to the writer, durable or not, for the users that have such
+//! changes. "The writer" is the SQLite writer thread, or the PostgreSQL store's
+//! per-user chain (`postgres.rs`).
 //!
 //! # The protocol
 //!
@@ -41,7 +43,7 @@ use tokio::sync::Semaphore;
 const SHARDS: usize = 64;
 
 /// The sequenced state (see the [module docs](self)).
-pub(super) struct Overlay {
+pub(crate) struct Overlay {
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -66,7 +68,7 @@ struct Entry {
 }
 
 /// What the sequenced state says about a user.
-pub(super) enum Seen<T> {
+pub(crate) enum Seen<T> {
     /// Sequenced, not all durable yet: this, with its mark.
     Sequenced(T, ReadMark),
     /// Nothing sequenced that is not durable: read durable state.
@@ -76,7 +78,7 @@ pub(super) enum Seen<T> {
 }
 
 /// What settling a marked read takes.
-pub(super) enum Settle {
+pub(crate) enum Settle {
     /// Everything read is durable.
     Durable,
     /// Some of it did not apply.
@@ -86,7 +88,7 @@ pub(super) enum Settle {
 }
 
 impl Overlay {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
@@ -103,7 +105,7 @@ impl Overlay {
     }
 
     /// The user's sequenced balance.
-    pub(super) fn point(&self, id: UserId) -> Seen<UserPoint> {
+    pub(crate) fn point(&self, id: UserId) -> Seen<UserPoint> {
         let shard = self.shard(id);
         match shard.users.get(&id) {
             None => Seen::Durable,
@@ -114,7 +116,7 @@ impl Overlay {
 
     /// The user's sequenced record for `key` (`Durable`: none pending; read
     /// the durable one).
-    pub(super) fn key(&self, id: UserId, key: &IdempotencyKey) -> Seen<IdempotencyRecord> {
+    pub(crate) fn key(&self, id: UserId, key: &IdempotencyKey) -> Seen<IdempotencyRecord> {
         let shard = self.shard(id);
         match shard.users.get(&id) {
             None => Seen::Durable,
@@ -130,7 +132,7 @@ impl Overlay {
     /// (with its guard dropped) and make its result the sequenced state, all
     /// under the user's shard mutex. A refusal sends nothing and changes
     /// nothing.
-    pub(super) fn sequence(
+    pub(crate) fn sequence(
         &self,
         mut change: Change,
         send: impl FnOnce(Change) -> Result<(), StoreError>,
@@ -190,7 +192,7 @@ impl Overlay {
 
     /// The writer has answered a sequenced change of `id` (made with `key`):
     /// `applied` or not.
-    pub(super) fn answered(&self, id: UserId, key: Option<&IdempotencyKey>, applied: bool) {
+    pub(crate) fn answered(&self, id: UserId, key: Option<&IdempotencyKey>, applied: bool) {
         let mut shard = self.shard(id);
         if !applied {
             shard.failures += 1;
@@ -213,7 +215,7 @@ impl Overlay {
     }
 
     /// What settling a read of `id` marked `mark` takes now.
-    pub(super) fn settle(&self, id: UserId, mark: ReadMark) -> Settle {
+    pub(crate) fn settle(&self, id: UserId, mark: ReadMark) -> Settle {
         let shard = self.shard(id);
         if shard.users.contains_key(&id) {
             Settle::Barrier
@@ -225,12 +227,12 @@ impl Overlay {
     }
 
     /// A barrier's answer, once every change sequenced before it is answered.
-    pub(super) fn barrier_holds(&self, id: UserId, mark: ReadMark) -> bool {
+    pub(crate) fn barrier_holds(&self, id: UserId, mark: ReadMark) -> bool {
         self.shard(id).failures == mark.get()
     }
 
     /// Users with sequenced changes not yet durable (for tests and stats).
-    pub(super) fn users(&self) -> usize {
+    pub(crate) fn users(&self) -> usize {
         self.shards
             .iter()
             .map(|shard| {
@@ -246,7 +248,7 @@ impl Overlay {
 
 /// The answer given instead of one computed from sequenced state that did not
 /// become durable (a refusal, a replay): nothing was changed.
-pub(super) fn failed_under() -> StoreError {
+pub(crate) fn failed_under() -> StoreError {
     StoreError::with_kind(
         StoreErrorKind::Unavailable,
         "a change this answer was computed on failed before it was durable; nothing was \
