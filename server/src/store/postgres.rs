@@ -37,6 +37,29 @@
 //! may already be on its way, and its user stays locked in this instance until
 //! the database has answered.
 //!
+//! # Pipelining (opt-in: [`PostgresOptions::pipeline`], `--pg-pipeline on`)
+//!
+//! Off by default, a user stays locked in this instance until its statement
+//! has committed, so one busy user is bound by the commit round trip and WAL
+//! flush of each change. Pipelined, the store implements the pipelined
+//! contract of [`PointStore`] as the SQLite store does (the sequenced state is
+//! `sequenced.rs`): a change is checked against the user's sequenced state, put
+//! on the user's **chain** and its guard dropped; the chain's task (one per
+//! user with work, spawned when the chain starts, gone when it empties) takes
+//! everything queued and commits it in **one transaction** (one WAL flush), each
+//! change still its one conditional statement, in order. A failed statement
+//! aborts a PostgreSQL transaction, so the chain then rolls back and runs each
+//! change alone. Answers wait for the COMMIT; refusals and replays computed
+//! from sequenced state wait behind a barrier on the chain.
+//!
+//! Why opt-in: the sequenced state is this instance's. When another instance
+//! writes a user this one has pipelined changes for, those changes (computed
+//! on a balance that is no longer the stored one) are refused by their
+//! condition after the user was released, so they are answered 503
+//! `WRITE_CONFLICT` (nothing changed, retry) instead of being retried under the
+//! lock. Correct either way; pipelining suits one instance, or instances that
+//! each own their users.
+//!
 //! # Failures
 //!
 //! - No connection within the pool's wait (the database is down, unreachable,
