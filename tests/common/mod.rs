@@ -71,6 +71,9 @@ pub struct ProbeStore {
     delay: Option<(u64, Mutex<fastrand::Rng>)>,
     in_flight: AtomicUsize,
     in_flight_max: AtomicUsize,
+    /// Changes the inner store has sequenced and not yet answered for (a
+    /// pipelined store answers after releasing the user).
+    unsettled: AtomicUsize,
     gate: Option<Arc<Semaphore>>,
     barrier: Option<(Arc<Barrier>, Duration)>,
     entered: Mutex<Option<mpsc::UnboundedSender<UserId>>>,
@@ -137,6 +140,7 @@ impl ProbeStore {
             delay,
             in_flight: AtomicUsize::new(0),
             in_flight_max: AtomicUsize::new(0),
+            unsettled: AtomicUsize::new(0),
             gate: None,
             barrier: None,
             entered: Mutex::new(None),
@@ -202,6 +206,11 @@ impl ProbeStore {
     /// The most commits ever in progress at once.
     pub fn in_flight_max(&self) -> usize {
         self.in_flight_max.load(Ordering::SeqCst)
+    }
+
+    /// Changes sequenced by the inner store and not yet answered for.
+    pub fn unsettled(&self) -> usize {
+        self.unsettled.load(Ordering::SeqCst)
     }
 }
 
@@ -299,9 +308,11 @@ impl PointStore for ProbeStore {
             .await;
             match sequenced {
                 Ok(pending) => {
+                    self.unsettled.fetch_add(1, Ordering::SeqCst);
                     let counted: pointlock::core::Pending<'_> = Box::pin(async move {
                         let outcome = pending.await;
                         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        self.unsettled.fetch_sub(1, Ordering::SeqCst);
                         outcome
                     });
                     Ok(counted)
@@ -573,6 +584,21 @@ impl TestServer {
     pub async fn wait_for_lock(&self, what: &str, condition: impl Fn(&KeyedLock<UserId>) -> bool) {
         for _ in 0..10_000 {
             if condition(&self.lock) {
+                return;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    /// Wait (bounded) until no user is locked and every change the store
+    /// sequenced has been answered for: on a pipelined store a user is
+    /// released before its change is durable, so an empty lock table alone
+    /// does not mean the data is settled.
+    pub async fn wait_until_settled(&self, what: &str) {
+        for _ in 0..10_000 {
+            if self.lock.is_empty() && self.store.unsettled() == 0 {
                 return;
             }
             tokio::task::yield_now().await;

@@ -346,6 +346,12 @@ impl<T> SequencedRead<T> {
 /// durable (or failed, or was refused).
 pub type Pending<'a> = BoxFuture<'a, Result<Committed, StoreError>>;
 
+/// A [`Pending`] that is already settled: a store that is not pipelined
+/// answers `sequence` with one.
+pub fn settled<'a>(committed: Committed) -> Pending<'a> {
+    Box::pin(std::future::ready(Ok(committed)))
+}
+
 /// Storage for balances and histories.
 ///
 /// # Pipelined stores (optional)
@@ -428,11 +434,7 @@ pub trait PointStore: MaybeSend + MaybeSync {
     /// caller still holds the user's lock. See the trait docs on pipelining;
     /// by default the change is committed before this resolves.
     fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
-        Box::pin(async move {
-            let committed = self.commit(change).await?;
-            let pending: Pending<'_> = Box::pin(std::future::ready(Ok(committed)));
-            Ok(pending)
-        })
+        Box::pin(async move { self.commit(change).await.map(settled) })
     }
 
     /// The user's balance as the next change must be computed from: with
@@ -469,116 +471,69 @@ pub trait PointStore: MaybeSend + MaybeSync {
     }
 }
 
-impl<S: PointStore + ?Sized> PointStore for Arc<S> {
-    fn idempotency_record(
-        &self,
-        id: UserId,
-        key: &IdempotencyKey,
-    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
-        (**self).idempotency_record(id, key)
-    }
+/// `PointStore` for a smart pointer to a store: every method forwarded.
+macro_rules! forward_point_store {
+    ($($pointer:ident),*) => {$(
+        impl<S: PointStore + ?Sized> PointStore for $pointer<S> {
+            fn idempotency_record(
+                &self,
+                id: UserId,
+                key: &IdempotencyKey,
+            ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
+                (**self).idempotency_record(id, key)
+            }
 
-    fn sweep_idempotency(
-        &self,
-        expired_before: i64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<usize, StoreError>> {
-        (**self).sweep_idempotency(expired_before, limit)
-    }
+            fn sweep_idempotency(
+                &self,
+                expired_before: i64,
+                limit: usize,
+            ) -> BoxFuture<'_, Result<usize, StoreError>> {
+                (**self).sweep_idempotency(expired_before, limit)
+            }
 
-    fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
-        (**self).user_point(id)
-    }
+            fn user_point(
+                &self,
+                id: UserId,
+            ) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
+                (**self).user_point(id)
+            }
 
-    fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
-        (**self).histories(id)
-    }
+            fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+                (**self).histories(id)
+            }
 
-    fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
-        (**self).commit(change)
-    }
+            fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
+                (**self).commit(change)
+            }
 
-    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        (**self).ready()
-    }
+            fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+                (**self).ready()
+            }
 
-    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
-        (**self).sequence(change)
-    }
+            fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+                (**self).sequence(change)
+            }
 
-    fn sequenced_point(
-        &self,
-        id: UserId,
-    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
-        (**self).sequenced_point(id)
-    }
+            fn sequenced_point(
+                &self,
+                id: UserId,
+            ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
+                (**self).sequenced_point(id)
+            }
 
-    fn sequenced_idempotency_record<'a>(
-        &'a self,
-        id: UserId,
-        key: &'a IdempotencyKey,
-    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
-        (**self).sequenced_idempotency_record(id, key)
-    }
+            fn sequenced_idempotency_record<'a>(
+                &'a self,
+                id: UserId,
+                key: &'a IdempotencyKey,
+            ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
+                (**self).sequenced_idempotency_record(id, key)
+            }
 
-    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
-        (**self).settle(id, mark)
-    }
+            fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+                (**self).settle(id, mark)
+            }
+        }
+    )*};
 }
 
-impl<S: PointStore + ?Sized> PointStore for Box<S> {
-    fn idempotency_record(
-        &self,
-        id: UserId,
-        key: &IdempotencyKey,
-    ) -> BoxFuture<'_, Result<Option<IdempotencyRecord>, StoreError>> {
-        (**self).idempotency_record(id, key)
-    }
-
-    fn sweep_idempotency(
-        &self,
-        expired_before: i64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<usize, StoreError>> {
-        (**self).sweep_idempotency(expired_before, limit)
-    }
-
-    fn user_point(&self, id: UserId) -> BoxFuture<'_, Result<Option<UserPoint>, StoreError>> {
-        (**self).user_point(id)
-    }
-
-    fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
-        (**self).histories(id)
-    }
-
-    fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
-        (**self).commit(change)
-    }
-
-    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        (**self).ready()
-    }
-
-    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
-        (**self).sequence(change)
-    }
-
-    fn sequenced_point(
-        &self,
-        id: UserId,
-    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
-        (**self).sequenced_point(id)
-    }
-
-    fn sequenced_idempotency_record<'a>(
-        &'a self,
-        id: UserId,
-        key: &'a IdempotencyKey,
-    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
-        (**self).sequenced_idempotency_record(id, key)
-    }
-
-    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
-        (**self).settle(id, mark)
-    }
-}
+forward_point_store!(Arc, Box);

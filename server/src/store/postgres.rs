@@ -86,6 +86,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use pointlock_core::store::settled;
 use pointlock_core::{
     BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PointHistory,
     PointStore, ReadMark, SequencedRead, StoreError, StoreErrorKind, UserId, UserPoint,
@@ -95,7 +96,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::sequenced::{self, Overlay, Seen, Settle};
+use super::sequenced::{self, Overlay};
 use super::{corrupt_row, history_row, idempotency_row, to_i64};
 use crate::histogram::{DurationHistogram, HistogramSnapshot};
 
@@ -803,9 +804,7 @@ impl PointStore for PostgresStore {
     fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
         Box::pin(async move {
             let Some(pipeline) = &self.pipeline else {
-                let committed = self.commit(change).await?;
-                let pending: Pending<'_> = Box::pin(std::future::ready(Ok(committed)));
-                return Ok(pending);
+                return self.commit(change).await.map(settled);
             };
             let id = change.user_id();
             let (reply, answer) = oneshot::channel();
@@ -833,24 +832,10 @@ impl PointStore for PostgresStore {
         &self,
         id: UserId,
     ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
-        Box::pin(async move {
-            if let Some(pipeline) = &self.pipeline {
-                loop {
-                    match pipeline.overlay.point(id) {
-                        Seen::Sequenced(point, mark) => {
-                            return Ok(SequencedRead {
-                                value: Some(point),
-                                mark: Some(mark),
-                            })
-                        }
-                        Seen::Durable => break,
-                        // The latch only closes; an error means it has.
-                        Seen::Broken(latch) => drop(latch.acquire().await),
-                    }
-                }
-            }
-            self.user_point(id).await.map(SequencedRead::durable)
-        })
+        let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
+        Box::pin(sequenced::sequenced_point(overlay, id, move || {
+            self.user_point(id)
+        }))
     }
 
     fn sequenced_idempotency_record<'a>(
@@ -858,44 +843,24 @@ impl PointStore for PostgresStore {
         id: UserId,
         key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
-        Box::pin(async move {
-            if let Some(pipeline) = &self.pipeline {
-                loop {
-                    match pipeline.overlay.key(id, key) {
-                        Seen::Sequenced(record, mark) => {
-                            return Ok(SequencedRead {
-                                value: Some(record),
-                                mark: Some(mark),
-                            })
-                        }
-                        Seen::Durable => break,
-                        Seen::Broken(latch) => drop(latch.acquire().await),
-                    }
-                }
-            }
+        let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
+        Box::pin(sequenced::sequenced_key(overlay, id, key, move || {
             self.idempotency_record(id, key)
-                .await
-                .map(SequencedRead::durable)
-        })
+        }))
     }
 
     fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
+        let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
+        Box::pin(sequenced::settle(overlay, id, mark, move || async move {
             let Some(pipeline) = &self.pipeline else {
                 return Ok(());
             };
-            match pipeline.overlay.settle(id, mark) {
-                Settle::Durable => Ok(()),
-                Settle::Failed => Err(sequenced::failed_under()),
-                Settle::Barrier => {
-                    let (reply, answer) = oneshot::channel();
-                    self.enqueue(pipeline, id, Item::Barrier(mark, reply));
-                    answer.await.map_err(|_| {
-                        StoreError::new("the PostgreSQL chain stopped before answering")
-                    })?
-                }
-            }
-        })
+            let (reply, answer) = oneshot::channel();
+            self.enqueue(pipeline, id, Item::Barrier(mark, reply));
+            answer
+                .await
+                .map_err(|_| StoreError::new("the PostgreSQL chain stopped before answering"))?
+        }))
     }
 }
 

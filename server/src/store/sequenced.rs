@@ -31,11 +31,12 @@
 //!   way round.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pointlock_core::{
-    Change, IdempotencyKey, IdempotencyRecord, ReadMark, StoreError, StoreErrorKind, UserId,
-    UserPoint,
+    Change, IdempotencyKey, IdempotencyRecord, ReadMark, SequencedRead, StoreError, StoreErrorKind,
+    UserId, UserPoint,
 };
 use tokio::sync::Semaphore;
 
@@ -243,6 +244,85 @@ impl Overlay {
                     .len()
             })
             .sum()
+    }
+}
+
+/// `PointStore::sequenced_point` of a store with this sequenced state
+/// (`None`: not pipelined): the sequenced balance, or, with nothing pending,
+/// `durable()`. A broken entry is waited out.
+pub(crate) async fn sequenced_point<F>(
+    overlay: Option<&Overlay>,
+    id: UserId,
+    durable: impl FnOnce() -> F,
+) -> Result<SequencedRead<Option<UserPoint>>, StoreError>
+where
+    F: Future<Output = Result<Option<UserPoint>, StoreError>>,
+{
+    if let Some(overlay) = overlay {
+        loop {
+            match overlay.point(id) {
+                Seen::Sequenced(point, mark) => {
+                    return Ok(SequencedRead {
+                        value: Some(point),
+                        mark: Some(mark),
+                    })
+                }
+                Seen::Durable => break,
+                // The latch only closes; an error means it has.
+                Seen::Broken(latch) => drop(latch.acquire().await),
+            }
+        }
+    }
+    durable().await.map(SequencedRead::durable)
+}
+
+/// `PointStore::sequenced_idempotency_record` likewise: the pending record
+/// of `key`, or `durable()`.
+pub(crate) async fn sequenced_key<F>(
+    overlay: Option<&Overlay>,
+    id: UserId,
+    key: &IdempotencyKey,
+    durable: impl FnOnce() -> F,
+) -> Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>
+where
+    F: Future<Output = Result<Option<IdempotencyRecord>, StoreError>>,
+{
+    if let Some(overlay) = overlay {
+        loop {
+            match overlay.key(id, key) {
+                Seen::Sequenced(record, mark) => {
+                    return Ok(SequencedRead {
+                        value: Some(record),
+                        mark: Some(mark),
+                    })
+                }
+                Seen::Durable => break,
+                Seen::Broken(latch) => drop(latch.acquire().await),
+            }
+        }
+    }
+    durable().await.map(SequencedRead::durable)
+}
+
+/// `PointStore::settle` likewise: at once when everything the read showed
+/// has drained (or failed), else through `barrier()`, which queues a barrier
+/// behind the user's sequenced changes and resolves with its answer.
+pub(crate) async fn settle<F>(
+    overlay: Option<&Overlay>,
+    id: UserId,
+    mark: ReadMark,
+    barrier: impl FnOnce() -> F,
+) -> Result<(), StoreError>
+where
+    F: Future<Output = Result<(), StoreError>>,
+{
+    let Some(overlay) = overlay else {
+        return Ok(());
+    };
+    match overlay.settle(id, mark) {
+        Settle::Durable => Ok(()),
+        Settle::Failed => Err(failed_under()),
+        Settle::Barrier => barrier().await,
     }
 }
 

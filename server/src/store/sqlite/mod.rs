@@ -90,6 +90,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use pointlock_core::store::settled;
 use pointlock_core::{
     BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PointHistory,
     PointStore, ReadMark, SequencedRead, StoreError, StoreErrorKind, UserId, UserPoint,
@@ -99,7 +100,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::{corrupt_row, history_row, idempotency_row, to_i64};
 
-use super::sequenced::{self, Overlay, Seen, Settle};
+use super::sequenced::{self, Overlay, Seen};
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
@@ -527,17 +528,9 @@ impl PointStore for SqliteStore {
     fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
         Box::pin(async move {
             let Some(overlay) = self.overlay.as_deref() else {
-                let committed = self.commit_durable(change).await?;
-                let pending: Pending<'_> = Box::pin(std::future::ready(Ok(committed)));
-                return Ok(pending);
+                return self.commit_durable(change).await.map(settled);
             };
-            if self.stop.is_stopped() {
-                return Err(writer::unavailable());
-            }
-            let queued = Arc::clone(&self.queue)
-                .acquire_owned()
-                .await
-                .map_err(|_| StoreError::new("the SQLite store is closed"))?;
+            let queued = self.queue_place().await?;
             let (reply, answer) = oneshot::channel();
             // Checked against the sequenced state, sent to the writer, made the
             // sequenced state, and the guard dropped, under the user's shard
@@ -554,8 +547,7 @@ impl PointStore for SqliteStore {
             })?;
             if let Some(early) = early {
                 // Negative control: the answer before the change is durable.
-                let pending: Pending<'_> = Box::pin(std::future::ready(Ok(early)));
-                return Ok(pending);
+                return Ok(settled(early));
             }
             let pending: Pending<'_> = Box::pin(async move {
                 answer
@@ -570,24 +562,11 @@ impl PointStore for SqliteStore {
         &self,
         id: UserId,
     ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
-        Box::pin(async move {
-            if let Some(overlay) = self.overlay.as_deref() {
-                loop {
-                    match overlay.point(id) {
-                        Seen::Sequenced(point, mark) => {
-                            return Ok(SequencedRead {
-                                value: Some(point),
-                                mark: Some(mark),
-                            })
-                        }
-                        Seen::Durable => break,
-                        // The latch only closes; an error means it has.
-                        Seen::Broken(latch) => drop(latch.acquire().await),
-                    }
-                }
-            }
-            self.user_point(id).await.map(SequencedRead::durable)
-        })
+        Box::pin(sequenced::sequenced_point(
+            self.overlay.as_deref(),
+            id,
+            move || self.user_point(id),
+        ))
     }
 
     fn sequenced_idempotency_record<'a>(
@@ -595,54 +574,37 @@ impl PointStore for SqliteStore {
         id: UserId,
         key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
-        Box::pin(async move {
-            if let Some(overlay) = self.overlay.as_deref() {
-                loop {
-                    match overlay.key(id, key) {
-                        Seen::Sequenced(record, mark) => {
-                            return Ok(SequencedRead {
-                                value: Some(record),
-                                mark: Some(mark),
-                            })
-                        }
-                        Seen::Durable => break,
-                        Seen::Broken(latch) => drop(latch.acquire().await),
-                    }
-                }
-            }
-            self.idempotency_record(id, key)
-                .await
-                .map(SequencedRead::durable)
-        })
+        Box::pin(sequenced::sequenced_key(
+            self.overlay.as_deref(),
+            id,
+            key,
+            move || self.idempotency_record(id, key),
+        ))
     }
 
     fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let Some(overlay) = self.overlay.as_deref() else {
-                return Ok(());
-            };
-            if self.negative_control == Some(NegativeControl::DirtyReads) {
-                return Ok(());
-            }
-            match overlay.settle(id, mark) {
-                Settle::Durable => Ok(()),
-                Settle::Failed => Err(sequenced::failed_under()),
-                Settle::Barrier => {
-                    self.stats
-                        .barriers
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let (reply, answer) = oneshot::channel();
-                    self.send(Work::Barrier(Barrier {
-                        user: id,
-                        mark,
-                        reply,
-                    }))?;
-                    answer.await.map_err(|_| {
-                        StoreError::new("the SQLite writer stopped before answering")
-                    })?
-                }
-            }
-        })
+        if self.negative_control == Some(NegativeControl::DirtyReads) {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        Box::pin(sequenced::settle(
+            self.overlay.as_deref(),
+            id,
+            mark,
+            move || async move {
+                self.stats
+                    .barriers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (reply, answer) = oneshot::channel();
+                self.send(Work::Barrier(Barrier {
+                    user: id,
+                    mark,
+                    reply,
+                }))?;
+                answer
+                    .await
+                    .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+            },
+        ))
     }
 
     fn idempotency_record(
@@ -701,16 +663,10 @@ impl SqliteStore {
     /// Commit `change` and answer once it is durable, keeping its guard until
     /// then (the store without pipelining).
     async fn commit_durable(&self, change: Change) -> Result<Committed, StoreError> {
-        if self.stop.is_stopped() {
-            return Err(writer::unavailable());
-        }
         // The change, and the user's guard in it, go to the writer, which keeps
         // them until it has answered: a caller that stops waiting cannot
         // release its user while its change may still be committed.
-        let queued = Arc::clone(&self.queue)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::new("the SQLite store is closed"))?;
+        let queued = self.queue_place().await?;
         let (reply, answer) = oneshot::channel();
         let job = Job {
             change,
@@ -721,6 +677,18 @@ impl SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+    }
+
+    /// A place in the writer's bounded queue (waiting while it is full);
+    /// refused once the store has failed stop or is closed.
+    async fn queue_place(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        if self.stop.is_stopped() {
+            return Err(writer::unavailable());
+        }
+        Arc::clone(&self.queue)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::new("the SQLite store is closed"))
     }
 
     /// Hand `work` to the writer. No await between taking the sender and

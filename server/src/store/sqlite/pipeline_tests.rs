@@ -39,6 +39,10 @@ struct Fixture {
 }
 
 fn fixture(control: Option<NegativeControl>) -> Fixture {
+    fixture_with(true, control)
+}
+
+fn fixture_with(pipeline: bool, control: Option<NegativeControl>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
     let fail_commits = Arc::new(AtomicBool::new(false));
@@ -48,6 +52,7 @@ fn fixture(control: Option<NegativeControl>) -> Fixture {
         fail_commits: Some(Arc::clone(&fail_commits)),
         fail_amount: Some(Arc::clone(&fail_amount)),
         negative_control: control,
+        pipeline,
         ..SqliteOptions::default()
     };
     let store = Arc::new(SqliteStore::open(dir.path().join("p.db"), options).unwrap());
@@ -139,26 +144,14 @@ async fn a_user_is_released_at_sequencing_and_the_next_change_builds_on_the_sequ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_pipelined_the_user_stays_locked_until_the_change_is_durable() {
-    let dir = tempfile::tempdir().unwrap();
-    let gate = Arc::new(Gate::default());
-    let options = SqliteOptions {
-        gate: Some(Arc::clone(&gate)),
-        pipeline: false,
-        ..SqliteOptions::default()
-    };
-    let store = Arc::new(SqliteStore::open(dir.path().join("p.db"), options).unwrap());
-    let svc = Arc::new(PointService::new(
-        Arc::clone(&store),
-        Policy::default(),
-        Arc::new(SystemClock::default()),
-    ));
-    gate.close();
-    let first = spawn_apply(&svc, TransactionType::Charge, 100, None).await;
-    until(|| gate.waited.load(Ordering::SeqCst) == 1).await;
-    assert!(svc.lock().try_lock(id(1)).is_none(), "held until durable");
-    gate.open();
+    let f = fixture_with(false, None);
+    f.gate.close();
+    let first = spawn_apply(&f.svc, TransactionType::Charge, 100, None).await;
+    until(|| f.gate.waited.load(Ordering::SeqCst) == 1).await;
+    assert!(f.svc.lock().try_lock(id(1)).is_none(), "held until durable");
+    f.gate.open();
     assert_eq!(first.await.unwrap().unwrap().point.point, 100);
-    assert!(svc.lock().try_lock(id(1)).is_some());
+    assert!(f.svc.lock().try_lock(id(1)).is_some());
 }
 
 /// Balance 100 durable; a use of 80 sequenced (20) and held at the gate; a use
