@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--rss-growth", type=float, default=0.20)
+    ap.add_argument("--lock-timeout-ms", type=int, default=50,
+                    help="the server's lock timeout: short enough that the hot user's queue times out")
     ap.add_argument("--warmup-minutes", type=float, default=2.0)
     ap.add_argument("--archive-users", type=int, default=20,
                     help="users with a fixed history (written before the load), whose histories are read")
@@ -94,7 +96,7 @@ def main():
     work = tempfile.mkdtemp(prefix="pointlock-soak-")
     store = args.store or f"sqlite:{work}/soak.db"
     server = subprocess.Popen(
-        [args.bin, "--store", store, "--addr", "127.0.0.1:0", "--lock-timeout-ms", "50",
+        [args.bin, "--store", store, "--addr", "127.0.0.1:0", "--lock-timeout-ms", str(args.lock_timeout_ms),
          "--max-balance", "9000000000000000000"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
@@ -229,6 +231,7 @@ def main():
     server.wait(timeout=60)
     summary = {
         "minutes": args.minutes, "warmup_minutes": args.warmup_minutes,
+        "lock_timeout_ms": args.lock_timeout_ms,
         "archive_users": len(archive), "read_growing_histories": args.read_growing_histories, "store": store.split(":")[0], "threads": args.threads,
         **counts, "acknowledged_charges": len(acked), "users_checked": users_checked,
         "rss_kib_first_third_median": first, "rss_kib_last_third_median": last,
