@@ -833,9 +833,11 @@ impl PointStore for PostgresStore {
         id: UserId,
     ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
         let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
-        Box::pin(sequenced::sequenced_point(overlay, id, move || {
-            self.user_point(id)
-        }))
+        Box::pin(sequenced::read(
+            overlay,
+            move |o| o.point(id),
+            move || self.user_point(id),
+        ))
     }
 
     fn sequenced_idempotency_record<'a>(
@@ -844,9 +846,11 @@ impl PointStore for PostgresStore {
         key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
         let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
-        Box::pin(sequenced::sequenced_key(overlay, id, key, move || {
-            self.idempotency_record(id, key)
-        }))
+        Box::pin(sequenced::read(
+            overlay,
+            move |o| o.key(id, key),
+            move || self.idempotency_record(id, key),
+        ))
     }
 
     fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -247,56 +247,29 @@ impl Overlay {
     }
 }
 
-/// `PointStore::sequenced_point` of a store with this sequenced state
-/// (`None`: not pipelined): the sequenced balance, or, with nothing pending,
-/// `durable()`. A broken entry is waited out.
-pub(crate) async fn sequenced_point<F>(
+/// `PointStore::sequenced_point` and `sequenced_idempotency_record` of a
+/// store with this sequenced state (`None`: not pipelined): what `look` finds
+/// sequenced, or, with nothing pending, `durable()`. A broken entry is waited
+/// out.
+pub(crate) async fn read<T, F>(
     overlay: Option<&Overlay>,
-    id: UserId,
+    look: impl Fn(&Overlay) -> Seen<T>,
     durable: impl FnOnce() -> F,
-) -> Result<SequencedRead<Option<UserPoint>>, StoreError>
+) -> Result<SequencedRead<Option<T>>, StoreError>
 where
-    F: Future<Output = Result<Option<UserPoint>, StoreError>>,
+    F: Future<Output = Result<Option<T>, StoreError>>,
 {
     if let Some(overlay) = overlay {
         loop {
-            match overlay.point(id) {
-                Seen::Sequenced(point, mark) => {
+            match look(overlay) {
+                Seen::Sequenced(value, mark) => {
                     return Ok(SequencedRead {
-                        value: Some(point),
+                        value: Some(value),
                         mark: Some(mark),
                     })
                 }
                 Seen::Durable => break,
                 // The latch only closes; an error means it has.
-                Seen::Broken(latch) => drop(latch.acquire().await),
-            }
-        }
-    }
-    durable().await.map(SequencedRead::durable)
-}
-
-/// `PointStore::sequenced_idempotency_record` likewise: the pending record
-/// of `key`, or `durable()`.
-pub(crate) async fn sequenced_key<F>(
-    overlay: Option<&Overlay>,
-    id: UserId,
-    key: &IdempotencyKey,
-    durable: impl FnOnce() -> F,
-) -> Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>
-where
-    F: Future<Output = Result<Option<IdempotencyRecord>, StoreError>>,
-{
-    if let Some(overlay) = overlay {
-        loop {
-            match overlay.key(id, key) {
-                Seen::Sequenced(record, mark) => {
-                    return Ok(SequencedRead {
-                        value: Some(record),
-                        mark: Some(mark),
-                    })
-                }
-                Seen::Durable => break,
                 Seen::Broken(latch) => drop(latch.acquire().await),
             }
         }

@@ -562,9 +562,9 @@ impl PointStore for SqliteStore {
         &self,
         id: UserId,
     ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
-        Box::pin(sequenced::sequenced_point(
+        Box::pin(sequenced::read(
             self.overlay.as_deref(),
-            id,
+            move |o| o.point(id),
             move || self.user_point(id),
         ))
     }
@@ -574,10 +574,9 @@ impl PointStore for SqliteStore {
         id: UserId,
         key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
-        Box::pin(sequenced::sequenced_key(
+        Box::pin(sequenced::read(
             self.overlay.as_deref(),
-            id,
-            key,
+            move |o| o.key(id, key),
             move || self.idempotency_record(id, key),
         ))
     }
