@@ -557,6 +557,9 @@ pub async fn shutdown_signal() {
 }
 
 #[cfg(test)]
+mod metrics_tests;
+
+#[cfg(test)]
 mod tests {
     use http::HeaderValue;
     use http_body_util::Empty;

@@ -84,8 +84,6 @@
 //! ```
 
 mod requests;
-#[cfg(test)]
-mod tests;
 #[cfg(any(test, feature = "test-util"))]
 pub mod text;
 

@@ -1,11 +1,14 @@
 //! The metrics over the wallet's own router and lock layer: exact counts after
 //! known traffic, bounded labels, the lock and store families, `GET /metrics`.
-//! Every scrape is read with the strict OpenMetrics reader ([`super::text`]).
+//! Every scrape is read with the strict OpenMetrics reader
+//! (`metrics/text.rs`). Here, under `app`, because they build the whole stack:
+//! the router and the metrics layer both (a test module under `metrics` would
+//! make the metrics module reach up to the routes).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -17,13 +20,14 @@ use pointlock_core::{
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
-use super::text::{parse, Exposition};
-use super::*;
 use crate::clock::SystemClock;
 use crate::error::refusal_response;
 use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
+use crate::metrics::text::{parse, Exposition};
+use crate::metrics::*;
+use crate::routes::SharedService as Service;
 use crate::routes::{route_index, user_key, Router, RouterOptions, ROUTE_TEMPLATES};
-use crate::store::SqliteOptions;
+use crate::store::{SqliteOptions, SqliteStore};
 
 type Stack =
     BoxCloneService<Request<Full<Bytes>>, Response<KeyedLockBody<Full<Bytes>>>, Infallible>;
