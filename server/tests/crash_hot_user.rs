@@ -257,20 +257,13 @@ fn caught(control: &str) -> bool {
     for round in 1..=CONTROL_ROUNDS_MAX {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.db");
-        let mut cmd = Command::new(debug_bin);
-        cmd.current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .env("POINTLOCK_NEGATIVE_CONTROL", control)
-            .env_remove("POINTLOCK_STORE")
-            .env_remove("POINTLOCK_ADDR");
+        let mut cmd = support::command_of(debug_bin, dir.path());
+        cmd.env("POINTLOCK_NEGATIVE_CONTROL", control);
         let server = start(cmd, &file);
         seed(&server);
         let seen = burst_and_kill(server, round);
-        let mut cmd = Command::new(debug_bin);
-        cmd.current_dir(dir.path())
-            .env_remove("POINTLOCK_NEGATIVE_CONTROL")
-            .env_remove("POINTLOCK_STORE")
-            .env_remove("POINTLOCK_ADDR");
+        let mut cmd = support::command_of(debug_bin, dir.path());
+        cmd.env_remove("POINTLOCK_NEGATIVE_CONTROL");
         let server = start(cmd, &file);
         let addr = server.addr.clone();
         let check = std::panic::catch_unwind(|| verify(&addr, &seen));

@@ -18,7 +18,12 @@ pub fn bin() -> String {
 
 /// A `pointlock` command with a clean environment for its own settings.
 pub fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin());
+    command_of(&bin(), dir)
+}
+
+/// [`command`] for the binary at `bin` (a negative control's debug build).
+pub fn command_of(bin: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.current_dir(dir)
         .env("RUST_LOG", "info")
         .env_remove("POINTLOCK_STORE")

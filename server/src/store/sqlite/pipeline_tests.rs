@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pointlock_core::{
-    Amount, Applied, Change, IdempotencyKey, KeyedLock, PointError, PointService, PointStore,
-    Policy, TransactionType, UserId,
+    Amount, Applied, IdempotencyKey, PointError, PointService, PointStore, Policy, TransactionType,
+    UserId,
 };
 
+// Changes whose guard comes from a lock that excludes nothing: the lock bypassed.
+use super::tests::change_from;
 use super::{Gate, NegativeControl, SqliteOptions, SqliteStore};
 use crate::clock::SystemClock;
 
@@ -301,27 +303,16 @@ async fn a_duplicate_key_while_the_first_is_sequenced_replays_once_it_is_durable
     );
 }
 
-/// A charge to `point` computed from `expected` (`None`: unconditional), with a
-/// guard from a lock that excludes nothing (the lock bypassed).
-fn bypassing(expected: Option<u64>, point: u64, raw: u64) -> Change {
-    let lock = KeyedLock::unsynchronized();
-    let held = lock.try_lock(id(1)).unwrap();
-    Change::for_tests(
-        Arc::new(held),
-        expected,
-        point,
-        TransactionType::Charge,
-        amount(raw),
-        1_000,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_changes_from_the_same_read_the_sequenced_state_refuses_the_second_at_once() {
     let f = fixture(None);
     f.gate.close();
-    let first = f.store.sequence(bypassing(Some(0), 10, 10)).await.unwrap();
-    let second = f.store.sequence(bypassing(Some(0), 20, 20)).await;
+    let first = f
+        .store
+        .sequence(change_from(1, Some(0), 10, 10))
+        .await
+        .unwrap();
+    let second = f.store.sequence(change_from(1, Some(0), 20, 20)).await;
     let Err(refused) = second else {
         panic!("a stale change was sequenced")
     };
@@ -337,8 +328,16 @@ async fn two_changes_from_the_same_read_the_sequenced_state_refuses_the_second_a
 async fn negative_control_without_the_condition_the_pipeline_loses_an_update() {
     let f = fixture(None);
     f.gate.close();
-    let first = f.store.sequence(bypassing(None, 10, 10)).await.unwrap();
-    let second = f.store.sequence(bypassing(None, 20, 20)).await.unwrap();
+    let first = f
+        .store
+        .sequence(change_from(1, None, 10, 10))
+        .await
+        .unwrap();
+    let second = f
+        .store
+        .sequence(change_from(1, None, 20, 20))
+        .await
+        .unwrap();
     f.gate.open();
     first.await.unwrap();
     second.await.unwrap();

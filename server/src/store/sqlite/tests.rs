@@ -17,7 +17,7 @@ fn change(user: u64, point: u64, amount: u64) -> Change {
 }
 
 /// A charge to `point` whose condition is `expected` (`None`: unconditional).
-fn change_from(user: u64, expected: Option<u64>, point: u64, amount: u64) -> Change {
+pub(super) fn change_from(user: u64, expected: Option<u64>, point: u64, amount: u64) -> Change {
     let lock = KeyedLock::unsynchronized();
     let held = lock.try_lock(UserId::new(user).unwrap()).unwrap();
     Change::for_tests(
