@@ -13,8 +13,8 @@ use pointlock_server::clock::SystemClock;
 use pointlock_server::config::LogFormat;
 use pointlock_server::metrics::StoreSource;
 use pointlock_server::routes::StoreStats;
-use pointlock_server::store::PostgresStore;
-use pointlock_server::{Config, SqliteStore, StoreSpec};
+use pointlock_server::{Config, StoreSpec};
+use pointlock_store::{PostgresStore, SqliteStore};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {

@@ -98,9 +98,8 @@ use pointlock_core::{
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::{corrupt_row, history_row, idempotency_row, to_i64};
-
-use super::sequenced::{self, Overlay, Seen};
+use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
+use crate::sequenced::{self, Overlay, Seen};
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
@@ -157,9 +156,9 @@ pub struct SqliteOptions {
     /// statement (as on a full disk), without failing stop.
     #[cfg(test)]
     pub(crate) fail_amount: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// Fault injection for unit tests: while set, every COMMIT fails.
-    #[cfg(test)]
-    pub(crate) fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Fault injection for tests: while set, every COMMIT fails.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Fault injection for unit tests: the writer sets `PRAGMA max_page_count`
     /// to this before each batch (a full disk, as SQLite sees one: SQLITE_FULL).
     #[cfg(test)]
@@ -183,7 +182,7 @@ impl Default for SqliteOptions {
             gate: None,
             #[cfg(test)]
             fail_amount: None,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-util"))]
             fail_commits: None,
             #[cfg(test)]
             page_limit: None,
@@ -297,7 +296,7 @@ impl SqliteStore {
     fn open_inner(path: &Path, options: &SqliteOptions) -> Result<Self, OpenError> {
         let lock = open::lock_file(path)?;
         let conn = open::open_writer(path, options)?;
-        #[cfg(test)]
+        #[cfg(any(test, feature = "test-util"))]
         if let Some(fail) = &options.fail_commits {
             // Fault injection: while the flag is set, SQLite turns every COMMIT
             // into a rollback and reports the COMMIT as failed.

@@ -60,8 +60,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::cache::BalanceCache;
 use crate::histogram::{DurationHistogram, HistogramSnapshot};
-use crate::store::sequenced::{self, Overlay};
-use crate::store::to_i64;
+use crate::rows::to_i64;
+use crate::sequenced::{self, Overlay};
 
 /// A first balance, or one computed from 0: insert it, or update a row whose
 /// balance is still 0 (`?4` is the expected 0; `NULL` only in negative controls).

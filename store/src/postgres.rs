@@ -96,9 +96,9 @@ use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::sequenced::{self, Overlay};
-use super::{corrupt_row, history_row, idempotency_row, to_i64};
 use crate::histogram::{DurationHistogram, HistogramSnapshot};
+use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
+use crate::sequenced::{self, Overlay};
 
 /// The key of the session advisory lock held while migrating (any constant
 /// unlikely to be used by another application on the same database: "PLK1").

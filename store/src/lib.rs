@@ -1,0 +1,23 @@
+//! pointlock-store: the durable stores of pointlock, behind pointlock-core's
+//! [`PointStore`](pointlock_core::PointStore).
+//!
+//! - [`sqlite`]: [`SqliteStore`], the durable default. One SQLite file in WAL
+//!   mode, `synchronous=FULL`, a single writer thread that group-commits changes
+//!   in one transaction (each applied only if its condition holds), fail-stop
+//!   after a failed COMMIT, and read-only connections for reads.
+//! - [`postgres`]: [`PostgresStore`], the shared store for several instances on
+//!   one database: one conditional statement per change, a connection pool,
+//!   migrations under an advisory lock.
+//! - `sequenced`: the sequenced state of a pipelined store (both stores).
+//! - `rows`: rows read back and checked (both stores).
+//! - [`histogram`]: lock-free duration histograms (the stores' commit
+//!   durations; the server's request metrics use them too).
+
+pub mod histogram;
+pub mod postgres;
+mod rows;
+mod sequenced;
+pub mod sqlite;
+
+pub use postgres::{PgOpenError, PgStats, PostgresOptions, PostgresStore};
+pub use sqlite::{CommitStats, NegativeControl, OpenError, SqliteOptions, SqliteStore};
