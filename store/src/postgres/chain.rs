@@ -1,0 +1,220 @@
+//! The pipelined per-user chains (see the [store's docs](super),
+//! "Pipelining"): each user with sequenced work has a queue and a task that
+//! commits what is queued in one transaction and answers it in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use pointlock_core::{Change, Committed, Pending, ReadMark, StoreError, StoreErrorKind, UserId};
+use tokio::sync::oneshot;
+
+use super::sql::statement_sql;
+use super::PostgresStore;
+use crate::sequenced::{self, Overlay};
+
+/// Pipelining: the sequenced state, and per user with sequenced work the
+/// queue its chain task works through (present while the task runs).
+pub(super) struct Pipeline {
+    pub(super) overlay: Overlay,
+    chains: Box<[Mutex<Chains>]>,
+}
+
+/// One shard of the chains: each user's queue of sequenced work.
+type Chains = HashMap<UserId, VecDeque<Item>>;
+
+/// Shards of the chains.
+const CHAIN_SHARDS: usize = 64;
+/// The most changes one chain transaction carries.
+const CHAIN_OPS_MAX: usize = 64;
+
+/// Sequenced work of one user, in order.
+pub(super) enum Item {
+    Change(Change, oneshot::Sender<Result<Committed, StoreError>>),
+    Barrier(ReadMark, oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Pipeline {
+    pub(super) fn new() -> Self {
+        Self {
+            overlay: Overlay::new(),
+            chains: (0..CHAIN_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn chain(&self, id: UserId) -> std::sync::MutexGuard<'_, Chains> {
+        // usize is at least 32 bits wide, so the remainder converts losslessly.
+        let index = (id.get() % CHAIN_SHARDS as u64) as usize;
+        self.chains[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl PostgresStore {
+    /// [`PointStore::sequence`](pointlock_core::PointStore::sequence),
+    /// pipelined: checked against the sequenced state, queued on the user's
+    /// chain (whose task owns it from here, whatever happens to the caller),
+    /// made the sequenced state, its guard dropped: all under the user's shard
+    /// mutex of the sequenced state. The answer comes with the chain's COMMIT.
+    pub(super) fn sequence_on_chain(
+        &self,
+        pipeline: &Arc<Pipeline>,
+        change: Change,
+    ) -> Result<Pending<'static>, StoreError> {
+        let id = change.user_id();
+        let (reply, answer) = oneshot::channel();
+        pipeline.overlay.sequence(change, |change| {
+            self.enqueue(pipeline, id, Item::Change(change, reply));
+            Ok(())
+        })?;
+        Ok(Box::pin(async move {
+            answer.await.map_err(|_| {
+                StoreError::with_kind(
+                    StoreErrorKind::OutcomeUnknown,
+                    "the PostgreSQL chain stopped before answering",
+                )
+            })?
+        }))
+    }
+
+    /// A barrier behind the user's queued changes: `Ok` once they are
+    /// answered, if none of those a read marked `mark` showed failed.
+    pub(super) async fn barrier(
+        &self,
+        pipeline: &Arc<Pipeline>,
+        id: UserId,
+        mark: ReadMark,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(pipeline, id, Item::Barrier(mark, reply));
+        answer
+            .await
+            .map_err(|_| StoreError::new("the PostgreSQL chain stopped before answering"))?
+    }
+
+    /// Queue `item` on its user's chain; start the chain's task if none runs.
+    fn enqueue(&self, pipeline: &Arc<Pipeline>, id: UserId, item: Item) {
+        let mut chains = pipeline.chain(id);
+        if let Some(queue) = chains.get_mut(&id) {
+            queue.push_back(item);
+            return;
+        }
+        chains.insert(id, VecDeque::from([item]));
+        drop(chains);
+        let store = self.clone();
+        let pipeline = Arc::clone(pipeline);
+        tokio::spawn(async move { store.run_chain(&pipeline, id).await });
+    }
+
+    /// A user's chain task: take what is queued, commit its changes in one
+    /// transaction, answer everything in order; until the queue is empty.
+    async fn run_chain(&self, pipeline: &Pipeline, id: UserId) {
+        loop {
+            let items: Vec<Item> = {
+                let mut chains = pipeline.chain(id);
+                let Some(queue) = chains.get_mut(&id) else {
+                    return;
+                };
+                if queue.is_empty() {
+                    chains.remove(&id);
+                    return;
+                }
+                let take = queue.len().min(CHAIN_OPS_MAX);
+                queue.drain(..take).collect()
+            };
+            let changes: Vec<&Change> = items
+                .iter()
+                .filter_map(|item| match item {
+                    Item::Change(change, _) => Some(change),
+                    Item::Barrier(..) => None,
+                })
+                .collect();
+            let mut outcomes = self.commit_chain(&changes).await.into_iter();
+            for item in items {
+                match item {
+                    Item::Change(change, reply) => {
+                        let outcome = outcomes.next().unwrap_or_else(|| {
+                            Err(StoreError::new("the PostgreSQL chain lost an outcome"))
+                        });
+                        pipeline
+                            .overlay
+                            .answered(id, change.idempotency_key(), outcome.is_ok());
+                        drop(change);
+                        let _ = reply.send(outcome);
+                    }
+                    Item::Barrier(mark, reply) => {
+                        let answer = if pipeline.overlay.barrier_holds(id, mark) {
+                            Ok(())
+                        } else {
+                            Err(sequenced::failed_under())
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One user's consecutive changes: one statement alone, or several in one
+    /// transaction (one WAL flush). A statement error aborts a PostgreSQL
+    /// transaction, so then each change runs again alone.
+    async fn commit_chain(&self, changes: &[&Change]) -> Vec<Result<Committed, StoreError>> {
+        match changes {
+            [] => return Vec::new(),
+            [change] => return vec![self.commit_now(change).await],
+            _ => {}
+        }
+        let mut client = match self.client().await {
+            Ok(client) => client,
+            Err(error) => return changes.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let transaction = match client.transaction().await {
+            Ok(transaction) => transaction,
+            Err(e) => {
+                let error = self.failed(&e, false);
+                return changes.iter().map(|_| Err(error.clone())).collect();
+            }
+        };
+        let mut outcomes = Vec::with_capacity(changes.len());
+        let mut aborted = false;
+        for change in changes {
+            let ran = match transaction.prepare_cached(statement_sql(change)).await {
+                Ok(statement) => self.run_change(&*transaction, &statement, change).await,
+                Err(e) => Err(self.failed(&e, false)),
+            };
+            match ran {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(_) => {
+                    aborted = true;
+                    break;
+                }
+            }
+        }
+        if aborted {
+            // A failed statement aborts a PostgreSQL transaction: roll back
+            // (nothing of it counts), then each change alone, in order.
+            let counted = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+            self.counters.commits.fetch_sub(counted, Ordering::Relaxed);
+            drop(transaction);
+            drop(client);
+            let mut alone = Vec::with_capacity(changes.len());
+            for change in changes {
+                alone.push(self.commit_now(change).await);
+            }
+            return alone;
+        }
+        match transaction.commit().await {
+            Ok(()) => outcomes,
+            Err(e) => {
+                let error = self.failed(&e, true);
+                // Nothing of the chain counts as committed.
+                let committed = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+                self.counters
+                    .commits
+                    .fetch_sub(committed, Ordering::Relaxed);
+                changes.iter().map(|_| Err(error.clone())).collect()
+            }
+        }
+    }
+}
