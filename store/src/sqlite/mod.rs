@@ -5,28 +5,16 @@
 //! so a change the caller was told about survives `kill -9` and power loss (to the
 //! extent the disk honours fsync).
 //!
-//! The store in five parts, one file each:
-//!
-//! - this file: [`SqliteStore`], its options, and the [`PointStore`] methods;
-//! - `open.rs`: the file lock, the checks that refuse a bad file, WAL, migrations;
-//! - `writer.rs`: the writer thread, group commit, the **conditional** write of
-//!   each change, and **fail-stop** after a failed COMMIT;
-//! - `cache.rs`: the write-through cache of committed balances;
-//! - `readers.rs`: the read-only connections.
-//!
-//! The sequenced state of the pipeline is `../sequenced.rs` (shared with the
-//! PostgreSQL store).
-//!
 //! # Writes: one writer thread, group commit, a condition per change
 //!
 //! [`commit`](PointStore::commit) queues the change on a bounded channel and
 //! waits for its answer. A single writer thread owns the only writable
 //! connection and commits changes in batches, one transaction and one fsync per
-//! batch, then answers each caller (details in `writer.rs`). Each change is
-//! written only if the user's stored balance is still the one the change was
-//! computed from; otherwise it is refused as a conflict and changes nothing, and
-//! the rest of its batch commits. With the per-user lock in front a user has one
-//! change in flight, so the condition never fires; it is the second line of
+//! batch, then answers each caller. Each change is written only if the user's
+//! stored balance is still the one the change was computed from; otherwise it
+//! is refused as a conflict and changes nothing, and the rest of its batch
+//! commits. Behind the per-user lock the condition fires only for a change
+//! computed on one that failed (pipelined); it is also the second line of
 //! defence, for writers that bypass the lock.
 //!
 //! **Cancel safety and the guard.** Once queued, a change is committed or refused
@@ -39,15 +27,12 @@
 //! happens to the caller). [`SqliteStore::close`] (also run on drop) stops taking
 //! changes, lets the writer finish everything already queued, and joins it.
 //!
-//! **Fail-stop.** A statement that fails rolls its transaction back and its
+//! **Failures.** A statement that fails rolls its transaction back and its
 //! batch is retried one change at a time. A COMMIT that fails (an I/O error, a
-//! failed fsync) is never retried: the store stops taking changes until restart
+//! failed fsync) is never retried: the store **fails stop** until restart
 //! ([`SqliteStore::is_stopped`]); the batch's callers get
-//! `STORE_OUTCOME_UNKNOWN`, every later change `STORE_UNAVAILABLE`; reads go on.
-//! Why: after a failed fsync the kernel may have dropped the dirty pages, so a
-//! retried COMMIT can report success for data that is not on disk, and frames of
-//! the failed one may reappear at the next start; only a restart, where SQLite
-//! recovers from what is really on disk, gives a known state.
+//! `STORE_OUTCOME_UNKNOWN`, every later change `STORE_UNAVAILABLE`; reads go on
+//! (why: `writer.rs`).
 //!
 //! # Pipelining (the default; [`SqliteOptions::pipeline`])
 //!
@@ -61,7 +46,8 @@
 //! mutation reads the sequenced state; plain reads show durable state only;
 //! an answer computed from sequenced state waits for it
 //! ([`settle`](PointStore::settle)). The protocol and its failure cases are in
-//! `store/sequenced.rs`. Off, a user stays locked until its change is durable.
+//! the crate's `sequenced.rs`. Off, a user stays locked until its change is
+//! durable.
 //!
 //! # Reads: a balance cache, and read-only connections never behind the writer
 //!
@@ -72,10 +58,25 @@
 //! small pool of read-only connections in tokio's blocking pool (`readers.rs`).
 //! A caller is answered only after its batch commits and its balance is cached,
 //! so a read issued after an answer sees that change.
+//!
+//! # Files
+//!
+//! - this file: [`SqliteStore`] and its [`PointStore`] methods;
+//! - `options.rs`: [`SqliteOptions`], and what tests plant through them;
+//! - `open.rs`: the file lock, the checks that refuse a bad file, WAL, migrations;
+//! - `writer.rs`: the writer thread, group commit, **fail-stop**;
+//! - `write.rs`: one batch's transaction and the **conditional** write of each
+//!   change;
+//! - `stats.rs`: [`CommitStats`];
+//! - `cache.rs`: the write-through cache of committed balances;
+//! - `readers.rs`: the read-only connections.
 
 mod cache;
 mod open;
+mod options;
 mod readers;
+mod stats;
+mod write;
 mod writer;
 
 #[cfg(test)]
@@ -88,7 +89,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use pointlock_core::store::settled;
 use pointlock_core::{
@@ -103,153 +103,19 @@ use crate::sequenced::{self, Overlay, Seen};
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
+#[cfg(test)]
+use options::Gate;
+pub use options::{NegativeControl, SqliteOptions};
 use readers::Readers;
-pub use writer::CommitStats;
-use writer::{Barrier, Batching, FailStop, Job, Stats, Sweep, Work, Writer};
+pub use stats::CommitStats;
+use stats::Stats;
+use writer::{Barrier, Batching, FailStop, Job, Sweep, Work, Writer};
 
 const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = ?1";
 const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
      WHERE user_id = ?1 AND key = ?2";
 const SELECT_HISTORIES: &str =
     "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = ?1 ORDER BY id";
-
-/// Tuning of a [`SqliteStore`]. The defaults suit the server.
-#[derive(Clone, Debug)]
-pub struct SqliteOptions {
-    /// The most changes one transaction carries. `1` turns group commit off (one
-    /// transaction and one fsync per change).
-    pub batch_ops_max: usize,
-    /// The longest the writer keeps collecting after the first change of a
-    /// batch. Zero: commit whatever is queued at once.
-    pub batch_wait: Duration,
-    /// How often the collecting writer looks at the queue: the batch closes at
-    /// the first look that finds nothing new (within
-    /// [`batch_wait`](Self::batch_wait)). The writer sleeps between looks.
-    pub batch_idle: Duration,
-    /// The most changes queued for the writer; further commits wait (backpressure).
-    pub queue_ops_max: usize,
-    /// Read-only connections (reads beyond this many at once wait for one).
-    pub readers: usize,
-    /// How long a connection retries when the file is busy.
-    pub busy_timeout: Duration,
-    /// Run `PRAGMA quick_check` at open (reads the whole file once).
-    pub quick_check: bool,
-    /// The most balances kept in the write-through cache (see the [module
-    /// docs](self)); `0` turns the cache off. The cache is split in
-    /// [`CACHE_SHARDS`] shards of `balance_cache_max / CACHE_SHARDS` entries; a
-    /// full shard is emptied before it takes a new entry.
-    pub balance_cache_max: usize,
-    /// Pipelined group commit (see the [module docs](self)): a user is
-    /// released once its change is sequenced, not once it is durable, so one
-    /// user's burst shares an fsync. `false`: the user stays locked until the
-    /// change is durable (one fsync per change of one user).
-    pub pipeline: bool,
-    /// What the pipeline must never do, done on purpose: for the negative
-    /// controls of the tests that must catch it. `None` in any real use.
-    #[doc(hidden)]
-    pub negative_control: Option<NegativeControl>,
-    /// Fault injection for unit tests: while closed, the writer waits before
-    /// each batch (a deterministic "not durable yet").
-    #[cfg(test)]
-    pub(crate) gate: Option<Arc<Gate>>,
-    /// Fault injection for unit tests: every change of this amount fails in a
-    /// statement (as on a full disk), without failing stop.
-    #[cfg(test)]
-    pub(crate) fail_amount: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// Fault injection for tests: while set, every COMMIT fails.
-    #[cfg(any(test, feature = "test-util"))]
-    pub fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Fault injection for unit tests: the writer sets `PRAGMA max_page_count`
-    /// to this before each batch (a full disk, as SQLite sees one: SQLITE_FULL).
-    #[cfg(test)]
-    pub(crate) page_limit: Option<Arc<std::sync::atomic::AtomicU64>>,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        Self {
-            batch_ops_max: 256,
-            batch_wait: Duration::from_micros(250),
-            batch_idle: Duration::from_micros(50),
-            queue_ops_max: 4_096,
-            readers: 4,
-            busy_timeout: Duration::from_secs(5),
-            quick_check: true,
-            balance_cache_max: 1 << 20,
-            pipeline: true,
-            negative_control: None,
-            #[cfg(test)]
-            gate: None,
-            #[cfg(test)]
-            fail_amount: None,
-            #[cfg(any(test, feature = "test-util"))]
-            fail_commits: None,
-            #[cfg(test)]
-            page_limit: None,
-        }
-    }
-}
-
-/// A negative control of the pipelined store (see
-/// [`SqliteOptions::negative_control`]).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NegativeControl {
-    /// Answer a change as soon as it is sequenced, before it is durable.
-    AnswerAtSequencing,
-    /// Answer reads (`GET /point/{id}`) and settle marked answers from the
-    /// sequenced state, without waiting for it to be durable.
-    DirtyReads,
-}
-
-/// A gate the writer waits at before each batch while it is closed (tests).
-#[cfg(test)]
-#[derive(Debug, Default)]
-pub(crate) struct Gate {
-    closed: Mutex<bool>,
-    opened: std::sync::Condvar,
-    /// Batches that have waited at the gate.
-    pub(crate) waited: std::sync::atomic::AtomicU64,
-}
-
-#[cfg(test)]
-impl Gate {
-    pub(crate) fn close(&self) {
-        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = true;
-    }
-
-    pub(crate) fn open(&self) {
-        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = false;
-        self.opened.notify_all();
-    }
-
-    /// The writer: wait while closed.
-    pub(crate) fn pass(&self) {
-        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
-            self.waited
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        while *closed {
-            closed = self
-                .opened
-                .wait(closed)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-impl SqliteOptions {
-    /// The same options with group commit off: every change its own transaction.
-    pub fn without_group_commit(self) -> Self {
-        Self {
-            batch_ops_max: 1,
-            batch_wait: Duration::ZERO,
-            batch_idle: Duration::ZERO,
-            ..self
-        }
-    }
-}
 
 /// The durable SQLite store. See the [module docs](self).
 pub struct SqliteStore {

@@ -1,5 +1,5 @@
-//! The writer thread: one writable connection, group commit, the conditional
-//! write of each change, and fail-stop after a failed COMMIT.
+//! The writer thread: one writable connection, group commit, and fail-stop
+//! after a failed COMMIT. The write of a batch is `write.rs`.
 //!
 //! # Group commit
 //!
@@ -10,27 +10,9 @@
 //! the whole batch in **one** transaction (per change: the conditional write of
 //! the balance, then the history row), commits (one fsync for the batch), brings
 //! the balance cache up to date, and only then, change by change, releases the
-//! user's guard that travelled with the change and answers its caller.
-//!
-//! # The condition
-//!
-//! A change computed from balance `b` writes its balance only if the stored
-//! balance is still `b` (an absent row counts as 0): `UPDATE … WHERE point = b`,
-//! or, for `b = 0`, an insert whose conflict clause updates only `WHERE point =
-//! 0`. Exactly one row changed, or the change is refused as a conflict: its
-//! history row is not written and the rest of the batch goes on. Two changes of
-//! one user in one batch (possible only when the lock was bypassed) are thus
-//! checked against each other inside the transaction.
-//!
-//! # Idempotency records
-//!
-//! A change made with a key first checks the user's record for that key
-//! (`SELECT` inside the transaction: the writer is the only writer, so nothing
-//! can slip in between): a live one refuses the change as a conflict before
-//! anything is written. Otherwise, after the balance and the history row, the
-//! record is written (replacing an expired one) in the same transaction, so a
-//! crash keeps both or neither. Sweeps of expired records come through the same
-//! queue and run between batches, each in a transaction of its own.
+//! user's guard that travelled with the change and answers its caller. Sweeps
+//! of expired idempotency records come through the same queue and run between
+//! batches, each in a transaction of its own.
 //!
 //! # Failures
 //!
@@ -49,38 +31,20 @@
 //!   only rolls back the failed transaction; closing it would
 //!   checkpoint). Reads go on.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pointlock_core::{Change, Committed, StoreError, StoreErrorKind};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::cache::BalanceCache;
-use crate::histogram::{DurationHistogram, HistogramSnapshot};
-use crate::rows::to_i64;
+use super::stats::Stats;
+use super::write::{write, Failure};
 use crate::sequenced::{self, Overlay};
 
-/// A first balance, or one computed from 0: insert it, or update a row whose
-/// balance is still 0 (`?4` is the expected 0; `NULL` only in negative controls).
-const UPSERT_POINT_IF: &str =
-    "INSERT INTO user_point (id, point, update_millis) VALUES (?1, ?2, ?3)
-     ON CONFLICT (id) DO UPDATE SET point = excluded.point, update_millis = excluded.update_millis
-     WHERE ?4 IS NULL OR user_point.point = ?4";
-/// A balance computed from a positive one: update the row only if it still holds it.
-const UPDATE_POINT_IF: &str =
-    "UPDATE user_point SET point = ?2, update_millis = ?3 WHERE id = ?1 AND point = ?4";
-const SELECT_STORED_POINT: &str = "SELECT point FROM user_point WHERE id = ?1";
-const INSERT_HISTORY: &str =
-    "INSERT INTO point_history (user_id, type, amount, time_millis) VALUES (?1, ?2, ?3, ?4)";
-const SELECT_KEY_MADE: &str = "SELECT time_millis FROM idempotency WHERE user_id = ?1 AND key = ?2";
-/// The record of a keyed change; replaces an expired one (checked just before).
-const UPSERT_KEY: &str = "INSERT INTO idempotency (user_id, key, type, amount, point, time_millis)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-     ON CONFLICT (user_id, key) DO UPDATE SET type = excluded.type, amount = excluded.amount,
-         point = excluded.point, time_millis = excluded.time_millis";
 /// One bounded step of the sweep.
 const SWEEP_KEYS: &str = "DELETE FROM idempotency WHERE (user_id, key) IN (
          SELECT user_id, key FROM idempotency WHERE time_millis <= ?1 LIMIT ?2)";
@@ -114,80 +78,6 @@ pub(super) struct Job {
     pub(super) reply: oneshot::Sender<Result<Committed, StoreError>>,
     /// A place in the bounded queue, given back once the job is answered.
     pub(super) _queued: OwnedSemaphorePermit,
-}
-
-/// How a store that batches commits (group commit) has batched them so far.
-///
-/// `batch_ops_log2[i]` counts batches of `2^i..2^(i+1)` changes (the last bucket
-/// also takes anything larger).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CommitStats {
-    /// Transactions committed (or attempted) by the writer.
-    pub batches: u64,
-    /// Changes those batches carried.
-    pub ops: u64,
-    /// The largest batch so far.
-    pub batch_ops_max: u64,
-    /// Batches that failed in a statement and were retried one change at a time.
-    pub batches_retried: u64,
-    /// Changes that failed (each answered with its own store error).
-    pub ops_failed: u64,
-    /// Changes refused by their condition (the balance had changed since it was
-    /// read); 0 while every writer goes through the lock.
-    pub conflicts: u64,
-    /// Whether the store has failed stop after a failed COMMIT (writes refused
-    /// until restart).
-    pub stopped: bool,
-    /// Pipelined: answers computed from sequenced state (refusals, replays)
-    /// that waited, behind a barrier in the writer's queue, for that state to
-    /// be durable.
-    pub barriers: u64,
-    /// Batch sizes by powers of two: 1, 2-3, 4-7, … 256+.
-    pub batch_ops_log2: [u64; 9],
-    /// How long each batch's transaction took, `BEGIN IMMEDIATE` to the end of
-    /// its COMMIT (the fsync included), one count per batch.
-    pub commit_duration: HistogramSnapshot,
-}
-
-/// The writer's counters, shared with the store.
-#[derive(Default)]
-pub(super) struct Stats {
-    batches: AtomicU64,
-    ops: AtomicU64,
-    batch_ops_max: AtomicU64,
-    batches_retried: AtomicU64,
-    ops_failed: AtomicU64,
-    conflicts: AtomicU64,
-    pub(super) barriers: AtomicU64,
-    batch_ops_log2: [AtomicU64; 9],
-    commit_duration: DurationHistogram,
-}
-
-impl Stats {
-    fn record_batch(&self, ops: usize) {
-        let ops = ops as u64;
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.ops.fetch_add(ops, Ordering::Relaxed);
-        self.batch_ops_max.fetch_max(ops, Ordering::Relaxed);
-        let bucket = (ops.max(1).ilog2() as usize).min(self.batch_ops_log2.len() - 1);
-        self.batch_ops_log2[bucket].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(super) fn snapshot(&self, stopped: bool) -> CommitStats {
-        CommitStats {
-            batches: self.batches.load(Ordering::Relaxed),
-            ops: self.ops.load(Ordering::Relaxed),
-            batch_ops_max: self.batch_ops_max.load(Ordering::Relaxed),
-            batches_retried: self.batches_retried.load(Ordering::Relaxed),
-            ops_failed: self.ops_failed.load(Ordering::Relaxed),
-            conflicts: self.conflicts.load(Ordering::Relaxed),
-            stopped,
-            barriers: self.barriers.load(Ordering::Relaxed),
-            batch_ops_log2: std::array::from_fn(|i| self.batch_ops_log2[i].load(Ordering::Relaxed)),
-            commit_duration: self.commit_duration.snapshot(),
-        }
-    }
 }
 
 /// Set once, when a COMMIT fails: the store takes no more changes.
@@ -231,19 +121,11 @@ pub(super) struct Writer {
     pub(super) gate: Option<Arc<super::Gate>>,
     /// Fault injection (unit tests): changes of this amount fail in a statement.
     #[cfg(test)]
-    pub(super) fail_amount: Option<Arc<AtomicU64>>,
+    pub(super) fail_amount: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub(super) stop: Arc<FailStop>,
     /// Fault injection (unit tests): `PRAGMA max_page_count` before each batch.
     #[cfg(test)]
-    pub(super) page_limit: Option<Arc<AtomicU64>>,
-}
-
-/// Why a batch was not committed.
-enum Failure {
-    /// A statement failed; the transaction was rolled back: nothing is durable.
-    Statement(StoreError),
-    /// The COMMIT failed: whether the batch is durable is unknown.
-    Commit(StoreError),
+    pub(super) page_limit: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Writer {
@@ -496,135 +378,4 @@ fn collect(
         std::thread::sleep(batching.idle.min(left));
         paused = true;
     }
-}
-
-/// Write `changes` in one transaction: each change applied or refused by its
-/// condition, and the transaction committed; or, on any error, nothing.
-///
-/// `fail_amount` (unit tests' fault injection; 0: none): a change of that
-/// amount fails as a statement would.
-fn write(
-    conn: &mut Connection,
-    changes: &[&Change],
-    fail_amount: u64,
-) -> Result<Vec<Result<Committed, StoreError>>, Failure> {
-    let failed = |e: rusqlite::Error| {
-        Failure::Statement(StoreError::new(format!("SQLite write failed: {e}")))
-    };
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(failed)?;
-    let mut outcomes = Vec::with_capacity(changes.len());
-    {
-        // Prepared once per batch (and kept by the connection between batches).
-        let mut statements = Statements {
-            upsert_point_if: tx.prepare_cached(UPSERT_POINT_IF).map_err(failed)?,
-            update_point_if: tx.prepare_cached(UPDATE_POINT_IF).map_err(failed)?,
-            insert_history: tx.prepare_cached(INSERT_HISTORY).map_err(failed)?,
-            select_key_made: tx.prepare_cached(SELECT_KEY_MADE).map_err(failed)?,
-            upsert_key: tx.prepare_cached(UPSERT_KEY).map_err(failed)?,
-        };
-        for change in changes {
-            if change.amount().get() == fail_amount {
-                return Err(Failure::Statement(StoreError::new(
-                    "SQLite write failed: injected fault (unit tests)",
-                )));
-            }
-            outcomes.push(apply(&tx, &mut statements, change).map_err(Failure::Statement)?);
-        }
-    }
-    // Dropping `tx` on an early return rolls back.
-    tx.commit().map_err(|e| {
-        Failure::Commit(StoreError::with_kind(
-            StoreErrorKind::OutcomeUnknown,
-            format!("SQLite COMMIT failed: {e}"),
-        ))
-    })?;
-    Ok(outcomes)
-}
-
-/// The writer's statements, prepared for one transaction.
-struct Statements<'tx> {
-    upsert_point_if: rusqlite::CachedStatement<'tx>,
-    update_point_if: rusqlite::CachedStatement<'tx>,
-    insert_history: rusqlite::CachedStatement<'tx>,
-    select_key_made: rusqlite::CachedStatement<'tx>,
-    upsert_key: rusqlite::CachedStatement<'tx>,
-}
-
-/// One change inside the open transaction: the conditional balance write, then
-/// (if it applied) its history row. `Ok(Err(conflict))` when the condition did
-/// not hold (nothing written); `Err` when a statement failed (the caller rolls
-/// the transaction back).
-fn apply(
-    tx: &Connection,
-    statements: &mut Statements<'_>,
-    change: &Change,
-) -> Result<Result<Committed, StoreError>, StoreError> {
-    let failed = |e: rusqlite::Error| StoreError::new(format!("SQLite write failed: {e}"));
-    let point = i64::try_from(change.point()).map_err(|_| {
-        StoreError::new(format!(
-            "balance {} does not fit the SQLite store (at most 9223372036854775807)",
-            change.point()
-        ))
-    })?;
-    let user = to_i64(change.user_id().get());
-    if let Some(key) = change.idempotency_key() {
-        let made: Option<i64> = statements
-            .select_key_made
-            .query_row(params![user, key.as_str()], |row| row.get(0))
-            .optional()
-            .map_err(failed)?;
-        if !change.key_holds_for(made) {
-            return Ok(Err(change.key_conflict()));
-        }
-    }
-    let expected = change.expected_point().map(to_i64);
-    let written = match expected {
-        Some(expected) if expected > 0 => {
-            statements
-                .update_point_if
-                .execute(params![user, point, change.time_millis(), expected])
-        }
-        _ => {
-            statements
-                .upsert_point_if
-                .execute(params![user, point, change.time_millis(), expected])
-        }
-    }
-    .map_err(failed)?;
-    if written != 1 {
-        // Refused: report what is stored (an absent row counts as 0).
-        let stored: Option<i64> = tx
-            .query_row(SELECT_STORED_POINT, params![user], |row| row.get(0))
-            .optional()
-            .map_err(failed)?;
-        let stored = stored.map_or(0, |point| u64::try_from(point).unwrap_or(0));
-        return Ok(Err(change.conflict(stored)));
-    }
-    statements
-        .insert_history
-        .execute(params![
-            user,
-            change.kind().as_str(),
-            to_i64(change.amount().get()),
-            change.time_millis()
-        ])
-        .map_err(failed)?;
-    let id = u64::try_from(tx.last_insert_rowid())
-        .map_err(|_| StoreError::new("SQLite assigned a negative history id"))?;
-    if let Some(record) = change.idempotency_record() {
-        statements
-            .upsert_key
-            .execute(params![
-                user,
-                record.key.as_str(),
-                record.kind.as_str(),
-                to_i64(record.amount.get()),
-                point,
-                record.time_millis
-            ])
-            .map_err(failed)?;
-    }
-    Ok(Ok(change.committed(id)))
 }
