@@ -10,6 +10,8 @@
 //!   migrations under an advisory lock.
 //! - `sequenced`: the sequenced state of a pipelined store (both stores).
 //! - `rows`: rows read back and checked (both stores).
+//! - `sharded`: per-user state over mutex-guarded shards (the sequenced state,
+//!   the PostgreSQL chains, the SQLite balance cache).
 //! - [`histogram`]: lock-free duration histograms (the stores' commit
 //!   durations; the server's request metrics use them too).
 
@@ -17,6 +19,7 @@ pub mod histogram;
 pub mod postgres;
 mod rows;
 mod sequenced;
+mod sharded;
 pub mod sqlite;
 
 pub use postgres::{PgOpenError, PgStats, PostgresOptions, PostgresStore};

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, MutexGuard};
 
 use pointlock_core::{Change, Committed, Pending, ReadMark, StoreError, StoreErrorKind, UserId};
 use tokio::sync::oneshot;
@@ -12,12 +12,13 @@ use tokio::sync::oneshot;
 use super::sql::statement_sql;
 use super::PostgresStore;
 use crate::sequenced::{self, Overlay};
+use crate::sharded::Sharded;
 
 /// Pipelining: the sequenced state, and per user with sequenced work the
 /// queue its chain task works through (present while the task runs).
 pub(super) struct Pipeline {
     pub(super) overlay: Overlay,
-    chains: Box<[Mutex<Chains>]>,
+    chains: Sharded<Chains>,
 }
 
 /// One shard of the chains: each user's queue of sequenced work.
@@ -38,16 +39,14 @@ impl Pipeline {
     pub(super) fn new() -> Self {
         Self {
             overlay: Overlay::new(),
-            chains: (0..CHAIN_SHARDS).map(|_| Mutex::default()).collect(),
+            chains: Sharded::new(CHAIN_SHARDS),
         }
     }
 
-    fn chain(&self, id: UserId) -> std::sync::MutexGuard<'_, Chains> {
-        // usize is at least 32 bits wide, so the remainder converts losslessly.
-        let index = (id.get() % CHAIN_SHARDS as u64) as usize;
-        self.chains[index]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn chain(&self, id: UserId) -> MutexGuard<'_, Chains> {
+        // Each critical section is one queue operation: a panic cannot leave
+        // the shard half-changed.
+        self.chains.lock(id)
     }
 }
 
