@@ -8,6 +8,7 @@
 //! - [`postgres`]: [`PostgresStore`], the shared store for several instances on
 //!   one database: one conditional statement per change, a connection pool,
 //!   migrations under an advisory lock.
+//! - `batch`: batch, then each alone after a failed statement (both stores).
 //! - `sequenced`: the sequenced state of a pipelined store (both stores).
 //! - `rows`: rows read back and checked (both stores).
 //! - `sharded`: per-user state over mutex-guarded shards (the sequenced state,
@@ -15,6 +16,7 @@
 //! - [`histogram`]: lock-free duration histograms (the stores' commit
 //!   durations; the server's request metrics use them too).
 
+mod batch;
 pub mod histogram;
 pub mod postgres;
 mod rows;

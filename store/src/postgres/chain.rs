@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use super::sql::statement_sql;
 use super::PostgresStore;
+use crate::batch::{BatchPlan, Written};
 use crate::sequenced::{self, Overlay};
 use crate::sharded::Sharded;
 
@@ -155,28 +156,33 @@ impl PostgresStore {
         }
     }
 
-    /// One user's consecutive changes: one statement alone, or several in one
-    /// transaction (one WAL flush). A statement error aborts a PostgreSQL
-    /// transaction, so then each change runs again alone.
+    /// One user's consecutive changes, batch then each alone
+    /// ([`BatchPlan`]): several in one transaction (one WAL flush); after a
+    /// failed statement, which aborts a PostgreSQL transaction, each alone.
     async fn commit_chain(&self, changes: &[&Change]) -> Vec<Result<Committed, StoreError>> {
-        match changes {
-            [] => return Vec::new(),
-            [change] => return vec![self.commit_now(change).await],
-            _ => {}
+        let mut plan = BatchPlan::new(changes.len());
+        while let Some(next) = plan.next() {
+            let written = self.write(&changes[next]).await;
+            plan.written(written);
+        }
+        plan.finish()
+    }
+
+    /// `changes` in one transaction; one change alone in its one statement.
+    async fn write(&self, changes: &[&Change]) -> Written<Committed> {
+        let all = |error: StoreError| Written::Answered(vec![Err(error); changes.len()]);
+        if let [change] = changes {
+            return Written::Answered(vec![self.commit_now(change).await]);
         }
         let mut client = match self.client().await {
             Ok(client) => client,
-            Err(error) => return changes.iter().map(|_| Err(error.clone())).collect(),
+            Err(error) => return all(error),
         };
         let transaction = match client.transaction().await {
             Ok(transaction) => transaction,
-            Err(e) => {
-                let error = self.failed(&e, false);
-                return changes.iter().map(|_| Err(error.clone())).collect();
-            }
+            Err(e) => return all(self.failed(&e, false)),
         };
         let mut outcomes = Vec::with_capacity(changes.len());
-        let mut aborted = false;
         for change in changes {
             let ran = match transaction.prepare_cached(statement_sql(change)).await {
                 Ok(statement) => self.run_change(&*transaction, &statement, change).await,
@@ -184,36 +190,32 @@ impl PostgresStore {
             };
             match ran {
                 Ok(outcome) => outcomes.push(outcome),
-                Err(_) => {
-                    aborted = true;
-                    break;
+                Err(error) => {
+                    // The transaction is aborted and rolled back when dropped
+                    // on return: nothing of it counts.
+                    self.uncount(&outcomes);
+                    return Written::RolledBack(error);
                 }
             }
         }
-        if aborted {
-            // A failed statement aborts a PostgreSQL transaction: roll back
-            // (nothing of it counts), then each change alone, in order.
-            let counted = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
-            self.counters.commits.fetch_sub(counted, Ordering::Relaxed);
-            drop(transaction);
-            drop(client);
-            let mut alone = Vec::with_capacity(changes.len());
-            for change in changes {
-                alone.push(self.commit_now(change).await);
-            }
-            return alone;
-        }
         match transaction.commit().await {
-            Ok(()) => outcomes,
+            Ok(()) => Written::Answered(outcomes),
             Err(e) => {
                 let error = self.failed(&e, true);
                 // Nothing of the chain counts as committed.
-                let committed = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
-                self.counters
-                    .commits
-                    .fetch_sub(committed, Ordering::Relaxed);
-                changes.iter().map(|_| Err(error.clone())).collect()
+                self.uncount(&outcomes);
+                Written::CommitFailed {
+                    carried: error.clone(),
+                    rest: error,
+                }
             }
         }
+    }
+
+    /// The commits `outcomes` counted, taken back: their transaction did not
+    /// commit.
+    fn uncount(&self, outcomes: &[Result<Committed, StoreError>]) {
+        let counted = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+        self.counters.commits.fetch_sub(counted, Ordering::Relaxed);
     }
 }

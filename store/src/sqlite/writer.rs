@@ -31,6 +31,7 @@
 //!   only rolls back the failed transaction; closing it would
 //!   checkpoint). Reads go on.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use super::cache::BalanceCache;
 use super::stats::Stats;
 use super::write::{write, Failure};
+use crate::batch::{BatchPlan, Written};
 use crate::sequenced::{self, Overlay};
 
 /// One bounded step of the sweep.
@@ -180,8 +182,6 @@ impl Writer {
             let _ = conn.pragma_update_and_check(None, "max_page_count", pages, |_| Ok(()));
         }
         self.stats.record_batch(batch.len());
-        let changes: Vec<&Change> = batch.iter().map(|job| &job.change).collect();
-        let started = Instant::now();
         #[cfg(test)]
         let fail_amount = self
             .fail_amount
@@ -189,38 +189,44 @@ impl Writer {
             .map_or(0, |user| user.load(Ordering::SeqCst));
         #[cfg(not(test))]
         let fail_amount = 0;
-        let written = write(conn, &changes, fail_amount);
-        self.stats.commit_duration.observe(started.elapsed());
-        match written {
-            Ok(outcomes) => {
-                for (job, outcome) in batch.drain(..).zip(outcomes) {
+        let mut plan = BatchPlan::new(batch.len());
+        let mut jobs: VecDeque<Job> = batch.drain(..).collect();
+        while let Some(next) = plan.next() {
+            // Every decided job has been answered: the next ones are in front.
+            let changes: Vec<&Change> = jobs
+                .iter()
+                .take(next.len())
+                .map(|job| &job.change)
+                .collect();
+            let started = Instant::now();
+            let written = write(conn, &changes, fail_amount);
+            if !plan.retrying_alone() {
+                self.stats.commit_duration.observe(started.elapsed());
+            }
+            let written = match written {
+                Ok(outcomes) => Written::Answered(outcomes),
+                Err(Failure::Statement(error)) => Written::RolledBack(error),
+                Err(Failure::Commit(error)) => Written::CommitFailed {
+                    carried: self.fail_stop(&error),
+                    rest: unavailable(),
+                },
+            };
+            if let Some(error) = plan.written(written) {
+                self.stats.batches_retried.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    %error,
+                    ops = jobs.len(),
+                    "SQLite batch failed in a statement (rolled back); retrying each change alone"
+                );
+            }
+            for outcome in plan.decided() {
+                if let Some(job) = jobs.pop_front() {
                     self.answer(job, outcome);
                 }
             }
-            Err(Failure::Commit(error)) => {
-                let unknown = batch.len();
-                self.fail_stop(error, batch, unknown);
-            }
-            Err(Failure::Statement(error)) if batch.len() == 1 => {
-                for job in batch.drain(..) {
-                    self.answer(job, Err(error.clone()));
-                }
-            }
-            Err(Failure::Statement(error)) => {
-                self.stats.batches_retried.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, ops = batch.len(), "SQLite batch failed in a statement (rolled back); retrying each change alone");
-                let mut jobs = batch.drain(..);
-                while let Some(job) = jobs.next() {
-                    match write(conn, &[&job.change], fail_amount) {
-                        Ok(mut outcome) => self.answer(job, outcome.remove(0)),
-                        Err(Failure::Statement(error)) => self.answer(job, Err(error)),
-                        Err(Failure::Commit(error)) => {
-                            let mut left: Vec<Job> = std::iter::once(job).chain(jobs).collect();
-                            return self.fail_stop(error, &mut left, 1);
-                        }
-                    }
-                }
-            }
+        }
+        for (job, outcome) in jobs.into_iter().zip(plan.finish()) {
+            self.answer(job, outcome);
         }
     }
 
@@ -267,7 +273,7 @@ impl Writer {
             });
         if let Err(error) = &result {
             if error.kind() == StoreErrorKind::OutcomeUnknown {
-                self.fail_stop(error.clone(), &mut Vec::new(), 0);
+                self.fail_stop(error);
             } else {
                 tracing::error!(%error, "SQLite sweep of idempotency records failed");
             }
@@ -275,27 +281,19 @@ impl Writer {
         let _ = sweep.reply.send(result);
     }
 
-    /// A COMMIT failed: stop taking changes. The first `unknown` jobs were in the
-    /// failed COMMIT (durable or not: unknown); the rest were never written.
-    fn fail_stop(&self, error: StoreError, batch: &mut Vec<Job>, unknown: usize) {
+    /// A COMMIT failed with `error`: stop taking changes. Returns the error
+    /// of the changes that COMMIT carried (durable or not: unknown).
+    fn fail_stop(&self, error: &StoreError) -> StoreError {
         self.stop.stop();
         tracing::error!(%error, "SQLite COMMIT failed: the store stops taking changes until restart (fail-stop; the batch is not retried)");
-        let unknown_error = StoreError::with_kind(
+        StoreError::with_kind(
             StoreErrorKind::OutcomeUnknown,
             format!(
                 "{}; whether this change is durable is unknown (read the history after a \
                  restart); the store stopped taking changes",
                 error.message()
             ),
-        );
-        for (index, job) in batch.drain(..).enumerate() {
-            let error = if index < unknown {
-                unknown_error.clone()
-            } else {
-                unavailable()
-            };
-            self.answer(job, Err(error));
-        }
+        )
     }
 
     /// Bring the cache up to date with `result`, release the change's guard,
