@@ -10,6 +10,8 @@
 //!   migrations under an advisory lock.
 //! - `batch`: batch, then each alone after a failed statement (both stores).
 //! - `sequenced`: the sequenced state of a pipelined store (both stores).
+//! - `reply`: a writer's answer to its caller, and the one answer when the
+//!   writer stopped before answering (both stores).
 //! - `rows`: rows read back and checked (both stores).
 //! - `sharded`: per-user state over mutex-guarded shards (the sequenced state,
 //!   the PostgreSQL chains, the SQLite balance cache).
@@ -19,6 +21,7 @@
 mod batch;
 pub mod histogram;
 pub mod postgres;
+mod reply;
 mod rows;
 mod sequenced;
 mod sharded;

@@ -6,12 +6,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
-use pointlock_core::{Change, Committed, Pending, ReadMark, StoreError, StoreErrorKind, UserId};
+use pointlock_core::{Change, Committed, Pending, ReadMark, StoreError, UserId};
 use tokio::sync::oneshot;
 
 use super::sql::statement_sql;
 use super::PostgresStore;
 use crate::batch::{BatchPlan, Written};
+use crate::reply;
 use crate::sequenced::{self, Overlay};
 use crate::sharded::Sharded;
 
@@ -29,6 +30,8 @@ type Chains = HashMap<UserId, VecDeque<Item>>;
 const CHAIN_SHARDS: usize = 64;
 /// The most changes one chain transaction carries.
 const CHAIN_OPS_MAX: usize = 64;
+/// Who answers pipelined changes, in errors.
+const CHAIN: &str = "the PostgreSQL chain";
 
 /// Sequenced work of one user, in order.
 pub(super) enum Item {
@@ -68,14 +71,7 @@ impl PostgresStore {
             self.enqueue(pipeline, id, Item::Change(change, reply));
             Ok(())
         })?;
-        Ok(Box::pin(async move {
-            answer.await.map_err(|_| {
-                StoreError::with_kind(
-                    StoreErrorKind::OutcomeUnknown,
-                    "the PostgreSQL chain stopped before answering",
-                )
-            })?
-        }))
+        Ok(Box::pin(reply::received(answer, CHAIN)))
     }
 
     /// A barrier behind the user's queued changes: `Ok` once they are
@@ -88,9 +84,7 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.enqueue(pipeline, id, Item::Barrier(mark, reply));
-        answer
-            .await
-            .map_err(|_| StoreError::new("the PostgreSQL chain stopped before answering"))?
+        reply::received(answer, CHAIN).await
     }
 
     /// Queue `item` on its user's chain; start the chain's task if none runs.

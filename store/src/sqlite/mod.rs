@@ -98,6 +98,7 @@ use pointlock_core::{
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::reply;
 use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
 use crate::sequenced::{self, Overlay, Seen};
 use cache::BalanceCache;
@@ -414,11 +415,7 @@ impl PointStore for SqliteStore {
                 // Negative control: the answer before the change is durable.
                 return Ok(settled(early));
             }
-            let pending: Pending<'_> = Box::pin(async move {
-                answer
-                    .await
-                    .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
-            });
+            let pending: Pending<'_> = Box::pin(reply::received(answer, WRITER));
             Ok(pending)
         })
     }
@@ -464,9 +461,7 @@ impl PointStore for SqliteStore {
                     mark,
                     reply,
                 }))?;
-                answer
-                    .await
-                    .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+                reply::received(answer, WRITER).await
             },
         ))
     }
@@ -516,9 +511,7 @@ impl PointStore for SqliteStore {
                 limit,
                 reply,
             }))?;
-            answer
-                .await
-                .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+            reply::received(answer, WRITER).await
         })
     }
 }
@@ -538,9 +531,7 @@ impl SqliteStore {
             _queued: queued,
         };
         self.send(Work::Change(job))?;
-        answer
-            .await
-            .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+        reply::received(answer, WRITER).await
     }
 
     /// A place in the writer's bounded queue (waiting while it is full);
@@ -572,3 +563,5 @@ impl SqliteStore {
 
 /// The store's name in errors about corrupt rows.
 const STORE: &str = "SQLite";
+/// Who answers changes, in errors.
+const WRITER: &str = "the SQLite writer";
