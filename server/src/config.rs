@@ -364,6 +364,7 @@ impl Config {
             batch_ops_max: self.sqlite_batch_ops_max,
             batch_wait: Duration::from_micros(self.sqlite_batch_wait_us),
             pipeline: self.sqlite_pipeline == Switch::On,
+            #[cfg(feature = "test-util")]
             negative_control: negative_control(),
             ..SqliteOptions::default()
         }
@@ -460,6 +461,7 @@ impl Config {
 /// A negative control of the pipelined SQLite store, for the crash tests only:
 /// `POINTLOCK_NEGATIVE_CONTROL=answer-at-sequencing|dirty-reads`, read by
 /// debug builds alone (a release binary ignores it).
+#[cfg(feature = "test-util")]
 fn negative_control() -> Option<pointlock_store::NegativeControl> {
     if !cfg!(debug_assertions) {
         return None;

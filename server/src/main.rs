@@ -80,6 +80,7 @@ async fn run(config: Config) -> Result<(), String> {
         }
         StoreSpec::Sqlite(path) => {
             let options = config.sqlite_options();
+            #[cfg(feature = "test-util")]
             if let Some(control) = options.negative_control {
                 tracing::warn!(?control, "NEGATIVE CONTROL: this store breaks its own guarantees on purpose (tests only)");
             }

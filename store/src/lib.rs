@@ -18,6 +18,23 @@
 //! - [`histogram`]: lock-free duration histograms (the stores' commit
 //!   durations; the server's request metrics use them too).
 
+/// SQL that lets the parameter `$param`, the expected balance of a write, be
+/// NULL and then write whatever is stored: the unconditional changes of
+/// negative controls. Present with the `test-util` feature only; without it a
+/// write's condition is always `point = $param`.
+#[cfg(any(test, feature = "test-util"))]
+macro_rules! null_expected_is_unconditional {
+    ($param:literal) => {
+        concat!($param, " IS NULL OR ")
+    };
+}
+#[cfg(not(any(test, feature = "test-util")))]
+macro_rules! null_expected_is_unconditional {
+    ($param:literal) => {
+        ""
+    };
+}
+
 mod batch;
 pub mod histogram;
 pub mod postgres;
@@ -28,4 +45,6 @@ mod sharded;
 pub mod sqlite;
 
 pub use postgres::{PgOpenError, PgStats, PostgresOptions, PostgresStore};
-pub use sqlite::{CommitStats, NegativeControl, OpenError, SqliteOptions, SqliteStore};
+#[cfg(any(test, feature = "test-util"))]
+pub use sqlite::NegativeControl;
+pub use sqlite::{CommitStats, OpenError, SqliteOptions, SqliteStore};

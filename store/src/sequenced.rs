@@ -230,7 +230,8 @@ impl Overlay {
         self.shard(id).failures == mark.get()
     }
 
-    /// Users with sequenced changes not yet durable (for tests and stats).
+    /// Users with sequenced changes not yet durable (for tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn users(&self) -> usize {
         self.shards.each().map(|shard| shard.users.len()).sum()
     }

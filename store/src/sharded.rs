@@ -38,7 +38,8 @@ impl<T> Sharded<T> {
     }
 
     /// Every shard in turn, each locked while it is looked at (not all at
-    /// once: a sum over them is not a snapshot).
+    /// once: a sum over them is not a snapshot). For tests.
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn each(&self) -> impl Iterator<Item = MutexGuard<'_, T>> {
         self.shards.iter().map(Self::guard)
     }

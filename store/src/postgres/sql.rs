@@ -15,14 +15,18 @@ macro_rules! update_if {
 
 /// The conditional balance write of a first balance, or of one computed from 0:
 /// inserted, or updated only if the row still holds 0 (`$4` is the expected 0;
-/// NULL only in negative controls).
+/// NULL only in negative controls, with the `test-util` feature).
 macro_rules! upsert_if {
     () => {
-        "INSERT INTO user_point (id, point, update_millis) VALUES ($1, $2, $3)
+        concat!(
+            "INSERT INTO user_point (id, point, update_millis) VALUES ($1, $2, $3)
         ON CONFLICT (id) DO UPDATE
             SET point = EXCLUDED.point, update_millis = EXCLUDED.update_millis
-            WHERE $4::bigint IS NULL OR user_point.point = $4::bigint
+            WHERE ",
+            null_expected_is_unconditional!("$4::bigint"),
+            "user_point.point = $4::bigint
         RETURNING id"
+        )
     };
 }
 
@@ -67,10 +71,10 @@ macro_rules! keyed_change {
     };
 }
 
-pub(super) const UPDATE_IF: &str = change!(update_if!());
-pub(super) const UPSERT_IF: &str = change!(upsert_if!());
-pub(super) const UPDATE_IF_KEYED: &str = keyed_change!(update_if!());
-pub(super) const UPSERT_IF_KEYED: &str = keyed_change!(upsert_if!());
+const UPDATE_IF: &str = change!(update_if!());
+const UPSERT_IF: &str = change!(upsert_if!());
+const UPDATE_IF_KEYED: &str = keyed_change!(update_if!());
+const UPSERT_IF_KEYED: &str = keyed_change!(upsert_if!());
 pub(super) const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
     WHERE user_id = $1 AND key = $2";
 /// One bounded step of the sweep (the outer condition again: a record replaced

@@ -74,6 +74,8 @@
 mod cache;
 mod open;
 mod options;
+#[cfg(any(test, feature = "test-util"))]
+mod planted;
 mod readers;
 mod stats;
 mod write;
@@ -100,13 +102,13 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::reply;
 use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
-use crate::sequenced::{self, Overlay, Seen};
+use crate::sequenced::{self, Overlay};
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
-#[cfg(test)]
-use options::Gate;
-pub use options::{NegativeControl, SqliteOptions};
+pub use options::SqliteOptions;
+#[cfg(any(test, feature = "test-util"))]
+pub use planted::{Gate, NegativeControl};
 use readers::Readers;
 pub use stats::CommitStats;
 use stats::Stats;
@@ -123,6 +125,7 @@ pub struct SqliteStore {
     path: PathBuf,
     sender: Mutex<Option<mpsc::Sender<Work>>>,
     queue: Arc<Semaphore>,
+    #[cfg(any(test, feature = "test-util"))]
     queue_ops_max: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
@@ -131,6 +134,7 @@ pub struct SqliteStore {
     cache: Option<Arc<BalanceCache>>,
     /// The sequenced state, when pipelined.
     overlay: Option<Arc<Overlay>>,
+    #[cfg(any(test, feature = "test-util"))]
     negative_control: Option<NegativeControl>,
     /// The advisory lock on the database file; dropped after everything above
     /// has been closed (fields drop in declaration order, after `Drop::drop`).
@@ -164,17 +168,7 @@ impl SqliteStore {
         let lock = open::lock_file(path)?;
         let conn = open::open_writer(path, options)?;
         #[cfg(any(test, feature = "test-util"))]
-        if let Some(fail) = &options.fail_commits {
-            // Fault injection: while the flag is set, SQLite turns every COMMIT
-            // into a rollback and reports the COMMIT as failed.
-            let fail = Arc::clone(fail);
-            conn.commit_hook(Some(move || fail.load(std::sync::atomic::Ordering::SeqCst)))
-                .map_err(|source| OpenError::Sqlite {
-                    path: path.to_path_buf(),
-                    step: "installing the test commit hook",
-                    source,
-                })?;
-        }
+        planted::fail_commits(&conn, options, path)?;
         let readers = Readers::open(path.to_path_buf(), options.busy_timeout, options.readers)
             .map_err(|source| OpenError::Sqlite {
                 path: path.to_path_buf(),
@@ -196,13 +190,9 @@ impl SqliteStore {
             stats: Arc::clone(&stats),
             cache: cache.clone(),
             overlay: overlay.clone(),
-            #[cfg(test)]
-            gate: options.gate.clone(),
-            #[cfg(test)]
-            fail_amount: options.fail_amount.clone(),
             stop: Arc::clone(&stop),
-            #[cfg(test)]
-            page_limit: options.page_limit.clone(),
+            #[cfg(any(test, feature = "test-util"))]
+            faults: planted::WriterFaults::new(options),
         };
         let writer = std::thread::Builder::new()
             .name("pointlock-sqlite-writer".into())
@@ -212,6 +202,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             sender: Mutex::new(Some(sender)),
             queue: Arc::new(Semaphore::new(options.queue_ops_max.max(1))),
+            #[cfg(any(test, feature = "test-util"))]
             queue_ops_max: options.queue_ops_max.max(1),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(readers),
@@ -219,6 +210,7 @@ impl SqliteStore {
             stop,
             cache,
             overlay,
+            #[cfg(any(test, feature = "test-util"))]
             negative_control: options.negative_control,
             _lock: lock,
         })
@@ -231,6 +223,7 @@ impl SqliteStore {
 
     /// Changes handed to the writer and not yet answered (queued or in the
     /// batch being written).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn queued_ops(&self) -> usize {
         self.queue_ops_max
             .saturating_sub(self.queue.available_permits())
@@ -242,6 +235,7 @@ impl SqliteStore {
     }
 
     /// Users with changes sequenced and not yet durable (pipelined only).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn sequenced_users(&self) -> usize {
         self.overlay.as_deref().map_or(0, Overlay::users)
     }
@@ -317,8 +311,9 @@ impl PointStore for SqliteStore {
             if self.readers.is_closed() {
                 return Err(StoreError::new("the SQLite store is closed"));
             }
+            #[cfg(any(test, feature = "test-util"))]
             if self.negative_control == Some(NegativeControl::DirtyReads) {
-                if let Some(Seen::Sequenced(point, _)) =
+                if let Some(sequenced::Seen::Sequenced(point, _)) =
                     self.overlay.as_deref().map(|o| o.point(id))
                 {
                     return Ok(Some(point));
@@ -402,6 +397,7 @@ impl PointStore for SqliteStore {
             // sequenced state, and the guard dropped, under the user's shard
             // mutex (see sequenced.rs). From here the change commits or is
             // refused whatever happens to the caller.
+            #[cfg(any(test, feature = "test-util"))]
             let early = (self.negative_control == Some(NegativeControl::AnswerAtSequencing))
                 .then(|| change.committed(0));
             overlay.sequence(change, |change| {
@@ -411,6 +407,7 @@ impl PointStore for SqliteStore {
                     _queued: queued,
                 }))
             })?;
+            #[cfg(any(test, feature = "test-util"))]
             if let Some(early) = early {
                 // Negative control: the answer before the change is durable.
                 return Ok(settled(early));
@@ -444,6 +441,7 @@ impl PointStore for SqliteStore {
     }
 
     fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+        #[cfg(any(test, feature = "test-util"))]
         if self.negative_control == Some(NegativeControl::DirtyReads) {
             return Box::pin(std::future::ready(Ok(())));
         }

@@ -1,12 +1,17 @@
-//! [`SqliteOptions`]: the tuning of a [`SqliteStore`](super::SqliteStore), and
-//! the negative controls and faults the tests plant through it.
+//! [`SqliteOptions`]: the tuning of a [`SqliteStore`](super::SqliteStore),
+//! and, with the `test-util` feature, what tests plant through it (see
+//! `planted.rs`).
 
-#[cfg(test)]
-use std::sync::{Arc, Mutex, PoisonError};
+#[cfg(any(test, feature = "test-util"))]
+use std::sync::atomic::{AtomicBool, AtomicU64};
+#[cfg(any(test, feature = "test-util"))]
+use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(doc)]
 use super::cache::CACHE_SHARDS;
+#[cfg(any(test, feature = "test-util"))]
+use super::planted::{Gate, NegativeControl};
 
 /// Tuning of a [`SqliteStore`](super::SqliteStore). The defaults suit the server.
 #[derive(Clone, Debug)]
@@ -41,23 +46,23 @@ pub struct SqliteOptions {
     pub pipeline: bool,
     /// What the pipeline must never do, done on purpose: for the negative
     /// controls of the tests that must catch it. `None` in any real use.
-    #[doc(hidden)]
-    pub negative_control: Option<NegativeControl>,
-    /// Fault injection for unit tests: while closed, the writer waits before
-    /// each batch (a deterministic "not durable yet").
-    #[cfg(test)]
-    pub(crate) gate: Option<Arc<Gate>>,
-    /// Fault injection for unit tests: every change of this amount fails in a
-    /// statement (as on a full disk), without failing stop.
-    #[cfg(test)]
-    pub(crate) fail_amount: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// Fault injection for tests: while set, every COMMIT fails.
     #[cfg(any(test, feature = "test-util"))]
-    pub fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Fault injection for unit tests: the writer sets `PRAGMA max_page_count`
-    /// to this before each batch (a full disk, as SQLite sees one: SQLITE_FULL).
-    #[cfg(test)]
-    pub(crate) page_limit: Option<Arc<std::sync::atomic::AtomicU64>>,
+    pub negative_control: Option<NegativeControl>,
+    /// Fault injection: while closed, the writer waits before each batch (a
+    /// deterministic "not durable yet").
+    #[cfg(any(test, feature = "test-util"))]
+    pub gate: Option<Arc<Gate>>,
+    /// Fault injection: every change of this amount fails in a statement (as
+    /// on a full disk), without failing stop.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fail_amount: Option<Arc<AtomicU64>>,
+    /// Fault injection: while set, every COMMIT fails.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fail_commits: Option<Arc<AtomicBool>>,
+    /// Fault injection: the writer sets `PRAGMA max_page_count` to this before
+    /// each batch (a full disk, as SQLite sees one: SQLITE_FULL).
+    #[cfg(any(test, feature = "test-util"))]
+    pub page_limit: Option<Arc<AtomicU64>>,
 }
 
 impl Default for SqliteOptions {
@@ -72,64 +77,16 @@ impl Default for SqliteOptions {
             quick_check: true,
             balance_cache_max: 1 << 20,
             pipeline: true,
+            #[cfg(any(test, feature = "test-util"))]
             negative_control: None,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-util"))]
             gate: None,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-util"))]
             fail_amount: None,
             #[cfg(any(test, feature = "test-util"))]
             fail_commits: None,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-util"))]
             page_limit: None,
-        }
-    }
-}
-
-/// A negative control of the pipelined store (see
-/// [`SqliteOptions::negative_control`]).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NegativeControl {
-    /// Answer a change as soon as it is sequenced, before it is durable.
-    AnswerAtSequencing,
-    /// Answer reads (`GET /point/{id}`) and settle marked answers from the
-    /// sequenced state, without waiting for it to be durable.
-    DirtyReads,
-}
-
-/// A gate the writer waits at before each batch while it is closed (tests).
-#[cfg(test)]
-#[derive(Debug, Default)]
-pub(crate) struct Gate {
-    closed: Mutex<bool>,
-    opened: std::sync::Condvar,
-    /// Batches that have waited at the gate.
-    pub(crate) waited: std::sync::atomic::AtomicU64,
-}
-
-#[cfg(test)]
-impl Gate {
-    pub(crate) fn close(&self) {
-        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = true;
-    }
-
-    pub(crate) fn open(&self) {
-        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = false;
-        self.opened.notify_all();
-    }
-
-    /// The writer: wait while closed.
-    pub(crate) fn pass(&self) {
-        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
-            self.waited
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        while *closed {
-            closed = self
-                .opened
-                .wait(closed)
-                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }

@@ -27,11 +27,15 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::rows::to_i64;
 
 /// A first balance, or one computed from 0: insert it, or update a row whose
-/// balance is still 0 (`?4` is the expected 0; `NULL` only in negative controls).
-const UPSERT_POINT_IF: &str =
+/// balance is still 0 (`?4` is the expected 0; `NULL` only in negative
+/// controls, with the `test-util` feature).
+const UPSERT_POINT_IF: &str = concat!(
     "INSERT INTO user_point (id, point, update_millis) VALUES (?1, ?2, ?3)
      ON CONFLICT (id) DO UPDATE SET point = excluded.point, update_millis = excluded.update_millis
-     WHERE ?4 IS NULL OR user_point.point = ?4";
+     WHERE ",
+    null_expected_is_unconditional!("?4"),
+    "user_point.point = ?4"
+);
 /// A balance computed from a positive one: update the row only if it still holds it.
 const UPDATE_POINT_IF: &str =
     "UPDATE user_point SET point = ?2, update_millis = ?3 WHERE id = ?1 AND point = ?4";
@@ -55,13 +59,9 @@ pub(super) enum Failure {
 
 /// Write `changes` in one transaction: each change applied or refused by its
 /// condition, and the transaction committed; or, on any error, nothing.
-///
-/// `fail_amount` (unit tests' fault injection; 0: none): a change of that
-/// amount fails as a statement would.
 pub(super) fn write(
     conn: &mut Connection,
     changes: &[&Change],
-    fail_amount: u64,
 ) -> Result<Vec<Result<Committed, StoreError>>, Failure> {
     let failed = |e: rusqlite::Error| {
         Failure::Statement(StoreError::new(format!("SQLite write failed: {e}")))
@@ -80,11 +80,6 @@ pub(super) fn write(
             upsert_key: tx.prepare_cached(UPSERT_KEY).map_err(failed)?,
         };
         for change in changes {
-            if change.amount().get() == fail_amount {
-                return Err(Failure::Statement(StoreError::new(
-                    "SQLite write failed: injected fault (unit tests)",
-                )));
-            }
             outcomes.push(apply(&tx, &mut statements, change).map_err(Failure::Statement)?);
         }
     }

@@ -118,16 +118,10 @@ pub(super) struct Writer {
     pub(super) cache: Option<Arc<BalanceCache>>,
     /// The sequenced state, when pipelined: told of every answer.
     pub(super) overlay: Option<Arc<Overlay>>,
-    /// Fault injection (unit tests): the writer waits here before each batch.
-    #[cfg(test)]
-    pub(super) gate: Option<Arc<super::Gate>>,
-    /// Fault injection (unit tests): changes of this amount fail in a statement.
-    #[cfg(test)]
-    pub(super) fail_amount: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub(super) stop: Arc<FailStop>,
-    /// Fault injection (unit tests): `PRAGMA max_page_count` before each batch.
-    #[cfg(test)]
-    pub(super) page_limit: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// What tests plant in the writer.
+    #[cfg(any(test, feature = "test-util"))]
+    pub(super) faults: super::planted::WriterFaults,
 }
 
 impl Writer {
@@ -171,24 +165,9 @@ impl Writer {
             }
             return;
         }
-        #[cfg(test)]
-        if let Some(gate) = &self.gate {
-            gate.pass();
-        }
-        #[cfg(test)]
-        if let Some(limit) = &self.page_limit {
-            let pages = i64::try_from(limit.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
-            // The pragma answers with the new maximum: read it, or it is not run.
-            let _ = conn.pragma_update_and_check(None, "max_page_count", pages, |_| Ok(()));
-        }
+        #[cfg(any(test, feature = "test-util"))]
+        self.faults.before_batch(conn);
         self.stats.record_batch(batch.len());
-        #[cfg(test)]
-        let fail_amount = self
-            .fail_amount
-            .as_deref()
-            .map_or(0, |user| user.load(Ordering::SeqCst));
-        #[cfg(not(test))]
-        let fail_amount = 0;
         let mut plan = BatchPlan::new(batch.len());
         let mut jobs: VecDeque<Job> = batch.drain(..).collect();
         while let Some(next) = plan.next() {
@@ -199,7 +178,7 @@ impl Writer {
                 .map(|job| &job.change)
                 .collect();
             let started = Instant::now();
-            let written = write(conn, &changes, fail_amount);
+            let written = self.write(conn, &changes);
             if !plan.retrying_alone() {
                 self.stats.commit_duration.observe(started.elapsed());
             }
@@ -228,6 +207,20 @@ impl Writer {
         for (job, outcome) in jobs.into_iter().zip(plan.finish()) {
             self.answer(job, outcome);
         }
+    }
+
+    /// [`write`] `changes`, or, with a planted fault, fail as a statement
+    /// would.
+    fn write(
+        &self,
+        conn: &mut Connection,
+        changes: &[&Change],
+    ) -> Result<Vec<Result<Committed, StoreError>>, Failure> {
+        #[cfg(any(test, feature = "test-util"))]
+        if let Some(error) = self.faults.failed_statement(changes) {
+            return Err(Failure::Statement(error));
+        }
+        write(conn, changes)
     }
 
     /// Answer a barrier (every change sent before it is answered).
