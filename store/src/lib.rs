@@ -17,6 +17,14 @@
 //!   the PostgreSQL chains, the SQLite balance cache).
 //! - [`histogram`]: lock-free duration histograms (the stores' commit
 //!   durations; the server's request metrics use them too).
+//!
+//! Each store's module docs state its guarantees: durability, the condition
+//! on each change, cancel safety, what happens on each failure.
+//!
+//! The `test-util` feature adds what tests plant: the SQLite store's negative
+//! controls and injected faults ([`SqliteOptions`]' test fields), and SQL that
+//! lets a negative control's unconditional change through. Only
+//! dev-dependencies enable it.
 
 /// SQL that lets the parameter `$param`, the expected balance of a write, be
 /// NULL and then write whatever is stored: the unconditional changes of

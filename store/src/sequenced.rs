@@ -2,7 +2,7 @@
 //! `--pg-pipeline on`): each user's balance and idempotency records as of every
 //! change handed to the writer, durable or not, for the users that have such
 //! changes. "The writer" is the SQLite writer thread, or the PostgreSQL store's
-//! per-user chain (`postgres.rs`).
+//! per-user chain (`postgres/chain.rs`).
 //!
 //! # The protocol
 //!

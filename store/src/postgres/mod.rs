@@ -26,8 +26,8 @@
 //! instances; FIFO holds within each instance, and across instances only as far
 //! as PostgreSQL's queue of waiters on the row lock gives it.
 //!
-//! One statement is also one round trip and no explicit transaction: nothing is
-//! held open across the network. The policy stays in Rust (core's `Policy`): the
+//! Without pipelining, one statement is also one round trip and no explicit
+//! transaction: nothing is held open across the network. The policy stays in Rust (core's `Policy`): the
 //! SQL only compares the balance the policy was applied to.
 //!
 //! # Cancel safety and the guard
@@ -43,13 +43,13 @@
 //! has committed, so one busy user is bound by the commit round trip and WAL
 //! flush of each change. Pipelined, the store implements the pipelined
 //! contract of [`PointStore`] as the SQLite store does (the sequenced state is
-//! the crate's `sequenced.rs`): a change is checked against the user's sequenced state, put
-//! on the user's **chain** and its guard dropped; the chain's task (one per
-//! user with work, spawned when the chain starts, gone when it empties) takes
-//! everything queued and commits it in **one transaction** (one WAL flush), each
-//! change still its one conditional statement, in order. A failed statement
-//! aborts a PostgreSQL transaction, so the chain then rolls back and runs each
-//! change alone. Answers wait for the COMMIT; refusals and replays computed
+//! the crate's `sequenced.rs`): a change is checked against the user's
+//! sequenced state, put on the user's **chain** and its guard dropped; the
+//! chain's task (one per user with work, spawned when the chain starts, gone
+//! when it empties) takes everything queued and commits it in **one
+//! transaction** (one WAL flush), each change still its one conditional
+//! statement, in order. A failed statement aborts a PostgreSQL transaction, so
+//! the chain then rolls back and runs each change alone. Answers wait for the COMMIT; refusals and replays computed
 //! from sequenced state wait behind a barrier on the chain.
 //!
 //! Why opt-in: the sequenced state is this instance's. When another instance
@@ -73,6 +73,7 @@
 //!   anything else `Failed`.
 //! - The connection broke while the statement was in flight (no answer): the
 //!   statement may or may not have committed: [`StoreErrorKind::OutcomeUnknown`](pointlock_core::StoreErrorKind::OutcomeUnknown).
+//!   So is a pipelined change whose chain stopped before answering.
 //!
 //! # Schema
 //!

@@ -32,7 +32,8 @@
 //! failed fsync) is never retried: the store **fails stop** until restart
 //! ([`SqliteStore::is_stopped`]); the batch's callers get
 //! `STORE_OUTCOME_UNKNOWN`, every later change `STORE_UNAVAILABLE`; reads go on
-//! (why: `writer.rs`).
+//! (why: `writer.rs`). A caller whose writer stopped before answering (it
+//! panicked) gets `STORE_OUTCOME_UNKNOWN` too.
 //!
 //! # Pipelining (the default; [`SqliteOptions::pipeline`])
 //!
@@ -62,7 +63,9 @@
 //! # Files
 //!
 //! - this file: [`SqliteStore`] and its [`PointStore`] methods;
-//! - `options.rs`: [`SqliteOptions`], and what tests plant through them;
+//! - `options.rs`: [`SqliteOptions`];
+//! - `planted.rs` (`test-util` only): the negative controls and faults tests
+//!   plant through the options;
 //! - `open.rs`: the file lock, the checks that refuse a bad file, WAL, migrations;
 //! - `writer.rs`: the writer thread, group commit, **fail-stop**;
 //! - `write.rs`: one batch's transaction and the **conditional** write of each

@@ -1,4 +1,4 @@
-//! The pipelined store (issue 16): a user is released once its change is
+//! The pipelined store: a user is released once its change is
 //! sequenced, the next change builds on the sequenced state, and nothing a
 //! caller is told (a change's answer, a refusal, a replay) comes before the
 //! state it shows is durable.
