@@ -1,4 +1,4 @@
-//! The pipelined store (issue 16): a user is released once its change is
+//! The pipelined store: a user is released once its change is
 //! sequenced, the next change builds on the sequenced state, and nothing a
 //! caller is told (a change's answer, a refusal, a replay) comes before the
 //! state it shows is durable.
@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pointlock_core::{
-    Amount, Applied, IdempotencyKey, PointError, PointService, PointStore, Policy, TransactionType,
-    UserId,
+    Amount, Applied, IdempotencyKey, ManualClock, PointError, PointService, PointStore, Policy,
+    TransactionType, UserId,
 };
 
 // Changes whose guard comes from a lock that excludes nothing: the lock bypassed.
 use super::tests::change_from;
 use super::{Gate, NegativeControl, SqliteOptions, SqliteStore};
-use crate::clock::SystemClock;
 
 type Service = PointService<Arc<SqliteStore>>;
 
@@ -61,7 +60,7 @@ fn fixture_with(pipeline: bool, control: Option<NegativeControl>) -> Fixture {
     let svc = Arc::new(PointService::new(
         Arc::clone(&store),
         Policy::default(),
-        Arc::new(SystemClock::default()),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
     ));
     Fixture {
         _dir: dir,
