@@ -79,12 +79,12 @@ use tower_http::trace::TraceLayer;
 use tower_service::Service;
 
 use crate::auth::BearerAuth;
-use crate::deadline;
+use crate::middleware::deadline;
 use crate::error::{refusal_response, ApiError, ServerErrorReport};
 use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
-use crate::limits::{head_buffer_bytes, HeaderLimitLayer, HEADER_LIMIT_BYTES_DEFAULT};
+use crate::middleware::limits::{head_buffer_bytes, HeaderLimitLayer, HEADER_LIMIT_BYTES_DEFAULT};
 use crate::metrics::Metrics;
-use crate::request_id::RequestIdLayer;
+use crate::middleware::request_id::RequestIdLayer;
 use crate::routes::{
     route_index, user_key, Router, RouterOptions, SharedService, StoreStats, ROUTE_TEMPLATES,
 };

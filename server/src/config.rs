@@ -206,7 +206,7 @@ pub struct Config {
 
     /// Largest request line and headers together, in bytes; larger heads get a
     /// 431 and the connection is closed.
-    #[arg(long, env = "POINTLOCK_HEADER_LIMIT_BYTES", default_value_t = crate::limits::HEADER_LIMIT_BYTES_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=1_048_576))]
+    #[arg(long, env = "POINTLOCK_HEADER_LIMIT_BYTES", default_value_t = crate::middleware::limits::HEADER_LIMIT_BYTES_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=1_048_576))]
     pub header_limit_bytes: usize,
 
     /// The most connections served at once; beyond it new connections wait in

@@ -10,20 +10,17 @@
 //! no path grammar: [`routes::user_key`] is the wallet's key extractor) and
 //! usable on its own in front of any tower HTTP service.
 
-pub mod amount;
 pub mod app;
 pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
-pub mod deadline;
 pub mod error;
 pub mod histogram;
 pub mod layer;
-pub mod limits;
 pub mod metrics;
+pub mod middleware;
 pub mod openapi;
-pub mod request_id;
 pub mod routes;
 pub mod store;
 
