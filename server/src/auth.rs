@@ -20,7 +20,7 @@
 //!   right to this user or route), and never reaches the layers below: **it
 //!   never waits for, takes or holds a user's lock**, and its body is never
 //!   read. That is why this layer sits above the lock layer in the stack
-//!   (`app.rs`).
+//!   (`app/stack.rs`).
 //! - **Order of checks**: authentication comes before anything about the
 //!   request's content, so an anonymous client learns nothing but
 //!   "authenticate": not whether an id is valid (`/point/abc` is a 401 without

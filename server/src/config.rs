@@ -301,12 +301,11 @@ impl Config {
             body_limit_bytes: self.body_limit_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             lock_queue_max: (self.lock_queue_max > 0).then_some(self.lock_queue_max),
-            lock_layer: true,
             header_limit_bytes: self.header_limit_bytes,
-            store_stats: None,
             metrics: (self.metrics == Switch::On).then(Metrics::new),
-            // Read from files: see `auth`.
-            auth: None,
+            // The store's statistics come with the store; the authentication
+            // is read from its files (see `auth`).
+            ..AppOptions::default()
         }
     }
 
