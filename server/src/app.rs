@@ -10,7 +10,7 @@
 //!
 //! The layers, outermost first: request metrics, request id, header limit,
 //! bearer authentication, JSON errors, trace, catch panic, request deadline,
-//! body limit, the per-user lock, the router (each explained in `stack.rs`).
+//! body limit, the per-user lock, the router (each explained on [`build_stack`]).
 
 mod answers;
 mod serve;

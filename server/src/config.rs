@@ -25,9 +25,9 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 
 pub use store_spec::{redact_password, StoreSpec};
+pub use validate::PG_STATEMENT_TIMEOUT_MS_MAX;
 #[cfg(feature = "test-util")]
 pub use values::TestNegativeControl;
-pub use validate::PG_STATEMENT_TIMEOUT_MS_MAX;
 pub use values::{LockQueueMax, LogFormat, Switch};
 
 const SERVER: &str = "Server";

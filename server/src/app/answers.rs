@@ -138,4 +138,3 @@ mod tests {
         assert_eq!(json(res).await["code"], "INVALID_AMOUNT");
     }
 }
-

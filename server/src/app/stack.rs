@@ -1,61 +1,7 @@
 //! The middleware stack around the router, as [`build_stack`] assembles it.
 //!
-//! Outermost first (the numbers are those of the one `ServiceBuilder` chain
-//! in [`build_stack`]):
-//!
-//! 0. [`HttpMetricsLayer`](crate::metrics::HttpMetricsLayer), only with
-//!    [`AppOptions::metrics`]: counts every answer by method, route template
-//!    ([`route_template`](crate::routes::route_template)) and status, and
-//!    times it; outermost, so what it counts is what the client got, and its
-//!    duration covers every layer below. The same [`Metrics`] serve
-//!    `GET /metrics` through the router.
-//! 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
-//!    process-wide counter; outermost, so every answer below carries it; the id
-//!    is also in the request's extensions, on the log line of a failed (5xx)
-//!    request, and, at DEBUG, on every event of the request)
-//! 2. [`HeaderLimitLayer`] (431 `HEADERS_TOO_LARGE` for a head over the limit,
-//!    411 `LENGTH_REQUIRED` for a body framed by `Transfer-Encoding`; both close
-//!    the connection; before any lock, inside the request id so the answer
-//!    carries one). Connection-level limits (header timeout, connection cap,
-//!    HTTP/2 streams) are [`ServeOptions`](super::ServeOptions), applied by
-//!    [`serve_with`](super::serve_with).
-//! 3. [`BearerAuth`], only with [`AppOptions::auth`] (bearer JWT: 401
-//!    `UNAUTHORIZED`, 403 `FORBIDDEN`). Far above the lock layer (9): a
-//!    refused request is answered here and never waits for, takes or holds a
-//!    user's lock, nor has its body read. Inside the request id (its answers
-//!    carry one) and the header limit (which bounds the token's size); above
-//!    everything that looks at the request's content, so an anonymous client
-//!    learns nothing but "authenticate". Off, there is no layer: the stack
-//!    costs what it did without authentication.
-//! 4. error normalisation (`map_response` with [`normalize_error`]): turns the
-//!    non-JSON 408 and 413 of the request deadline and the body limit into
-//!    JSON errors, copying the response's headers (not its content type or
-//!    length). Outermost but one, so `Trace`, inside it, logs the raw 408/413
-//!    (the same status code).
-//! 5. `Trace` (a span and events per request, at DEBUG). Installed only when the
-//!    process's log filter lets DEBUG through: at the default INFO it would emit
-//!    nothing yet cost ~1,400 instructions per request (5% of a charge; measured
-//!    with `benches/instructions.sh`). Server errors are logged either way, with
-//!    the request's id, by the request-id layer (from the report
-//!    [`ApiError::into_response`](crate::error::ApiError::into_response)
-//!    attaches to every 5xx).
-//! 6. `CatchPanic` (a panic becomes a 500 JSON answer, [`panic_response`]). A
-//!    panic unwinds through the lock layer's future, whose `polling` flag marks
-//!    it as panicked: it is never resumed, and when `CatchPanic`'s future is
-//!    dropped (right after the 500 is ready) it drops the handler's future and
-//!    releases the user's lock. It boxes the response body into [`AppBody`],
-//!    the one box a response body gets.
-//! 7. the request deadline (`map_future` with [`within_request_timeout`]: a
-//!    bare 408 for the whole request, default 10 s; longer than the lock
-//!    timeout). Its timer is only made if the request is not done in its
-//!    first poll.
-//! 8. `RequestBodyLimit` (413, default 4 KiB)
-//! 9. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
-//!    lock for the life of the request, a bounded queue per user). Its body
-//!    type has an empty `Default`, which the deadline needs for its 408.
-//! 10. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
-//!     counted from when the user's lock is held: a slow uploader holds its user no
-//!     longer than this)
+//! The order is [`build_stack`]'s: one `ServiceBuilder` chain, numbered, and
+//! its documentation says why each layer sits where it does.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -158,6 +104,63 @@ pub fn build_app(service: SharedService, options: &AppOptions) -> App {
 /// The stack of [`build_app`], unboxed: `hyper` clones the service for every
 /// request, and a boxed service costs an allocation per clone and another per
 /// response future (measured; see docs/performance.md).
+///
+/// Layers, outermost first (the numbers are those of the `ServiceBuilder`
+/// chain below):
+///
+/// 0. [`HttpMetricsLayer`](crate::metrics::HttpMetricsLayer), only with
+///    [`AppOptions::metrics`]: counts every answer by method, route template
+///    ([`route_template`](crate::routes::route_template)) and status, and
+///    times it; outermost, so what it counts is what the client got, and its
+///    duration covers every layer below. The same [`Metrics`] serve
+///    `GET /metrics` through the router.
+/// 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
+///    process-wide counter; outermost, so every answer below carries it; the id
+///    is also in the request's extensions, on the log line of a failed (5xx)
+///    request, and, at DEBUG, on every event of the request)
+/// 2. [`HeaderLimitLayer`] (431 `HEADERS_TOO_LARGE` for a head over the limit,
+///    411 `LENGTH_REQUIRED` for a body framed by `Transfer-Encoding`; both close
+///    the connection; before any lock, inside the request id so the answer
+///    carries one). Connection-level limits (header timeout, connection cap,
+///    HTTP/2 streams) are [`ServeOptions`](super::ServeOptions), applied by
+///    [`serve_with`](super::serve_with).
+/// 3. [`BearerAuth`], only with [`AppOptions::auth`] (bearer JWT: 401
+///    `UNAUTHORIZED`, 403 `FORBIDDEN`). Far above the lock layer (9): a
+///    refused request is answered here and never waits for, takes or holds a
+///    user's lock, nor has its body read. Inside the request id (its answers
+///    carry one) and the header limit (which bounds the token's size); above
+///    everything that looks at the request's content, so an anonymous client
+///    learns nothing but "authenticate". Off, there is no layer: the stack
+///    costs what it did without authentication.
+/// 4. error normalisation (`map_response` with `normalize_error`): turns the
+///    non-JSON 408 and 413 of the request deadline and the body limit into
+///    JSON errors, copying the response's headers (not its content type or
+///    length). Outermost but one, so `Trace`, inside it, logs the raw 408/413
+///    (the same status code).
+/// 5. `Trace` (a span and events per request, at DEBUG). Installed only when the
+///    process's log filter lets DEBUG through: at the default INFO it would emit
+///    nothing yet cost ~1,400 instructions per request (5% of a charge; measured
+///    with `benches/instructions.sh`). Server errors are logged either way, with
+///    the request's id, by the request-id layer (from the report
+///    [`ApiError::into_response`](crate::error::ApiError::into_response)
+///    attaches to every 5xx).
+/// 6. `CatchPanic` (a panic becomes a 500 JSON answer, `panic_response`). A
+///    panic unwinds through the lock layer's future, whose `polling` flag marks
+///    it as panicked: it is never resumed, and when `CatchPanic`'s future is
+///    dropped (right after the 500 is ready) it drops the handler's future and
+///    releases the user's lock. It boxes the response body into [`AppBody`],
+///    the one box a response body gets.
+/// 7. the request deadline (`map_future` with `within_request_timeout`: a
+///    bare 408 for the whole request, default 10 s; longer than the lock
+///    timeout). Its timer is only made if the request is not done in its
+///    first poll.
+/// 8. `RequestBodyLimit` (413, default 4 KiB)
+/// 9. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
+///    lock for the life of the request, a bounded queue per user). Its body
+///    type has an empty `Default`, which the deadline needs for its 408.
+/// 10. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
+///     counted from when the user's lock is held: a slow uploader holds its user no
+///     longer than this)
 pub fn build_stack(
     service: SharedService,
     options: &AppOptions,

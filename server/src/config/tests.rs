@@ -75,7 +75,10 @@ fn the_key_files_are_read_and_checked() {
         .unwrap_err();
     assert!(error.contains("at least 32"), "{error}");
     assert!(!error.contains("0123"), "never the secret: {error}");
-    let key = file("key.pem", include_bytes!("../../../tests/auth/ec-public.pem"));
+    let key = file(
+        "key.pem",
+        include_bytes!("../../../tests/auth/ec-public.pem"),
+    );
     let config = parse(&["--jwt-public-key-file", &key, "--jwt-audience", "wallet"]).unwrap();
     let auth = config.auth().unwrap().expect("on");
     assert_eq!(auth.verifier().algorithm(), jsonwebtoken::Algorithm::ES256);
@@ -175,14 +178,22 @@ fn help_groups_the_flags_and_help_all_adds_the_tuning_ones() {
         "Observability:",
     ] {
         assert!(short.contains(heading), "--help lacks {heading}:\n{short}");
-        assert!(long.contains(heading), "--help-all lacks {heading}:\n{long}");
+        assert!(
+            long.contains(heading),
+            "--help-all lacks {heading}:\n{long}"
+        );
     }
     assert!(long.contains("SQLite store:"), "{long}");
     for flag in HIDDEN {
         assert!(!short.contains(flag), "--help shows {flag}:\n{short}");
         assert!(long.contains(flag), "--help-all lacks {flag}:\n{long}");
     }
-    for shown in ["--lock-queue-max", "--help-all", "--max-balance", "POINTLOCK_ADDR"] {
+    for shown in [
+        "--lock-queue-max",
+        "--help-all",
+        "--max-balance",
+        "POINTLOCK_ADDR",
+    ] {
         assert!(short.contains(shown), "--help lacks {shown}:\n{short}");
     }
     assert!(short.contains("--help-all lists every flag"), "{short}");
@@ -206,10 +217,7 @@ fn help_groups_the_flags_and_help_all_adds_the_tuning_ones() {
         "9",
     ])
     .unwrap();
-    assert_eq!(
-        (tuned.sqlite_batch_ops_max, tuned.h2_max_streams),
-        (8, 7)
-    );
+    assert_eq!((tuned.sqlite_batch_ops_max, tuned.h2_max_streams), (8, 7));
     assert!(!tuned.sqlite_options().pipeline && tuned.postgres_options().pipeline);
 }
 
@@ -230,7 +238,11 @@ fn negative_controls_are_flags_of_test_util_builds_only_and_never_shown() {
         control.unwrap_err().kind(),
         clap::error::ErrorKind::UnknownArgument
     );
-    assert!(parse(&[]).unwrap().sqlite_options().negative_control.is_none());
+    assert!(parse(&[])
+        .unwrap()
+        .sqlite_options()
+        .negative_control
+        .is_none());
 }
 
 /// Poll `done` every millisecond, for at most five seconds.

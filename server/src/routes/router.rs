@@ -107,9 +107,7 @@ impl Router {
         };
         let (route, raw_id) = match Route::of(parts.uri.path()) {
             // With metrics off, `/metrics` is a path like any unknown one.
-            Some((Route::Metrics, _)) if self.options.metrics.is_none() => {
-                return Err(not_found())
-            }
+            Some((Route::Metrics, _)) if self.options.metrics.is_none() => return Err(not_found()),
             Some(found) => found,
             None => return Err(not_found()),
         };
@@ -128,21 +126,32 @@ impl Router {
         match (route, user) {
             (Route::Health, _) => Ok(ops::health()),
             (Route::Ready, _) => ops::ready(service).await,
-            (Route::Stats, _) => Ok(stats::response(
-                service,
-                self.options.store_stats.as_ref(),
-            )),
+            (Route::Stats, _) => Ok(stats::response(service, self.options.store_stats.as_ref())),
             (Route::Metrics, _) => ops::scrape(self.options.metrics.as_ref()),
             (Route::OpenApi, _) => Ok(crate::openapi::response()),
             (Route::Point, Some(id)) => wallet::point(service, id).await,
             (Route::Histories, Some(id)) => wallet::histories(service, id).await,
             (Route::Charge, Some(id)) => {
-                wallet::change(service, &self.options, TransactionType::Charge, id, parts, body)
-                    .await
+                wallet::change(
+                    service,
+                    &self.options,
+                    TransactionType::Charge,
+                    id,
+                    parts,
+                    body,
+                )
+                .await
             }
             (Route::Use, Some(id)) => {
-                wallet::change(service, &self.options, TransactionType::Use, id, parts, body)
-                    .await
+                wallet::change(
+                    service,
+                    &self.options,
+                    TransactionType::Use,
+                    id,
+                    parts,
+                    body,
+                )
+                .await
             }
             // `Route::of` names a wallet route only with its id.
             (Route::Point | Route::Histories | Route::Charge | Route::Use, None) => {

@@ -56,9 +56,8 @@ async fn stats_store_is_null_on_the_memory_store_and_lock_is_unchanged() {
 async fn stats_store_counts_sqlite_batches_and_ops_in_camel_case() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = |name: &str| {
-        let store = Arc::new(
-            SqliteStore::open(dir.path().join(name), SqliteOptions::default()).unwrap(),
-        );
+        let store =
+            Arc::new(SqliteStore::open(dir.path().join(name), SqliteOptions::default()).unwrap());
         let read = Arc::clone(&store);
         let options = RouterOptions {
             store_stats: Some(StoreStats::new(move || {
