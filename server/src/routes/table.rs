@@ -118,8 +118,9 @@ impl Route {
     /// The route `path` names, with the raw `{id}` segment of a wallet route
     /// (valid or not: `/point/abc` is [`Route::Point`] with `"abc"`); `None`
     /// when no route takes `path`. Wallet paths are split by the one path
-    /// grammar ([`split_wallet_path`]), applied to the table's templates
-    /// too, so a wallet route is named by its template alone.
+    /// grammar (the split behind [`user_segment`](super::user_segment)),
+    /// applied to the table's templates too, so a wallet route is named by its
+    /// template alone.
     pub fn of(path: &str) -> Option<(Self, Option<&str>)> {
         match split_wallet_path(path) {
             Some((id, tail)) => TABLE
