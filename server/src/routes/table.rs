@@ -10,7 +10,7 @@
 //!   document's operations to;
 //! - the bearer authentication's operator routes ([`route_template`]).
 
-use super::path::split_wallet_path;
+use super::path::{split_wallet_path, template_tail};
 
 /// What answers a request: one variant per row of [`TABLE`], in its order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +77,18 @@ const _: () = {
     }
 };
 
+/// Each row's wallet tail, as [`Route::of`] compares it: the templates split
+/// once, at compile time, by the wallet's path grammar.
+const WALLET_TAILS: [Option<Option<&str>>; TABLE.len()] = {
+    let mut tails = [None; TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        tails[i] = template_tail(TABLE[i].template);
+        i += 1;
+    }
+    tails
+};
+
 /// Every route as (method, path template): the list the OpenAPI document's
 /// operations must equal (`tests/openapi.rs`) and the router's tests probe.
 pub const ROUTES: [(&str, &str); TABLE.len()] = {
@@ -119,14 +131,14 @@ impl Route {
     /// (valid or not: `/point/abc` is [`Route::Point`] with `"abc"`); `None`
     /// when no route takes `path`. Wallet paths are split by the one path
     /// grammar (the split behind [`user_segment`](super::user_segment)),
-    /// applied to the table's templates too, so a wallet route is named by its
-    /// template alone.
+    /// which also split the table's templates, so a wallet route is named by
+    /// its template alone.
     pub fn of(path: &str) -> Option<(Self, Option<&str>)> {
         match split_wallet_path(path) {
-            Some((id, tail)) => TABLE
+            Some((id, tail)) => WALLET_TAILS
                 .iter()
-                .find(|spec| split_wallet_path(spec.template).map(|(_, t)| t) == Some(tail))
-                .map(|spec| (spec.route, Some(id))),
+                .position(|row| *row == Some(tail))
+                .map(|row| (TABLE[row].route, Some(id))),
             None => TABLE
                 .iter()
                 .find(|spec| spec.template == path)

@@ -447,3 +447,24 @@ fn the_table_is_the_one_source_of_routes_labels_and_dispatch() {
     assert_eq!(ROUTE_TEMPLATES.last(), Some(&OTHER));
     assert_eq!(route_index("/nowhere"), TABLE.len());
 }
+
+#[test]
+fn template_tails_are_the_runtime_split_of_the_templates() {
+    let mut cases: Vec<&'static str> = TABLE.iter().map(|spec| spec.template).collect();
+    cases.extend([
+        "/point/",
+        "/point/x/",
+        "/point/x/y/z",
+        "/point",
+        "/points/x",
+        "/",
+        "",
+    ]);
+    for case in cases {
+        assert_eq!(
+            path::template_tail(case),
+            path::split_wallet_path(case).map(|(_, tail)| tail),
+            "{case:?}"
+        );
+    }
+}
