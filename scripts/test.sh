@@ -86,6 +86,15 @@ CARGO_TARGET_DIR="$fuzz_target_dir" BOLERO_RANDOM_TEST_TIME_MS="${BOLERO_RANDOM_
 step "crash test against the release binary (kill -9 mid-load, several rounds)"
 cargo build --release -p pointlock-server --bin pointlock --locked
 release_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/pointlock"
+# The release binary is built without `test-util`: its negative controls'
+# hidden flags must not exist (clap refuses an unknown flag before --help).
+for control in "--test-negative-control dirty-reads" "--test-unconditional-commits"; do
+  # shellcheck disable=SC2086
+  if "$release_bin" $control --help >/dev/null 2>&1; then
+    echo "the release binary accepts $control: it was built with test-util" >&2
+    exit 1
+  fi
+done
 POINTLOCK_TEST_BIN="$release_bin" cargo test -p pointlock-server --test crash --test crash_hot_user --locked
 
 step "schemathesis against GET /openapi.json on the release binary (memory and SQLite; installs schemathesis from PyPI once)"

@@ -26,9 +26,8 @@ pub mod stack;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use pointlock_core::{Amount, IdempotencyKey, PointError, UserId};
-use pointlock_server::amount::parse_amount;
 use pointlock_server::layer::KeyDecision;
-use pointlock_server::routes::{user_key, user_segment, IDEMPOTENCY_KEY};
+use pointlock_server::routes::{parse_amount, user_key, user_segment, IDEMPOTENCY_KEY};
 use serde_json::Value;
 
 use crate::loopback::Loopback;

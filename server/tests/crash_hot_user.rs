@@ -11,7 +11,8 @@
 //! read of a sequenced state that was lost in the crash fails that.
 //!
 //! The negative controls run the same rounds against a debug binary that
-//! breaks the pipeline's promise on purpose (`POINTLOCK_NEGATIVE_CONTROL`):
+//! breaks the pipeline's promise on purpose (`--test-negative-control`, a
+//! hidden flag of `test-util` builds):
 //! answering a change once it is sequenced, and answering reads from the
 //! sequenced state. Each must be caught.
 
@@ -254,16 +255,25 @@ fn postgres_pipelined_kill_9_mid_burst_loses_no_acknowledged_balance_and_no_read
 #[cfg(debug_assertions)]
 fn caught(control: &str) -> bool {
     let debug_bin = env!("CARGO_BIN_EXE_pointlock");
+    // The hidden flag exists only in `test-util` builds of the binary (the
+    // server's own dev-dependency turns the feature on for its tests).
+    let probe = support::command_of(debug_bin, std::path::Path::new("."))
+        .args(["--test-negative-control", control, "--help"])
+        .output()
+        .expect("run pointlock");
+    assert!(
+        probe.status.success(),
+        "this pointlock binary has no --test-negative-control (a build without test-util)"
+    );
     for round in 1..=CONTROL_ROUNDS_MAX {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.db");
         let mut cmd = support::command_of(debug_bin, dir.path());
-        cmd.env("POINTLOCK_NEGATIVE_CONTROL", control);
+        cmd.args(["--test-negative-control", control]);
         let server = start(cmd, &file);
         seed(&server);
         let seen = burst_and_kill(server, round);
-        let mut cmd = support::command_of(debug_bin, dir.path());
-        cmd.env_remove("POINTLOCK_NEGATIVE_CONTROL");
+        let cmd = support::command_of(debug_bin, dir.path());
         let server = start(cmd, &file);
         let addr = server.addr.clone();
         let check = std::panic::catch_unwind(|| verify(&addr, &seen));

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use super::Principal;
+use super::policy::Principal;
 
 /// A verified token's verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

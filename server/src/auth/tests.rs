@@ -1,13 +1,20 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::convert::Infallible;
+use std::sync::Arc;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use http::StatusCode;
-use jsonwebtoken::{EncodingKey, Header};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Request, Response, StatusCode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use pointlock_core::UserId;
 use serde_json::{json, Value};
-use tower::{service_fn, ServiceExt};
+use tower::{service_fn, Layer, ServiceExt};
 
 use super::*;
+use crate::body::AppBody;
+use crate::error::{Denial, TokenRejection};
 
 /// base64url without padding, for the tokens no library makes (`alg: none`).
 fn b64(bytes: &[u8]) -> String {

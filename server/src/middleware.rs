@@ -1,0 +1,14 @@
+//! The generic HTTP middleware of the stack: none of them knows the wallet.
+//!
+//! - [`request_id`]: `x-request-id` on every response, and the request's id on
+//!   every log line of a failed request.
+//! - [`limits`]: 431 for a request head over the limit, 411 for a body framed
+//!   by `Transfer-Encoding`, before any lock.
+//! - [`deadline`]: a deadline that makes no timer when the work is done in its
+//!   first poll (the whole request's and the body's).
+//!
+//! Where each sits in the stack: the `app` module.
+
+pub mod deadline;
+pub mod limits;
+pub mod request_id;

@@ -1,0 +1,87 @@
+//! The wallet's path grammar: `/point/{id}` and `/point/{id}/{tail}`.
+//!
+//! It lives here, and only here: [`user_key`] is the key extractor the server
+//! gives the generic [`KeyedLockLayer`], so that layer locks `/point/{id}` and
+//! `/point/{id}/...` by user without knowing any path; [`path_user`] names the
+//! same user for the bearer authentication's owner check; and the route table
+//! matches paths with the same split ([`Route::of`](super::Route::of)).
+//!
+//! [`KeyedLockLayer`]: crate::layer::KeyedLockLayer
+
+use http::Request;
+use pointlock_core::{PointError, UserId};
+
+use crate::error::ApiError;
+use crate::layer::KeyDecision;
+
+/// What every wallet path starts with; the `{id}` segment follows it.
+const WALLET_PREFIX: &str = "/point/";
+
+/// Split `/point/{id}` into `("{id}", None)` and `/point/{id}/{tail}` into
+/// `("{id}", Some("{tail}"))`; `None` for any other path. The layer, the
+/// authentication and the router all read wallet paths through this one
+/// function.
+pub(super) fn split_wallet_path(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix(WALLET_PREFIX)?;
+    Some(match rest.split_once('/') {
+        Some((id, tail)) => (id, Some(tail)),
+        None => (rest, None),
+    })
+}
+
+/// The tail [`split_wallet_path`] gives a route template, computed at compile
+/// time (the same grammar, written for a `const fn`): `Some(None)` for
+/// `/point/{id}`, `Some(Some("charge"))` for `/point/{id}/charge`, `None` for
+/// a path outside the wallet. The route table matches a path's tail with
+/// these instead of splitting every template at every request.
+pub(super) const fn template_tail(template: &'static str) -> Option<Option<&'static str>> {
+    let (bytes, prefix) = (template.as_bytes(), WALLET_PREFIX.as_bytes());
+    if bytes.len() < prefix.len() {
+        return None;
+    }
+    let mut end = 0;
+    while end < prefix.len() {
+        if bytes[end] != prefix[end] {
+            return None;
+        }
+        end += 1;
+    }
+    // The id segment: up to the next '/'.
+    while end < bytes.len() && bytes[end] != b'/' {
+        end += 1;
+    }
+    if end == bytes.len() {
+        return Some(None);
+    }
+    let (_, tail) = bytes.split_at(end + 1);
+    match std::str::from_utf8(tail) {
+        Ok(tail) => Some(Some(tail)),
+        Err(_) => None,
+    }
+}
+
+/// The raw `{id}` segment of `/point/{id}` or `/point/{id}/...`, if `path` is one.
+pub fn user_segment(path: &str) -> Option<&str> {
+    split_wallet_path(path).map(|(id, _)| id)
+}
+
+/// The user a wallet path names: `None` for a path that is not
+/// `/point/{id}` or `/point/{id}/...`, the id or why it is invalid otherwise.
+/// The lock layer's key ([`user_key`]) and the bearer authentication's
+/// owner check both read the user through this function.
+pub fn path_user(path: &str) -> Option<Result<UserId, PointError>> {
+    user_segment(path).map(str::parse::<UserId>)
+}
+
+/// The wallet's key extractor for [`KeyedLockLayer`](crate::layer::KeyedLockLayer):
+/// a wallet path locks its user (reads included: a user's requests are
+/// admitted one at a time, in arrival order); an invalid id is rejected at
+/// once with 400 `INVALID_USER_ID`, taking no lock; every other path passes
+/// unlocked.
+pub fn user_key<B>(req: &Request<B>) -> KeyDecision<UserId> {
+    match path_user(req.uri().path()) {
+        None => KeyDecision::Pass,
+        Some(Ok(id)) => KeyDecision::Lock(id),
+        Some(Err(error)) => KeyDecision::Reject(ApiError::from(error).into_response()),
+    }
+}

@@ -1,0 +1,102 @@
+//! The wallet's handlers: a user's balance, history, charges and uses.
+//!
+//! Mutating handlers take the user's guard over from the request's
+//! [`HeldLock`] extension, put there by the lock layer, and hand it to the
+//! service: the user stays locked until the change is settled or, on a
+//! pipelined store, sequenced (the answer still waits until it is durable).
+//! Mounted without the layer, they acquire the lock themselves (with the same
+//! timeout), so the router alone is never unsafe.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use pointlock_core::{KeyGuard, PointError, TransactionType, UserId};
+
+use super::amount::read_amount;
+use super::idempotency_key::{idempotency_key, IDEMPOTENT_REPLAYED};
+use super::router::{RouterOptions, SharedService};
+use crate::error::{json_response, ApiError};
+use crate::layer::HeldLock;
+
+/// `GET /point/{id}`.
+pub(super) async fn point(
+    service: &SharedService,
+    id: UserId,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    Ok(json_response(StatusCode::OK, &service.point(id).await?))
+}
+
+/// `GET /point/{id}/histories`.
+pub(super) async fn histories(
+    service: &SharedService,
+    id: UserId,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    Ok(json_response(StatusCode::OK, &service.histories(id).await?))
+}
+
+/// `PATCH /point/{id}/charge` and `PATCH /point/{id}/use`: the key header
+/// first, then the user's guard, then the body (read under the guard, within
+/// the body timeout), then the change.
+pub(super) async fn change<B>(
+    service: &SharedService,
+    options: &RouterOptions,
+    kind: TransactionType,
+    id: UserId,
+    parts: Parts,
+    body: B,
+) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let key = idempotency_key(&parts.headers)?;
+    let from_layer = parts.extensions.get::<HeldLock<UserId>>();
+    let held = held(service, options, from_layer, id).await?;
+    let amount = read_amount(body, options.body_limit_bytes, options.body_timeout).await?;
+    // The guard goes to the service, which releases the user as soon as the
+    // store allows (a pipelined store: once the change is sequenced) and
+    // answers once the change is durable.
+    let applied = service
+        .apply_owned(held, kind, amount, key.as_ref())
+        .await?;
+    let mut response = json_response(StatusCode::OK, &applied.point);
+    if applied.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, http::HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The user's guard: from the lock layer, or acquired here when mounted without it.
+async fn held(
+    service: &SharedService,
+    options: &RouterOptions,
+    from_layer: Option<&HeldLock<UserId>>,
+    id: UserId,
+) -> Result<Arc<KeyGuard<UserId>>, ApiError> {
+    // The layer's guard, if it is a guard of this service's lock for this user
+    // (a layer given another lock would only earn a ForeignGuard error):
+    // taken over, so that the service decides when the user is released.
+    let lent = from_layer
+        .filter(|held| *held.key() == id)
+        .filter(|held| {
+            held.guard()
+                .is_some_and(|guard| guard.is_from(service.lock()))
+        })
+        .and_then(HeldLock::take);
+    if let Some(guard) = lent {
+        return Ok(guard);
+    }
+    let acquire = service
+        .lock()
+        .lock_timeout(id, tokio::time::sleep(options.lock_timeout));
+    match acquire.await {
+        Ok(guard) => Ok(Arc::new(guard)),
+        Err(_) => Err(PointError::LockTimeout.into()),
+    }
+}
