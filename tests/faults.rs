@@ -10,16 +10,16 @@
 //! `server/tests/disk_full.rs`; PostgreSQL going down and coming back mid-load
 //! is in `server/tests/multi_instance.rs`.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, Fault, ProbeStore, TestServer};
 use http::StatusCode;
 use pointlock::core::StoreErrorKind;
 use pointlock::server::AppOptions;
+use support::{Backend, Fault, ProbeStore, TestServer};
 
 fn options() -> AppOptions {
     AppOptions {

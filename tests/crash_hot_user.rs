@@ -22,7 +22,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use support::{command, get_json, request, Server};
+use support::binary::{command, Server};
+use support::http::{get_json, request};
+use support::pg::{cluster_url, TestDatabase};
 
 const WRITERS: u64 = 8;
 const READERS: u64 = 2;
@@ -64,7 +66,8 @@ fn point(body: &str) -> u64 {
 /// reader thread, right after a read was answered (the moment a read of a
 /// state not yet durable would be lost, if reads could show one).
 fn burst_and_kill(server: Server, round: u64) -> Seen {
-    let Server { child, addr, .. } = server;
+    let addr = server.addr.clone();
+    let child = server.into_child();
     let child = Arc::new(Mutex::new(child));
     let next = Arc::new(AtomicU64::new(round * 1_000_000));
     let armed = Arc::new(AtomicBool::new(false));
@@ -229,20 +232,21 @@ fn kill_9_mid_burst_on_one_hot_user_loses_no_acknowledged_balance_and_no_read() 
 fn postgres_pipelined_kill_9_mid_burst_loses_no_acknowledged_balance_and_no_read() {
     // The pointlock process dies (PostgreSQL does not): the changes it had
     // sequenced and not committed are lost; nothing it answered may be.
-    let Some(admin) = support::pg_cluster_url() else {
+    if cluster_url().is_none() {
         return;
-    };
-    let url = support::pg_fresh_database(&admin, "pl_crash_hot");
+    }
+    let db = TestDatabase::create_blocking();
+    let url = db.url();
     let dir = tempfile::tempdir().unwrap();
     let pipelined = ["--pg-pipeline", "on"];
     let mut all = Seen::default();
-    let mut server = start_on(command(dir.path()), &url, &pipelined);
+    let mut server = start_on(command(dir.path()), url, &pipelined);
     seed(&server);
     for round in 1..=ROUNDS {
         let seen = burst_and_kill(server, round);
         all.acks.extend(seen.acks);
         all.reads.extend(seen.reads);
-        server = start_on(command(dir.path()), &url, &pipelined);
+        server = start_on(command(dir.path()), url, &pipelined);
         verify(&server.addr, &all);
     }
     server.stop();
@@ -257,12 +261,12 @@ fn caught(control: &str) -> bool {
     for round in 1..=CONTROL_ROUNDS_MAX {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.db");
-        let mut cmd = support::command_of(debug_bin, dir.path());
+        let mut cmd = support::binary::command_of(debug_bin, dir.path());
         cmd.env("POINTLOCK_NEGATIVE_CONTROL", control);
         let server = start(cmd, &file);
         seed(&server);
         let seen = burst_and_kill(server, round);
-        let mut cmd = support::command_of(debug_bin, dir.path());
+        let mut cmd = support::binary::command_of(debug_bin, dir.path());
         cmd.env_remove("POINTLOCK_NEGATIVE_CONTROL");
         let server = start(cmd, &file);
         let addr = server.addr.clone();

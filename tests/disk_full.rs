@@ -15,7 +15,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use support::{command, get_json, request, Server};
+use support::binary::{command, Server};
+use support::http::{get_json, request};
 
 /// A tmpfs of `size` at `dir`, unmounted on drop.
 struct Tmpfs<'a>(&'a Path);

@@ -26,13 +26,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{command, get_json, request, Server};
+use support::binary::{command, Server};
+use support::http::{get_json, request, send};
+use support::pg::{cluster_url, TestDatabase};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The throwaway cluster, from the environment `./scripts/test.sh` exports.
 struct Cluster {
-    admin_url: String,
     data: String,
     bin: String,
     user: String,
@@ -40,19 +41,18 @@ struct Cluster {
 
 impl Cluster {
     fn from_env() -> Option<Self> {
-        let admin_url = support::pg_cluster_url()?;
+        cluster_url()?;
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         Some(Self {
-            admin_url,
             data: var("POINTLOCK_TEST_PG_DATA"),
             bin: var("POINTLOCK_TEST_PG_BIN"),
             user: var("POINTLOCK_TEST_PG_USER"),
         })
     }
 
-    /// A new, empty database; its URL.
-    fn fresh_database(&self) -> String {
-        support::pg_fresh_database(&self.admin_url, "pl_multi")
+    /// A new, empty database, dropped with the value.
+    fn fresh_database(&self) -> TestDatabase {
+        TestDatabase::create_blocking()
     }
 
     /// `pg_ctl restart -m fast`: every connection is cut, in-flight statements
@@ -196,9 +196,10 @@ fn four_instances_lose_no_update(extra: &[&str]) {
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let url = cluster.fresh_database();
+    let db = cluster.fresh_database();
+    let url = db.url();
     let dir = tempfile::tempdir().unwrap();
-    let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), &url, extra)).collect();
+    let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), url, extra)).collect();
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
 
     let acked = mixed_load(&addrs, 3, 16, 40, true);
@@ -244,10 +245,11 @@ fn negative_control_without_the_condition_instances_lose_updates() {
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let url = cluster.fresh_database();
+    let db = cluster.fresh_database();
+    let url = db.url();
     let dir = tempfile::tempdir().unwrap();
-    // The hidden flag exists only in test builds of the binary (the root
-    // package's dev-dependency turns on pointlock-server's `test-util`).
+    // The hidden flag exists only in test builds of the binary (the package's
+    // dev-dependency on itself turns on its `test-util`).
     let probe = command(dir.path())
         .args(["--test-unconditional-commits", "--help"])
         .output()
@@ -258,7 +260,7 @@ fn negative_control_without_the_condition_instances_lose_updates() {
          `cargo test --workspace`, which builds it with the test-util feature)"
     );
     let flag = ["--test-unconditional-commits"];
-    let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), &url, &flag)).collect();
+    let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), url, &flag)).collect();
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
 
     let acked = mixed_load(&addrs, 1, 16, 40, false);
@@ -354,10 +356,11 @@ fn kill_9_of_one_instance_mid_load_loses_no_acknowledged_change() {
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let url = cluster.fresh_database();
+    let db = cluster.fresh_database();
+    let url = db.url();
     let dir = tempfile::tempdir().unwrap();
-    let victim = instance(dir.path(), &url, &[]);
-    let survivor = instance(dir.path(), &url, &[]);
+    let victim = instance(dir.path(), url, &[]);
+    let survivor = instance(dir.path(), url, &[]);
     let addrs = vec![victim.addr.clone(), survivor.addr.clone()];
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::new()));
@@ -393,11 +396,12 @@ fn a_postgres_restart_mid_load_gives_5xx_corrupts_nothing_and_service_resumes() 
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let url = cluster.fresh_database();
+    let db = cluster.fresh_database();
+    let url = db.url();
     let dir = tempfile::tempdir().unwrap();
     let servers = [
-        instance(dir.path(), &url, &[]),
-        instance(dir.path(), &url, &[]),
+        instance(dir.path(), url, &[]),
+        instance(dir.path(), url, &[]),
     ];
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -443,15 +447,16 @@ fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers()
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let url = cluster.fresh_database();
+    let db = cluster.fresh_database();
+    let url = db.url();
     let dir = tempfile::tempdir().unwrap();
-    let server = instance(dir.path(), &url, &[]);
+    let server = instance(dir.path(), url, &[]);
     let (status, _) = request(&server.addr, "PATCH", "/point/1/charge", "5").unwrap();
     assert_eq!(status, 200);
 
     assert_eq!(request(&server.addr, "GET", "/ready", "").unwrap().0, 200);
     cluster.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
-    let down = request_full(&server.addr, "PATCH", "/point/1/charge", "7");
+    let down = send(&server.addr, "PATCH", "/point/1/charge", "", "7");
     let (ready_status, ready_body) = request(&server.addr, "GET", "/ready", "").unwrap();
     cluster.pg_ctl(&["start", "-w", "-t", "60"]);
     assert_eq!(ready_status, 503, "not ready while the database is down");
@@ -492,24 +497,6 @@ fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers()
         .unwrap();
     assert_eq!(balance, 12, "the refused charge changed nothing");
     server.stop();
-}
-
-/// One raw request; the whole response (status line, headers, body).
-fn request_full(addr: &str, method: &str, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// Wait (bounded: 60 s) until at least `count` charges were acknowledged.
