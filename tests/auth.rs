@@ -1,4 +1,4 @@
-//! Bearer JWT authentication (issue 14) on a running server: every wallet
+//! Bearer JWT authentication on a running server: every wallet
 //! route against every kind of bad token, for each of the three
 //! configurations (HS256, RS256, ES256); a refused request changes nothing
 //! and takes no lock, not even behind a user held by another request; the

@@ -1,4 +1,4 @@
-//! kill -9 mid-burst on one hot user, with concurrent reads (issue 16): on the
+//! kill -9 mid-burst on one hot user, with concurrent reads: on the
 //! pipelined store, every acknowledged balance and every balance a read
 //! returned survive.
 //!

@@ -1,4 +1,4 @@
-//! A real full disk under the SQLite store (issue 13, item 2): the binary on a
+//! A real full disk under the SQLite store: the binary on a
 //! 512 KiB tmpfs, charged until the filesystem is full. Every answer is a 2xx
 //! or a coded 5xx; reads go on; after the space is back and pointlock is
 //! restarted (the documented way out of fail-stop), every acknowledged charge

@@ -1,4 +1,4 @@
-//! Hostile clients (issue 13, item 1): each connection limit against the client
+//! Hostile clients: each connection limit against the client
 //! it exists for, over raw TCP on loopback, and the server still answering
 //! everyone else afterwards.
 //!

@@ -5,7 +5,7 @@
 //! negative control: both off, duplicates apply more than once).
 //!
 //! Survival across a restart and `kill -9`, and expiry, are in
-//! `server/tests/idempotency_restart.rs` (they need the binary).
+//! `tests/idempotency_restart.rs` (they need the binary).
 
 mod support;
 

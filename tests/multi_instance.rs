@@ -1,4 +1,4 @@
-//! Several `pointlock` processes on one PostgreSQL database (issue 11).
+//! Several `pointlock` processes on one PostgreSQL database.
 //!
 //! The binaries are the ones cargo builds for this test run, pointed at a fresh
 //! database of the throwaway cluster `./scripts/test.sh` starts
@@ -256,8 +256,8 @@ fn negative_control_without_the_condition_instances_lose_updates() {
         .expect("run pointlock");
     assert!(
         probe.status.success(),
-        "this pointlock binary has no --test-unconditional-commits (run the tests with \
-         `cargo test --workspace`, which builds it with the test-util feature)"
+        "this pointlock binary has no --test-unconditional-commits (`cargo test` builds \
+         the package's binary with its test-util feature; a release build has none)"
     );
     let flag = ["--test-unconditional-commits"];
     let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), url, &flag)).collect();
