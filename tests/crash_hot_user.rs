@@ -235,18 +235,17 @@ fn postgres_pipelined_kill_9_mid_burst_loses_no_acknowledged_balance_and_no_read
     if cluster_url().is_none() {
         return;
     }
-    let db = TestDatabase::create_blocking();
-    let url = db.url();
+    let url = TestDatabase::create_left();
     let dir = tempfile::tempdir().unwrap();
     let pipelined = ["--pg-pipeline", "on"];
     let mut all = Seen::default();
-    let mut server = start_on(command(dir.path()), url, &pipelined);
+    let mut server = start_on(command(dir.path()), &url, &pipelined);
     seed(&server);
     for round in 1..=ROUNDS {
         let seen = burst_and_kill(server, round);
         all.acks.extend(seen.acks);
         all.reads.extend(seen.reads);
-        server = start_on(command(dir.path()), url, &pipelined);
+        server = start_on(command(dir.path()), &url, &pipelined);
         verify(&server.addr, &all);
     }
     server.stop();

@@ -50,9 +50,9 @@ impl Cluster {
         })
     }
 
-    /// A new, empty database, dropped with the value.
-    fn fresh_database(&self) -> TestDatabase {
-        TestDatabase::create_blocking()
+    /// A new, empty database; its URL.
+    fn fresh_database(&self) -> String {
+        TestDatabase::create_left()
     }
 
     /// `pg_ctl restart -m fast`: every connection is cut, in-flight statements
@@ -196,10 +196,9 @@ fn four_instances_lose_no_update(extra: &[&str]) {
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let db = cluster.fresh_database();
-    let url = db.url();
+    let url = cluster.fresh_database();
     let dir = tempfile::tempdir().unwrap();
-    let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), url, extra)).collect();
+    let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), &url, extra)).collect();
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
 
     let acked = mixed_load(&addrs, 3, 16, 40, true);
@@ -245,8 +244,7 @@ fn negative_control_without_the_condition_instances_lose_updates() {
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let db = cluster.fresh_database();
-    let url = db.url();
+    let url = cluster.fresh_database();
     let dir = tempfile::tempdir().unwrap();
     // The hidden flag exists only in test builds of the binary (the package's
     // dev-dependency on itself turns on its `test-util`).
@@ -260,7 +258,7 @@ fn negative_control_without_the_condition_instances_lose_updates() {
          the package's binary with its test-util feature; a release build has none)"
     );
     let flag = ["--test-unconditional-commits"];
-    let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), url, &flag)).collect();
+    let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), &url, &flag)).collect();
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
 
     let acked = mixed_load(&addrs, 1, 16, 40, false);
@@ -356,11 +354,10 @@ fn kill_9_of_one_instance_mid_load_loses_no_acknowledged_change() {
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let db = cluster.fresh_database();
-    let url = db.url();
+    let url = cluster.fresh_database();
     let dir = tempfile::tempdir().unwrap();
-    let victim = instance(dir.path(), url, &[]);
-    let survivor = instance(dir.path(), url, &[]);
+    let victim = instance(dir.path(), &url, &[]);
+    let survivor = instance(dir.path(), &url, &[]);
     let addrs = vec![victim.addr.clone(), survivor.addr.clone()];
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::new()));
@@ -396,12 +393,11 @@ fn a_postgres_restart_mid_load_gives_5xx_corrupts_nothing_and_service_resumes() 
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let db = cluster.fresh_database();
-    let url = db.url();
+    let url = cluster.fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let servers = [
-        instance(dir.path(), url, &[]),
-        instance(dir.path(), url, &[]),
+        instance(dir.path(), &url, &[]),
+        instance(dir.path(), &url, &[]),
     ];
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -447,10 +443,9 @@ fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers()
     let Some(cluster) = Cluster::from_env() else {
         return;
     };
-    let db = cluster.fresh_database();
-    let url = db.url();
+    let url = cluster.fresh_database();
     let dir = tempfile::tempdir().unwrap();
-    let server = instance(dir.path(), url, &[]);
+    let server = instance(dir.path(), &url, &[]);
     let (status, _) = request(&server.addr, "PATCH", "/point/1/charge", "5").unwrap();
     assert_eq!(status, 200);
 

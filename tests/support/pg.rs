@@ -79,6 +79,17 @@ impl TestDatabase {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
+    /// [`create_blocking`](Self::create_blocking), left in the cluster
+    /// rather than dropped: a database's drop forces a checkpoint, seconds
+    /// after a heavy load, and the cluster is thrown away after the tests
+    /// anyway. Its URL.
+    pub fn create_left() -> String {
+        let database = Self::create_blocking();
+        let url = database.url.clone();
+        std::mem::forget(database);
+        url
+    }
+
     /// The URL of this database (same user and server as the cluster's URL).
     pub fn url(&self) -> &str {
         &self.url
