@@ -28,7 +28,7 @@ POINTLOCK=${POINTLOCK:-$BIN_DIR/pointlock}
 command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
 if [ "${BUILD:-1}" = 1 ]; then # BUILD=0: use the binaries already built
-  cargo build --release --locked -p pointlock-server --bin pointlock
+  cargo build --release --locked -p pointlock --bin pointlock
   cargo build --release --locked --example baseline_server
   case " $SERVERS " in
     *" pointlock-jwt-"*) cargo build --release --locked --example mint_jwt ;;

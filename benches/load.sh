@@ -82,7 +82,7 @@ case " $STORES " in *" pg"*) needs_pg=1 ;; esac
 
 if [ "${BUILD:-1}" = 1 ]; then # BUILD=0: use the binaries already in $BIN_DIR
   echo "==> building release binaries"
-  cargo build --release --locked -p pointlock-server --bin pointlock
+  cargo build --release --locked -p pointlock --bin pointlock
   if [ "$BASELINE" = 1 ]; then
     cargo build --release --locked --example baseline_server
   fi

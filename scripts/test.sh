@@ -84,7 +84,7 @@ CARGO_TARGET_DIR="$fuzz_target_dir" BOLERO_RANDOM_TEST_TIME_MS="${BOLERO_RANDOM_
   cargo test --manifest-path fuzz/Cargo.toml --locked
 
 step "crash test against the release binary (kill -9 mid-load, several rounds)"
-cargo build --release -p pointlock-server --bin pointlock --locked
+cargo build --release -p pointlock --bin pointlock --locked
 release_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/pointlock"
 # The release binary is built without `test-util`: its negative controls'
 # hidden flags must not exist (clap refuses an unknown flag before --help).
@@ -95,7 +95,7 @@ for control in "--test-negative-control dirty-reads" "--test-unconditional-commi
     exit 1
   fi
 done
-POINTLOCK_TEST_BIN="$release_bin" cargo test -p pointlock-server --test crash --test crash_hot_user --locked
+POINTLOCK_TEST_BIN="$release_bin" cargo test -p pointlock --test crash --test crash_hot_user --locked
 
 step "schemathesis against GET /openapi.json on the release binary (memory and SQLite; installs schemathesis from PyPI once)"
 ST_MAX_TIME="${ST_MAX_TIME:-60}" ./scripts/schemathesis.sh "$release_bin"

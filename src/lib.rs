@@ -1,7 +1,8 @@
 //! `pointlock`: a per-user point wallet whose concurrency is correct by construction.
 //!
-//! This root crate only re-exports the workspace crates and owns the cross-crate
-//! integration tests (`tests/`) and benchmarks (`benches/`).
+//! This root crate re-exports the workspace crates and owns the `pointlock`
+//! binary (`src/main.rs`), the integration tests (`tests/`, with their one
+//! harness in `tests/support/`) and the benchmarks (`benches/`).
 //!
 //! - [`core`]: domain, policies, the FIFO [`core::KeyedLock`], the store trait, the
 //!   in-memory store and the [`core::PointService`]. Runtime-agnostic; builds for wasm32.

@@ -1,4 +1,4 @@
-//! Bearer JWT authentication (issue 14) on a running server: every wallet
+//! Bearer JWT authentication on a running server: every wallet
 //! route against every kind of bad token, for each of the three
 //! configurations (HS256, RS256, ES256); a refused request changes nothing
 //! and takes no lock, not even behind a user held by another request; the
@@ -7,13 +7,11 @@
 //! vacuous) and against the layer placed after the lock (it takes the lock:
 //! the lock assertions can fail).
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::jwt::{admin_claims, alg_none, bearer, claims, now, Scheme};
-use common::{ProbeStore, TestServer};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use pointlock::core::{KeyedLock, UserId};
 use pointlock::server::app::AppBody;
@@ -22,6 +20,8 @@ use pointlock::server::layer::KeyedLockLayer;
 use pointlock::server::routes::user_key;
 use pointlock::server::AppOptions;
 use serde_json::{json, Value};
+use support::jwt::{admin_claims, alg_none, bearer, claims, now, Scheme};
+use support::{ProbeStore, TestServer};
 use tokio::sync::Semaphore;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -279,7 +279,7 @@ async fn a_refused_request_never_waits_behind_a_held_user() {
     let gate = Arc::new(Semaphore::new(0));
     let options = AppOptions {
         auth: Some(Scheme::Hs256.auth()),
-        ..common::patient()
+        ..support::patient()
     };
     let server =
         Arc::new(TestServer::start(ProbeStore::new(0).with_gate(Arc::clone(&gate)), options).await);

@@ -1,25 +1,25 @@
-//! Fault injection (issue 13, item 2) through real HTTP on every store: a
-//! commit that fails (each kind of store error, before or after the store
-//! applied it), panics, or stalls past the request deadline. For each: the
+//! Fault injection through real HTTP on every store: a commit that fails
+//! (each kind of store error, before or after the store applied it),
+//! panics, or stalls past the request deadline. For each: the
 //! client gets a coded answer, the user's lock is released, nothing is
 //! half-applied (the balance replays from the history), and the next request
 //! of that user is served.
 //!
 //! The SQLite-specific faults (a full disk, a failed COMMIT/fsync and its
 //! fail-stop) are in `server/src/store/sqlite/tests.rs` and
-//! `server/tests/disk_full.rs`; PostgreSQL going down and coming back mid-load
-//! is in `server/tests/multi_instance.rs`.
+//! `tests/disk_full.rs`; PostgreSQL going down and coming back mid-load
+//! is in `tests/multi_instance.rs`.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, Fault, ProbeStore, TestServer};
 use http::StatusCode;
 use pointlock::core::StoreErrorKind;
 use pointlock::server::AppOptions;
+use support::{Backend, Fault, ProbeStore, TestServer};
 
 fn options() -> AppOptions {
     AppOptions {

@@ -1,4 +1,4 @@
-//! Hostile clients (issue 13, item 1): each connection limit against the client
+//! Hostile clients: each connection limit against the client
 //! it exists for, over raw TCP on loopback, and the server still answering
 //! everyone else afterwards.
 //!
@@ -12,7 +12,7 @@
 //! - request smuggling (Content-Length with Transfer-Encoding), invalid UTF-8,
 //!   deep JSON and huge numbers get a 4xx each and change nothing.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,19 +20,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pointlock::core::{KeyedLock, MemoryStore, PointService, PointStore, Policy};
-use pointlock::server::app::{build_app, serve_with, ServeOptions};
+use pointlock::server::app::{build_app, ServeOptions};
 use pointlock::server::clock::SystemClock;
 use pointlock::server::AppOptions;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// A server over a memory store with `serve` options; dropped: shut down.
-struct Server {
-    addr: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
+use support::http::{raw_request, read_for, status_and_body, Read};
+use support::Served;
 
-async fn start(serve: ServeOptions) -> Server {
+/// A server over a memory store with `serve` options; dropped: shut down.
+async fn start(serve: ServeOptions) -> Served {
     let store: Arc<dyn PointStore> = Arc::new(MemoryStore::new());
     let service = Arc::new(PointService::with_lock(
         store,
@@ -47,16 +45,7 @@ async fn start(serve: ServeOptions) -> Server {
             ..AppOptions::default()
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        serve_with(listener, app, shutdown, &serve).await.unwrap();
-    });
-    Server { addr, _stop: stop }
+    Served::start(app, serve).await
 }
 
 fn quick() -> ServeOptions {
@@ -67,67 +56,13 @@ fn quick() -> ServeOptions {
     }
 }
 
-/// What a read from a connection came to.
-#[derive(Debug, PartialEq, Eq)]
-enum Read {
-    /// The server closed the connection (with these bytes before).
-    Closed(Vec<u8>),
-    /// Nothing more within the wait (the connection is still open).
-    Open(Vec<u8>),
-}
-
-/// Read until the server closes the connection or `wait` passes.
-async fn read_for(stream: &mut TcpStream, wait: Duration) -> Read {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut buf = [0u8; 8192];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return Read::Open(got),
-            Ok(Ok(0)) | Ok(Err(_)) => return Read::Closed(got),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// One request on a fresh connection (`connection: close`); status and body.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    extra: &str,
-    body: &[u8],
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{extra}content-length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    match read_for(&mut stream, Duration::from_secs(10)).await {
-        Read::Closed(bytes) => parse(&bytes),
-        Read::Open(bytes) => panic!("no answer: {}", String::from_utf8_lossy(&bytes)),
-    }
-}
-
-fn parse(bytes: &[u8]) -> (u16, String) {
-    let text = String::from_utf8_lossy(bytes).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 async fn healthy(addr: SocketAddr) {
-    assert_eq!(request(addr, "GET", "/health", "", b"").await.0, 200);
+    assert_eq!(raw_request(addr, "GET", "/health", "", b"").await.0, 200);
 }
 
 async fn balance(addr: SocketAddr, user: u64) -> (u64, usize) {
-    let (_, point) = request(addr, "GET", &format!("/point/{user}"), "", b"").await;
-    let (_, rows) = request(addr, "GET", &format!("/point/{user}/histories"), "", b"").await;
+    let (_, point) = raw_request(addr, "GET", &format!("/point/{user}"), "", b"").await;
+    let (_, rows) = raw_request(addr, "GET", &format!("/point/{user}/histories"), "", b"").await;
     let point: serde_json::Value = serde_json::from_str(&point).unwrap();
     let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
     (
@@ -188,7 +123,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
         .unwrap();
     // The answer comes, then, with nothing more sent, the close.
     match read_for(&mut conn, Duration::from_secs(10)).await {
-        Read::Closed(bytes) => assert_eq!(parse(&bytes).0, 200),
+        Read::Closed(bytes) => assert_eq!(status_and_body(&bytes).0, 200),
         Read::Open(bytes) => panic!("kept open: {}", String::from_utf8_lossy(&bytes)),
     }
 }
@@ -212,7 +147,7 @@ async fn a_head_over_the_limit_gets_431_json_and_a_closed_connection() {
         let Read::Closed(bytes) = read_for(&mut conn, Duration::from_secs(10)).await else {
             panic!("the connection stays open after a 431");
         };
-        let (status, body) = parse(&bytes);
+        let (status, body) = status_and_body(&bytes);
         assert_eq!(status, 431, "{size}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["code"], "HEADERS_TOO_LARGE");
@@ -229,11 +164,11 @@ async fn a_head_over_the_limit_gets_431_json_and_a_closed_connection() {
     let Read::Closed(bytes) = read_for(&mut conn, Duration::from_secs(10)).await else {
         panic!("open after a head larger than the buffer");
     };
-    assert_eq!(parse(&bytes).0, 431);
+    assert_eq!(status_and_body(&bytes).0, 431);
     // Within the limit: served; nothing above changed anything.
     let line = format!("x-fine: {}\r\n", "a".repeat(15 * 1024));
     assert_eq!(
-        request(server.addr, "PATCH", "/point/1/charge", &line, b"7")
+        raw_request(server.addr, "PATCH", "/point/1/charge", &line, b"7")
             .await
             .0,
         200
@@ -259,7 +194,7 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
         let Read::Open(bytes) = read_for(&mut conn, Duration::from_millis(300)).await else {
             panic!("closed");
         };
-        assert_eq!(parse(&bytes).0, 200);
+        assert_eq!(status_and_body(&bytes).0, 200);
         held.push(conn);
     }
     // A third: the kernel completes the handshake (backlog), the server does
@@ -281,13 +216,13 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     let Read::Open(bytes) = read_for(&mut held[0], Duration::from_millis(300)).await else {
         panic!("closed");
     };
-    assert_eq!(parse(&bytes).0, 200);
+    assert_eq!(status_and_body(&bytes).0, 200);
     // One closes: the third is accepted and answered.
     drop(held.pop());
     let Read::Closed(bytes) = read_for(&mut third, Duration::from_secs(10)).await else {
         panic!("never answered after a slot freed");
     };
-    assert_eq!(parse(&bytes).0, 200);
+    assert_eq!(status_and_body(&bytes).0, 200);
 }
 
 #[tokio::test]
@@ -306,7 +241,7 @@ async fn smuggling_bad_utf8_deep_json_and_huge_numbers_get_4xx_and_change_nothin
     let Read::Closed(bytes) = read_for(&mut conn, Duration::from_secs(10)).await else {
         panic!("the connection stays open after a smuggling attempt");
     };
-    let (status, body) = parse(&bytes);
+    let (status, body) = status_and_body(&bytes);
     assert_eq!(status, 411, "{body}");
     assert!(body.contains("LENGTH_REQUIRED"), "{body}");
     let text = String::from_utf8_lossy(&bytes);
@@ -329,7 +264,7 @@ async fn smuggling_bad_utf8_deep_json_and_huge_numbers_get_4xx_and_change_nothin
         b"NaN",
     ];
     for body in bodies {
-        let (status, answer) = request(server.addr, "PATCH", "/point/1/charge", "", body).await;
+        let (status, answer) = raw_request(server.addr, "PATCH", "/point/1/charge", "", body).await;
         assert_eq!(
             status,
             400,

@@ -12,16 +12,16 @@
 //! outside CI), with the same simulated latency added in front of the last two by
 //! the probe.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{patient, Backend, ProbeStore, TestServer};
 use http::StatusCode;
 use pointlock::core::{KeyedLock, Policy};
 use pointlock::server::AppOptions;
+use support::{patient, Backend, ProbeStore, TestServer};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Barrier, Semaphore};
 
@@ -529,7 +529,7 @@ async fn a_slow_uploader_holds_its_user_only_until_the_body_deadline_on(backend:
     assert_eq!(server.charge(2, 5).await.status, StatusCode::OK);
 
     // The server answers without reading the rest; it may keep the socket open.
-    let response = common::read_until(&mut raw, "}").await;
+    let response = support::http::read_until(&mut raw, "}").await;
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     assert!(response.contains(r#""code":"BODY_TIMEOUT""#), "{response}");
     let queued = queued.await.unwrap();
@@ -639,7 +639,7 @@ async fn sqlite_a_failed_commit_answers_500_changes_nothing_and_releases_the_loc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_failed_commit_answers_500_changes_nothing_and_releases_the_lock() {
-    if common::postgres_skipped() {
+    if support::postgres_skipped() {
         return;
     }
     a_failed_commit_answers_500_changes_nothing_and_releases_the_lock_on(Backend::Postgres).await;

@@ -7,13 +7,13 @@
 //! skipped without `POINTLOCK_TEST_PG_URL` outside CI). The rest is the HTTP
 //! layer's and runs on the memory store.
 
-mod common;
+mod support;
 
 use bytes::Bytes;
-use common::{Backend, ProbeStore, TestServer};
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use pointlock::server::AppOptions;
+use support::{Backend, ProbeStore, TestServer};
 use tokio::io::AsyncWriteExt;
 
 async fn server() -> TestServer {
@@ -226,7 +226,7 @@ async fn oversized_bodies_are_413_json_whether_declared_or_streamed() {
     }
     request.push_str("0\r\n\r\n");
     raw.write_all(request.as_bytes()).await.unwrap();
-    let response = common::read_until(&mut raw, "}").await;
+    let response = support::http::read_until(&mut raw, "}").await;
     assert!(response.starts_with("HTTP/1.1 411"), "{response}");
     assert!(
         response.contains(r#""code":"LENGTH_REQUIRED""#),
@@ -265,8 +265,7 @@ async fn request_ids_are_set_and_propagated() {
     let s = server().await;
     let r = s.get("/point/1").await;
     assert!(r.headers.contains_key("x-request-id"));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = support::http::client();
     let req = http::Request::get(format!("http://{}/point/1", s.addr))
         .header("x-request-id", "trace-me-123")
         .body(Full::new(Bytes::new()))

@@ -5,17 +5,17 @@
 //! negative control: both off, duplicates apply more than once).
 //!
 //! Survival across a restart and `kill -9`, and expiry, are in
-//! `server/tests/idempotency_restart.rs` (they need the binary).
+//! `tests/idempotency_restart.rs` (they need the binary).
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{patient, Backend, ProbeStore, TestServer};
 use http::{HeaderMap, Method, StatusCode};
 use pointlock::core::KeyedLock;
 use pointlock::server::AppOptions;
+use support::{patient, Backend, ProbeStore, TestServer};
 
 /// Each call of every store waits 0..=3 ms: the template's race window.
 const LATENCY_MS: u64 = 3;

@@ -1,22 +1,24 @@
 //! `GET /metrics` over real HTTP: exact counts after known traffic, bounded
 //! labels whatever the number of users, lock contention, and text that a
-//! scraper accepts (the strict reader `pointlock::server::metrics::text`).
+//! scraper accepts (the strict reader `tests/support/openmetrics.rs`).
 
-mod common;
+mod support;
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
-use common::{pg_support, postgres_skipped, ProbeStore, TestServer};
+use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::{BodyExt, Full};
 use pointlock::core::{KeyedLock, PointService, PointStore, Policy};
-use pointlock::server::app::{build_app, serve};
+use pointlock::server::app::build_app;
 use pointlock::server::clock::SystemClock;
-use pointlock::server::metrics::text::{parse, Exposition};
 use pointlock::server::metrics::{Metrics, StoreSource, CONTENT_TYPE};
 use pointlock::server::AppOptions;
 use pointlock::store::{PostgresOptions, PostgresStore};
+use support::app::{drain, Served};
+use support::openmetrics::{parse, Exposition};
+use support::{pg, postgres_skipped, ProbeStore, TestServer};
 use tokio::sync::Semaphore;
 
 fn with_metrics() -> AppOptions {
@@ -208,7 +210,7 @@ async fn pg_the_postgresql_store_s_commits_and_pool_are_read_from_its_stats() {
     if postgres_skipped() {
         return;
     }
-    let db = pg_support::TestDatabase::create().await;
+    let db = pg::TestDatabase::create().await;
     let store = PostgresStore::connect(db.url(), PostgresOptions::default())
         .await
         .expect("connect");
@@ -226,21 +228,16 @@ async fn pg_the_postgresql_store_s_commits_and_pool_are_read_from_its_stats() {
         ..AppOptions::default()
     };
     let app = build_app(service, &options);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(serve(
-        listener,
-        app,
-        async {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(5),
-    ));
-    let client = plain_client();
+    let served = Served::start(app, drain(Duration::from_secs(5))).await;
+    let client = support::http::client();
     for _ in 0..2 {
-        let (status, body) = client.send("PATCH", addr, "/point/5/charge", "3").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        let request = http::Request::patch(format!("http://{}/point/5/charge", served.addr))
+            .body(Full::new(Bytes::from_static(b"3")))
+            .unwrap();
+        let response = client.request(request).await.expect("answered");
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, StatusCode::OK, "{body:?}");
     }
     let text = metrics.render().unwrap();
     let read = parse(&text).unwrap_or_else(|error| panic!("{error}\n{text}"));
@@ -266,44 +263,5 @@ async fn pg_the_postgresql_store_s_commits_and_pool_are_read_from_its_stats() {
     );
     let stats = StoreSource::Postgres(store).stats_json();
     assert_eq!(stats["commits"], 2, "{stats}");
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
-}
-
-/// A plain hyper client for the test above (the harness's server is not used).
-fn plain_client() -> PlainClient {
-    PlainClient(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http(),
-    )
-}
-
-struct PlainClient(
-    hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Full<bytes::Bytes>,
-    >,
-);
-
-impl PlainClient {
-    async fn send(
-        &self,
-        method: &str,
-        addr: std::net::SocketAddr,
-        path: &str,
-        body: &'static str,
-    ) -> (StatusCode, String) {
-        use http_body_util::BodyExt;
-        let request = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                body.as_bytes(),
-            )))
-            .unwrap();
-        let response = self.0.request(request).await.expect("answered");
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
-    }
+    served.finished().await.unwrap();
 }

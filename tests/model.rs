@@ -29,21 +29,19 @@
 //! every user's balance, history and key records.
 //!
 //! A failure is shrunk to a smallest sequence and printed. The budget is
-//! `model_support::CASES_DEFAULT` cases per store (`PROPTEST_CASES` to change
+//! `support::model::CASES_DEFAULT` cases per store (`PROPTEST_CASES` to change
 //! it). One store serves all the cases of a run (a fresh database on
 //! PostgreSQL: one per case would cost more than the cases), so each case has
 //! users of its own and starts 2 TTLs after the previous one, with every
 //! earlier record swept.
 
-mod common;
-mod model_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, ProbeStore};
 use pointlock::core::domain::VALUE_MAX;
 use pointlock::core::policy::MAX_BALANCE_DEFAULT;
 use pointlock::core::{
@@ -52,6 +50,7 @@ use pointlock::core::{
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
+use support::{Backend, ProbeStore};
 
 /// The service's maximum balance (the default policy), as the model knows it.
 const MAX_BALANCE: u64 = MAX_BALANCE_DEFAULT;
@@ -635,7 +634,7 @@ async fn the_service_answers_as_the_model_predicts_on(backend: Backend) {
     // a thread that tokio lets block.
     tokio::task::block_in_place(|| {
         let runtime = tokio::runtime::Handle::current();
-        model_support::check(scenario(), |scenario| {
+        support::model::check(scenario(), |scenario| {
             runtime.block_on(world.run(&scenario, REAL))
         });
     });
@@ -668,10 +667,10 @@ async fn negative_control_a_service_off_by_one_is_caught_and_shrunk() {
     for settings in off_by_one {
         let found = tokio::task::block_in_place(|| {
             let runtime = tokio::runtime::Handle::current();
-            model_support::find_failure(
-                model_support::Config {
+            support::model::find_failure(
+                support::model::Config {
                     cases: 256,
-                    ..model_support::config()
+                    ..support::model::config()
                 },
                 scenario(),
                 |scenario| runtime.block_on(world.run(&scenario, settings)),

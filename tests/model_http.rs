@@ -51,8 +51,7 @@
 //! it with both lines off (the condition switched off too) and must find a
 //! violation.
 
-mod common;
-mod model_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +59,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use common::{patient, Backend, ProbeStore, TestServer};
 use http::{Method, StatusCode};
 use pointlock::core::policy::MAX_BALANCE_DEFAULT;
 use pointlock::core::{KeyedLock, PointError, Policy, TransactionType};
@@ -68,6 +66,7 @@ use pointlock::server::AppOptions;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use support::{patient, Backend, ProbeStore, TestServer};
 
 const MAX_BALANCE: u64 = MAX_BALANCE_DEFAULT;
 /// Each store call waits 0..=LATENCY_MS ms: the window the lock must close.
@@ -698,7 +697,7 @@ async fn linearizable(backend: Backend, defences: Defences) {
     let world = World::new(backend).await;
     tokio::task::block_in_place(|| {
         let runtime = tokio::runtime::Handle::current();
-        model_support::check(batch(), |batch| {
+        support::model::check(batch(), |batch| {
             runtime.block_on(world.run(&batch, defences))
         });
     });
@@ -740,14 +739,14 @@ on_every_store! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_without_the_lock_and_the_condition_the_check_fails() {
     let world = World::new(Backend::Memory).await;
-    let config = model_support::Config {
+    let config = support::model::Config {
         cases: 64,
         max_shrink_iters: 0,
-        ..model_support::config()
+        ..support::model::config()
     };
     let found = tokio::task::block_in_place(|| {
         let runtime = tokio::runtime::Handle::current();
-        model_support::find_failure(config, batch(), |batch| {
+        support::model::find_failure(config, batch(), |batch| {
             runtime.block_on(world.run(&batch, Defences::None))
         })
     });

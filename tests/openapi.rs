@@ -21,7 +21,7 @@
 //! soon as it lands, to say that the lists must be emptied and the test enabled.
 //! Today: `GET /metrics`.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -29,19 +29,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::jwt::{admin_claims, alg_none, bearer, claims, now, Scheme};
-use common::{ProbeStore, TestServer};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use jsonschema::{Draft, Registry, Validator};
 use pointlock::core::{
     BoxFuture, Change, Committed, KeyedLock, MemoryStore, PointError, PointHistory, PointStore,
     Policy, StoreError, StoreErrorKind, UserId, UserPoint,
 };
-use pointlock::server::app::{build_app, serve, service};
+use pointlock::server::app::{build_app, service};
 use pointlock::server::auth::{access, Access};
 use pointlock::server::clock::SystemClock;
 use pointlock::server::error::{Denial, TokenRejection};
@@ -50,6 +45,10 @@ use pointlock::server::routes::{StoreStats, ROUTES};
 use pointlock::server::{ApiError, AppOptions};
 use pointlock::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
+use support::app::drain;
+use support::http::{client, Client};
+use support::jwt::{admin_claims, alg_none, bearer, claims, now, Scheme};
+use support::{ProbeStore, Served, TestServer};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
@@ -837,14 +836,12 @@ impl Answer {
 
 /// A plain HTTP/1.1 client that lets a test set any header and body.
 struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client,
 }
 
 impl Http {
     fn new() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        Self { client: client() }
     }
 
     async fn send(
@@ -895,7 +892,7 @@ async fn raw_on(addr: SocketAddr, request: &str, half_close: bool) -> Answer {
     if half_close {
         stream.shutdown().await.unwrap();
     }
-    let text = common::read_until(&mut stream, "\"}").await;
+    let text = support::http::read_until(&mut stream, "\"}").await;
     let (head, body) = text.split_once("\r\n\r\n").expect("a complete answer");
     let mut lines = head.lines();
     let status: u16 = lines
@@ -1199,7 +1196,7 @@ async fn the_deadlines_and_the_lock(contract: &Contract, http: &Http) {
     // --lock-queue-max 1: a holder at the gate, one waiter, then refusals.
     let options = AppOptions {
         lock_queue_max: Some(1),
-        ..common::patient()
+        ..support::patient()
     };
     let (s, gate) = gated(options).await;
     let holder = s.spawn_charge(1, 1);
@@ -1302,11 +1299,8 @@ impl PointStore for ScriptedStore {
     }
 }
 
-/// The full stack over `store` on a loopback port, until the sender is dropped.
-async fn serve_store(
-    store: Arc<dyn PointStore>,
-    options: AppOptions,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+/// The full stack over `store` on a loopback port, until dropped.
+async fn serve_store(store: Arc<dyn PointStore>, options: AppOptions) -> Served {
     let svc = service(
         store,
         Policy::default(),
@@ -1314,18 +1308,7 @@ async fn serve_store(
         KeyedLock::new(),
     );
     let app = build_app(svc, &options);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let shutdown = async {
-            let _ = rx.await;
-        };
-        serve(listener, app, shutdown, Duration::from_secs(1))
-            .await
-            .unwrap();
-    });
-    (addr, tx)
+    Served::start(app, drain(Duration::from_secs(1))).await
 }
 
 /// Every store failure, scripted, on every operation that reaches the store; a
@@ -1343,7 +1326,8 @@ async fn store_failures(contract: &Contract, http: &Http) {
         store_stats: Some(StoreStats::new(|| panic!("scripted stats panic"))),
         ..AppOptions::default()
     };
-    let (addr, _stop) = serve_store(store.clone(), options).await;
+    let served = serve_store(store.clone(), options).await;
+    let addr = served.addr;
     // A use needs points to reach its commit.
     let r = http
         .send(addr, Method::PATCH, "/point/1/charge", &[], "50")
@@ -1420,10 +1404,10 @@ async fn durable_store_stats(contract: &Contract, http: &Http) {
     let read = Arc::clone(&sqlite);
     let stats = StoreStats::new(move || serde_json::to_value(read.stats()).unwrap());
     let mut stores: Vec<(Arc<dyn PointStore>, StoreStats)> = vec![(sqlite, stats)];
-    let _db = if common::postgres_skipped() {
+    let _db = if support::postgres_skipped() {
         None
     } else {
-        let db = common::pg_support::TestDatabase::create().await;
+        let db = support::pg::TestDatabase::create().await;
         let options = PostgresOptions::default();
         let pg = Arc::new(PostgresStore::connect(db.url(), options).await.unwrap());
         let read = Arc::clone(&pg);
@@ -1436,7 +1420,8 @@ async fn durable_store_stats(contract: &Contract, http: &Http) {
             store_stats: Some(stats),
             ..AppOptions::default()
         };
-        let (addr, _stop) = serve_store(store, options).await;
+        let served = serve_store(store, options).await;
+        let addr = served.addr;
         let r = http
             .send(addr, Method::PATCH, "/point/1/charge", &[], "5")
             .await;

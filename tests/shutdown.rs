@@ -1,15 +1,16 @@
 //! Graceful shutdown: stop accepting, finish what is in flight.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{patient, ProbeStore};
 use http::StatusCode;
 use pointlock::core::{KeyedLock, Policy};
-use pointlock::server::app::{build_app, serve, service};
+use pointlock::server::app::{build_app, service};
 use pointlock::server::clock::SystemClock;
+use support::app::drain;
+use support::{patient, ProbeStore, Served};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
@@ -26,24 +27,15 @@ async fn shutdown_finishes_in_flight_requests_then_returns() {
         lock.clone(),
     );
     let app = build_app(svc, &patient());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        app,
-        async {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(10),
-    ));
+    let mut server = Served::start(app, drain(Duration::from_secs(10))).await;
+    let addr = server.addr;
 
     let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
     raw.write_all(b"PATCH /point/1/charge HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n50")
         .await
         .unwrap();
     entered.recv().await.unwrap();
-    stop.send(()).unwrap();
+    server.stop();
     // New connections are refused once the accept loop has stopped.
     let mut refused = false;
     for _ in 0..200 {
@@ -65,10 +57,9 @@ async fn shutdown_finishes_in_flight_requests_then_returns() {
     );
     assert!(response.contains(r#""point":50"#), "{response}");
     drop(raw);
-    tokio::time::timeout(Duration::from_secs(10), server)
+    tokio::time::timeout(Duration::from_secs(10), server.finished())
         .await
         .expect("serve returns after draining")
-        .unwrap()
         .unwrap();
     assert!(lock.is_empty());
 }

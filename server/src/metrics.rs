@@ -84,8 +84,6 @@
 //! ```
 
 mod requests;
-#[cfg(any(test, feature = "test-util"))]
-pub mod text;
 
 use std::fmt;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};

@@ -11,7 +11,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{command, exits_within, Server};
+use support::binary::{command, exits_within, Server};
+use support::http::request;
 
 fn running_as_root(dir: &Path) -> bool {
     std::fs::metadata(dir).unwrap().uid() == 0
@@ -87,7 +88,7 @@ fn a_file_in_use_by_another_server_is_refused() {
         "{stderr}"
     );
     // The first server is unharmed.
-    let (status, _) = support::request(&first.addr, "PATCH", "/point/1/charge", "5").unwrap();
+    let (status, _) = request(&first.addr, "PATCH", "/point/1/charge", "5").unwrap();
     assert_eq!(status, 200);
     first.stop();
 }
@@ -101,7 +102,7 @@ fn a_read_only_file_is_refused_untouched() {
     let mut cmd = command(dir.path());
     cmd.args(["--store", &spec]);
     let server = Server::start(cmd);
-    support::request(&server.addr, "PATCH", "/point/1/charge", "5").unwrap();
+    request(&server.addr, "PATCH", "/point/1/charge", "5").unwrap();
     server.stop();
     let before = std::fs::read(&path).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();

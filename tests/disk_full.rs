@@ -1,4 +1,4 @@
-//! A real full disk under the SQLite store (issue 13, item 2): the binary on a
+//! A real full disk under the SQLite store: the binary on a
 //! 512 KiB tmpfs, charged until the filesystem is full. Every answer is a 2xx
 //! or a coded 5xx; reads go on; after the space is back and pointlock is
 //! restarted (the documented way out of fail-stop), every acknowledged charge
@@ -15,7 +15,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use support::{command, get_json, request, Server};
+use support::binary::{command, Server};
+use support::http::{get_json, request};
 
 /// A tmpfs of `size` at `dir`, unmounted on drop.
 struct Tmpfs<'a>(&'a Path);

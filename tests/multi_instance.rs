@@ -1,4 +1,4 @@
-//! Several `pointlock` processes on one PostgreSQL database (issue 11).
+//! Several `pointlock` processes on one PostgreSQL database.
 //!
 //! The binaries are the ones cargo builds for this test run, pointed at a fresh
 //! database of the throwaway cluster `./scripts/test.sh` starts
@@ -26,13 +26,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{command, get_json, request, Server};
+use support::binary::{command, Server};
+use support::http::{get_json, request, send};
+use support::pg::{cluster_url, TestDatabase};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The throwaway cluster, from the environment `./scripts/test.sh` exports.
 struct Cluster {
-    admin_url: String,
     data: String,
     bin: String,
     user: String,
@@ -40,10 +41,9 @@ struct Cluster {
 
 impl Cluster {
     fn from_env() -> Option<Self> {
-        let admin_url = support::pg_cluster_url()?;
+        cluster_url()?;
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         Some(Self {
-            admin_url,
             data: var("POINTLOCK_TEST_PG_DATA"),
             bin: var("POINTLOCK_TEST_PG_BIN"),
             user: var("POINTLOCK_TEST_PG_USER"),
@@ -52,7 +52,7 @@ impl Cluster {
 
     /// A new, empty database; its URL.
     fn fresh_database(&self) -> String {
-        support::pg_fresh_database(&self.admin_url, "pl_multi")
+        TestDatabase::create_left()
     }
 
     /// `pg_ctl restart -m fast`: every connection is cut, in-flight statements
@@ -246,16 +246,16 @@ fn negative_control_without_the_condition_instances_lose_updates() {
     };
     let url = cluster.fresh_database();
     let dir = tempfile::tempdir().unwrap();
-    // The hidden flag exists only in test builds of the binary (the root
-    // package's dev-dependency turns on pointlock-server's `test-util`).
+    // The hidden flag exists only in test builds of the binary (the package's
+    // dev-dependency on itself turns on its `test-util`).
     let probe = command(dir.path())
         .args(["--test-unconditional-commits", "--help"])
         .output()
         .expect("run pointlock");
     assert!(
         probe.status.success(),
-        "this pointlock binary has no --test-unconditional-commits (run the tests with \
-         `cargo test --workspace`, which builds it with the test-util feature)"
+        "this pointlock binary has no --test-unconditional-commits (`cargo test` builds \
+         the package's binary with its test-util feature; a release build has none)"
     );
     let flag = ["--test-unconditional-commits"];
     let servers: Vec<Server> = (0..4).map(|_| instance(dir.path(), &url, &flag)).collect();
@@ -451,7 +451,7 @@ fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers()
 
     assert_eq!(request(&server.addr, "GET", "/ready", "").unwrap().0, 200);
     cluster.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
-    let down = request_full(&server.addr, "PATCH", "/point/1/charge", "7");
+    let down = send(&server.addr, "PATCH", "/point/1/charge", "", "7");
     let (ready_status, ready_body) = request(&server.addr, "GET", "/ready", "").unwrap();
     cluster.pg_ctl(&["start", "-w", "-t", "60"]);
     assert_eq!(ready_status, 503, "not ready while the database is down");
@@ -492,24 +492,6 @@ fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers()
         .unwrap();
     assert_eq!(balance, 12, "the refused charge changed nothing");
     server.stop();
-}
-
-/// One raw request; the whole response (status line, headers, body).
-fn request_full(addr: &str, method: &str, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// Wait (bounded: 60 s) until at least `count` charges were acknowledged.

@@ -1,4 +1,4 @@
-//! kill -9 mid-burst on one hot user, with concurrent reads (issue 16): on the
+//! kill -9 mid-burst on one hot user, with concurrent reads: on the
 //! pipelined store, every acknowledged balance and every balance a read
 //! returned survive.
 //!
@@ -23,7 +23,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use support::{command, get_json, request, Server};
+use support::binary::{command, Server};
+use support::http::{get_json, request};
+use support::pg::{cluster_url, TestDatabase};
 
 const WRITERS: u64 = 8;
 const READERS: u64 = 2;
@@ -65,7 +67,8 @@ fn point(body: &str) -> u64 {
 /// reader thread, right after a read was answered (the moment a read of a
 /// state not yet durable would be lost, if reads could show one).
 fn burst_and_kill(server: Server, round: u64) -> Seen {
-    let Server { child, addr, .. } = server;
+    let addr = server.addr.clone();
+    let child = server.into_child();
     let child = Arc::new(Mutex::new(child));
     let next = Arc::new(AtomicU64::new(round * 1_000_000));
     let armed = Arc::new(AtomicBool::new(false));
@@ -230,10 +233,10 @@ fn kill_9_mid_burst_on_one_hot_user_loses_no_acknowledged_balance_and_no_read() 
 fn postgres_pipelined_kill_9_mid_burst_loses_no_acknowledged_balance_and_no_read() {
     // The pointlock process dies (PostgreSQL does not): the changes it had
     // sequenced and not committed are lost; nothing it answered may be.
-    let Some(admin) = support::pg_cluster_url() else {
+    if cluster_url().is_none() {
         return;
-    };
-    let url = support::pg_fresh_database(&admin, "pl_crash_hot");
+    }
+    let url = TestDatabase::create_left();
     let dir = tempfile::tempdir().unwrap();
     let pipelined = ["--pg-pipeline", "on"];
     let mut all = Seen::default();
@@ -257,7 +260,7 @@ fn caught(control: &str) -> bool {
     let debug_bin = env!("CARGO_BIN_EXE_pointlock");
     // The hidden flag exists only in `test-util` builds of the binary (the
     // server's own dev-dependency turns the feature on for its tests).
-    let probe = support::command_of(debug_bin, std::path::Path::new("."))
+    let probe = support::binary::command_of(debug_bin, std::path::Path::new("."))
         .args(["--test-negative-control", control, "--help"])
         .output()
         .expect("run pointlock");
@@ -268,12 +271,12 @@ fn caught(control: &str) -> bool {
     for round in 1..=CONTROL_ROUNDS_MAX {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.db");
-        let mut cmd = support::command_of(debug_bin, dir.path());
+        let mut cmd = support::binary::command_of(debug_bin, dir.path());
         cmd.args(["--test-negative-control", control]);
         let server = start(cmd, &file);
         seed(&server);
         let seen = burst_and_kill(server, round);
-        let cmd = support::command_of(debug_bin, dir.path());
+        let cmd = support::binary::command_of(debug_bin, dir.path());
         let server = start(cmd, &file);
         let addr = server.addr.clone();
         let check = std::panic::catch_unwind(|| verify(&addr, &seen));

@@ -1,7 +1,6 @@
-//! Shared by the model-based property tests (`tests/model.rs`,
-//! `tests/model_http.rs`): the case budget and the runner that reports a
-//! failure with its shrunk input.
-#![allow(dead_code)]
+//! The runner of the model-based property tests (`tests/model.rs`,
+//! `tests/model_http.rs`): the case budget and a failure reported with its
+//! shrunk input.
 
 use std::fmt::Debug;
 

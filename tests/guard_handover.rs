@@ -1,4 +1,4 @@
-//! A guard lives until its change is durable or refused (issue 10, item 2).
+//! A guard lives until its change is durable or refused.
 //!
 //! Over SQLite and without the HTTP layer: a charge whose future is dropped
 //! while its change waits in the writer's queue must keep its user locked until

@@ -1,18 +1,31 @@
 //! The `pointlock` binary as a user runs it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pointlock");
+use std::process::Output;
+
+use support::binary::{command, Server};
+use support::http::{get_json, request, send};
+
+/// `pointlock ARGS` in a directory of its own, run to its exit.
+fn output(args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    command(dir.path()).args(args).output().unwrap()
+}
+
+/// The address in a JSON log line that says the server is listening.
+fn json_address(line: &str) -> Option<String> {
+    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+    let message = event["fields"]["message"].as_str().unwrap_or_default();
+    message
+        .contains("listening on")
+        .then(|| event["fields"]["addr"].as_str().unwrap().to_owned())
+}
 
 #[test]
 fn help_explains_every_flag() {
     // --help-all: --help leaves the tuning and benchmark flags out.
-    let out = Command::new(BIN).arg("--help-all").output().unwrap();
+    let out = output(&["--help-all"]);
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
@@ -47,16 +60,10 @@ fn help_explains_every_flag() {
 
 #[test]
 fn bad_settings_fail_fast_with_a_message() {
-    let out = Command::new(BIN)
-        .args(["--lock-timeout-ms", "5000", "--request-timeout-ms", "1000"])
-        .output()
-        .unwrap();
+    let out = output(&["--lock-timeout-ms", "5000", "--request-timeout-ms", "1000"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be longer"));
-    let out = Command::new(BIN)
-        .args(["--store", "nosuch"])
-        .output()
-        .unwrap();
+    let out = output(&["--store", "nosuch"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown store"));
 }
@@ -74,11 +81,14 @@ fn a_wrong_or_unreachable_postgres_url_refuses_to_start_with_a_message() {
             "invalid PostgreSQL URL",
         ),
     ] {
-        let out = Command::new(BIN)
-            .args(["--store", url, "--pg-connect-timeout-ms", "2000"])
-            .args(["--addr", "127.0.0.1:0"])
-            .output()
-            .unwrap();
+        let out = output(&[
+            "--store",
+            url,
+            "--pg-connect-timeout-ms",
+            "2000",
+            "--addr",
+            "127.0.0.1:0",
+        ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
         assert!(stderr.contains(expect), "{url}: {stderr}");
@@ -90,145 +100,55 @@ fn a_wrong_or_unreachable_postgres_url_refuses_to_start_with_a_message() {
     }
 }
 
-fn get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[test]
 fn serves_logs_its_address_and_stops_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--store",
-            "memory",
-            "--simulate-latency-ms",
-            "60",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let response = get(&addr, "/point/7");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--store", "memory", "--simulate-latency-ms", "60"]);
+    let server = Server::start(cmd);
+    let response = send(&server.addr, "GET", "/point/7", "", "");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains(r#""point":0"#), "{response}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    // Drain the log so the child never blocks on a full pipe; it ends at exit.
-    let log: Vec<String> = lines.map_while(Result::ok).collect();
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "exit {exit:?}; log: {log:?}");
+    // SIGTERM, and a clean exit.
+    let log = server.stop();
     assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
 }
 
 #[test]
 fn log_format_json_writes_one_json_object_per_line() {
-    let mut child = Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0", "--store", "memory"])
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .env_remove("POINTLOCK_LOG_FORMAT")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--store", "memory", "--log-format", "json"]);
     let mut seen = Vec::new();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
+    let server = Server::start_with(cmd, |line| {
         let event: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         assert!(
             event["level"].is_string() && event["timestamp"].is_string(),
             "{line}"
         );
-        seen.push(line);
-        let message = event["fields"]["message"].as_str().unwrap_or_default();
-        if message.contains("listening on") {
-            break event["fields"]["addr"].as_str().unwrap().to_owned();
-        }
-    };
-    let response = get(&addr, "/health");
+        seen.push(line.to_owned());
+        json_address(line)
+    });
+    let response = send(&server.addr, "GET", "/health", "", "");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server); // killed
     assert!(!seen.is_empty());
-    let out = Command::new(BIN)
-        .args(["--log-format", "yaml"])
-        .output()
-        .unwrap();
+    let out = output(&["--log-format", "yaml"]);
     assert_eq!(out.status.code(), Some(2), "an unknown format is refused");
-}
-
-/// One raw request with extra header lines (each ending in `\r\n`); the response.
-fn send(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[test]
 fn request_log_lines_carry_the_request_id_and_never_a_key_or_a_body() {
     // DEBUG: the most a request logs (at INFO only its 5xx line, which carries
     // request_id: see request_id.rs's tests).
-    let mut child = Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0", "--store", "memory"])
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--store", "memory"])
         .args(["--log-format", "json", "--lock-timeout-ms", "100"])
-        .env("RUST_LOG", "debug,hyper=info,hyper_util=info")
-        .env_remove("POINTLOCK_LOG_FORMAT")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if event["fields"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("listening on")
-        {
-            break event["fields"]["addr"].as_str().unwrap().to_owned();
-        }
-    };
+        .env("RUST_LOG", "debug,hyper=info,hyper_util=info");
+    let server = Server::start_with(cmd, json_address);
     let key = "idempotency-key: SECRET-KEY-7f3a\r\n";
     let requests = [
         ("PATCH", "/point/1/charge", key, "4242", "rid-charge"),
@@ -252,16 +172,12 @@ fn request_log_lines_carry_the_request_id_and_never_a_key_or_a_body() {
     ];
     for (method, path, headers, body, id) in requests {
         let headers = format!("{headers}x-request-id: {id}\r\n");
-        let response = send(&addr, method, path, &headers, body);
+        let response = send(&server.addr, method, path, &headers, body);
         assert!(response.contains(id), "{response}");
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let log: Vec<String> = lines.map_while(Result::ok).collect();
-    child.wait().unwrap();
+    // The lines after the one that named the address.
+    let after = server.listening_line + 1;
+    let log = server.stop()[after..].to_vec();
     let mut about_requests = 0;
     for line in &log {
         for secret in ["SECRET-KEY", "BAD KEY", "4242", "987654"] {
@@ -287,15 +203,15 @@ fn request_log_lines_carry_the_request_id_and_never_a_key_or_a_body() {
 #[test]
 fn metrics_are_on_by_default_with_the_store_s_families_and_off_by_flag_or_env() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = support::command(dir.path());
+    let mut cmd = command(dir.path());
     cmd.args(["--store", "sqlite:p.db"]);
-    let server = support::Server::start(cmd);
+    let server = Server::start(cmd);
     for _ in 0..2 {
         let (status, body) =
-            support::request(&server.addr, "PATCH", "/point/3/charge", "5").expect("answered");
+            request(&server.addr, "PATCH", "/point/3/charge", "5").expect("answered");
         assert_eq!(status, 200, "{body}");
     }
-    let response = get(&server.addr, "/metrics");
+    let response = send(&server.addr, "GET", "/metrics", "", "");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(
         response.to_ascii_lowercase().contains(
@@ -315,26 +231,23 @@ fn metrics_are_on_by_default_with_the_store_s_families_and_off_by_flag_or_env() 
     }
     assert!(response.ends_with("# EOF\n"), "{response}");
     // GET /stats reads the same statistics.
-    let stats = support::get_json(&server.addr, "/stats");
+    let stats = get_json(&server.addr, "/stats");
     assert_eq!(stats["store"]["batches"], 2, "{stats}");
     server.stop();
 
-    let mut by_flag = support::command(dir.path());
+    let mut by_flag = command(dir.path());
     by_flag.args(["--store", "memory", "--metrics", "off"]);
-    let mut by_env = support::command(dir.path());
+    let mut by_env = command(dir.path());
     by_env
         .args(["--store", "memory"])
         .env("POINTLOCK_METRICS", "off");
     for cmd in [by_flag, by_env] {
-        let server = support::Server::start(cmd);
-        let (status, body) = support::request(&server.addr, "GET", "/metrics", "").unwrap();
+        let server = Server::start(cmd);
+        let (status, body) = request(&server.addr, "GET", "/metrics", "").unwrap();
         assert_eq!(status, 404, "{body}");
         server.stop();
     }
-    let out = Command::new(BIN)
-        .args(["--metrics", "maybe"])
-        .output()
-        .unwrap();
+    let out = output(&["--metrics", "maybe"]);
     assert_eq!(out.status.code(), Some(2), "only on or off");
 }
 
@@ -343,22 +256,12 @@ fn bearer_jwt_from_environment_variables() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("jwt-secret");
     std::fs::write(&secret, "a shared secret of forty-two bytes or so!!\n").unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0", "--store", "memory"])
+    let mut cmd = command(dir.path());
+    cmd.args(["--store", "memory"])
         .env("POINTLOCK_JWT_HS256_SECRET_FILE", &secret)
         .env("POINTLOCK_METRICS_REQUIRE_ADMIN", "true")
-        .env("RUST_LOG", "debug,hyper=info,hyper_util=info")
-        .env_remove("POINTLOCK_LOG_FORMAT")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+        .env("RUST_LOG", "debug,hyper=info,hyper_util=info");
+    let server = Server::start(cmd);
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({ "sub": "7", "exp": jsonwebtoken::get_current_timestamp() + 600 }),
@@ -375,7 +278,7 @@ fn bearer_jwt_from_environment_variables() {
         ("GET", "/metrics", "", "", "401"),
         ("GET", "/health", "", "", "200"),
     ] {
-        let response = send(&addr, method, path, headers, body);
+        let response = send(&server.addr, method, path, headers, body);
         assert!(
             response.starts_with(&format!("HTTP/1.1 {status}")),
             "{method} {path}: {response}"
@@ -387,20 +290,15 @@ fn bearer_jwt_from_environment_variables() {
             );
         }
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let log: Vec<String> = lines.map_while(Result::ok).collect();
-    child.wait().unwrap();
+    // Every line, from the start on.
+    let log = server.stop();
     for line in &log {
         assert!(!line.contains(&token), "no token in the log: {line}");
         assert!(!line.contains("forty-two"), "no secret in the log: {line}");
     }
     // A secret too short stops the server before it listens, naming the file only.
     std::fs::write(&secret, "short secret").unwrap();
-    let out = Command::new(BIN)
+    let out = command(dir.path())
         .args(["--addr", "127.0.0.1:0", "--store", "memory"])
         .arg("--jwt-hs256-secret-file")
         .arg(&secret)

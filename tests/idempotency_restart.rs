@@ -5,18 +5,15 @@
 
 mod support;
 
-#[path = "../../tests/pg_support/mod.rs"]
-mod pg_support;
-
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use support::{command, get_json, Server};
+use support::binary::{command, Server};
+use support::http::{exchange, get_json, split};
+use support::pg::{cluster_url, TestDatabase};
 
 /// The answer to one request: status, whether it was replayed, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,24 +26,12 @@ struct Answer {
 /// A PATCH with an `Idempotency-Key` on its own connection; `None` if the
 /// server is gone.
 fn keyed(addr: &str, op: &str, user: u64, key: &str, amount: u64) -> Option<Answer> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let body = amount.to_string();
-    write!(
-        stream,
-        "PATCH /point/{user}/{op} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
-         idempotency-key: {key}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
+    let headers = format!("idempotency-key: {key}\r\ncontent-type: application/json\r\n");
+    let path = format!("/point/{user}/{op}");
+    let response = exchange(addr, "PATCH", &path, &headers, &amount.to_string())?;
+    let (status, head, body) = split(&response)?;
     Some(Answer {
-        status: head.get(9..12)?.parse().ok()?,
+        status,
         replayed: head
             .lines()
             .any(|line| line.eq_ignore_ascii_case("idempotent-replayed: true")),
@@ -205,14 +190,10 @@ fn sqlite_records_survive_a_restart_and_kill_9() {
 
 #[test]
 fn postgres_records_survive_a_restart_and_kill_9() {
-    if pg_support::cluster_url().is_none() {
+    if cluster_url().is_none() {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let db = runtime.block_on(pg_support::TestDatabase::create());
+    let db = TestDatabase::create_blocking();
     let dir = tempfile::tempdir().unwrap();
     survives_restart_and_kill_9(|| {
         let mut cmd = big_balance(command(dir.path()));
