@@ -383,7 +383,7 @@ impl Router {
                 // The guard goes to the service, which releases the user as
                 // soon as the store allows (a pipelined store: once the change
                 // is sequenced) and answers once the change is durable.
-                let applied = svc.apply_owned(held, kind, amount, key.as_ref()).await?;
+                let applied = svc.apply(held, kind, amount, key.as_ref()).await?;
                 let mut response = json_response(StatusCode::OK, &applied.point);
                 if applied.replayed {
                     response

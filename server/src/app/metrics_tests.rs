@@ -519,7 +519,7 @@ async fn replays_and_swept_keys_are_the_service_s_counters() {
         fixture
             .service
             .apply(
-                &held,
+                Arc::clone(&held),
                 pointlock_core::TransactionType::Charge,
                 one,
                 Some(&key),
@@ -544,7 +544,7 @@ async fn metrics_are_independent_registries() {
     let two = Metrics::new();
     let held = Arc::new(one.service.lock().lock(UserId::new(1).unwrap()).await);
     let five = pointlock_core::Amount::new(5).unwrap();
-    one.service.charge(&held, five).await.unwrap();
+    one.service.charge(Arc::clone(&held), five).await.unwrap();
     drop(held);
     assert!(one
         .metrics
