@@ -41,9 +41,8 @@
 //!
 //! Off by default, a user stays locked in this instance until its statement
 //! has committed, so one busy user is bound by the commit round trip and WAL
-//! flush of each change. Pipelined, the store implements the pipelined
-//! contract of [`PointStore`] as the SQLite store does (the sequenced state is
-//! `sequenced.rs`): a change is checked against the user's sequenced state, put
+//! flush of each change. Pipelined, the store is a [`PipelinedStore`] as the
+//! SQLite store is (the sequenced state is `sequenced.rs`): a change is checked against the user's sequenced state, put
 //! on the user's **chain** and its guard dropped; the chain's task (one per
 //! user with work, spawned when the chain starts, gone when it empties) takes
 //! everything queued and commits it in **one transaction** (one WAL flush), each
@@ -86,17 +85,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use pointlock_core::store::settled;
 use pointlock_core::{
-    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PointHistory,
-    PointStore, ReadMark, SequencedRead, StoreError, StoreErrorKind, UserId, UserPoint,
+    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PipelinedStore,
+    PointHistory, PointStore, ReadMark, SequencedRead, StoreError, StoreErrorKind, Unsequenced,
+    UserId, UserPoint,
 };
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::sequenced::{self, Overlay};
+use super::sequenced::{self, Dependents, Overlay, Sequencing};
 use super::{corrupt_row, history_row, idempotency_row, to_i64};
 use crate::histogram::{DurationHistogram, HistogramSnapshot};
 
@@ -499,6 +498,24 @@ impl PostgresStore {
         )
     }
 
+    /// [`commit_now`](Self::commit_now) for a change of a chain, unless
+    /// something it was computed on did not apply (then refused unwritten).
+    async fn commit_after(
+        &self,
+        overlay: &Overlay,
+        dependents: &mut Dependents,
+        change: &Change,
+    ) -> Result<Committed, StoreError> {
+        if let Some(refused) = dependents.refusal(Some(overlay), change) {
+            return Err(refused);
+        }
+        let outcome = self.commit_now(change).await;
+        if outcome.is_err() {
+            dependents.broke(change);
+        }
+        outcome
+    }
+
     async fn commit_now(&self, change: &Change) -> Result<Committed, StoreError> {
         let client = self.client().await?;
         let statement = client
@@ -601,7 +618,10 @@ impl PostgresStore {
                     Item::Barrier(..) => None,
                 })
                 .collect();
-            let mut outcomes = self.commit_chain(&changes).await.into_iter();
+            let mut outcomes = self
+                .commit_chain(&pipeline.overlay, &changes)
+                .await
+                .into_iter();
             for item in items {
                 match item {
                     Item::Change(change, reply) => {
@@ -629,12 +649,19 @@ impl PostgresStore {
 
     /// One user's consecutive changes: one statement alone, or several in one
     /// transaction (one WAL flush). A statement error aborts a PostgreSQL
-    /// transaction, so then each change runs again alone.
-    async fn commit_chain(&self, changes: &[&Change]) -> Vec<Result<Committed, StoreError>> {
-        match changes {
-            [] => return Vec::new(),
-            [change] => return vec![self.commit_now(change).await],
-            _ => {}
+    /// transaction, so then each change runs again alone. A change computed on
+    /// one that did not apply is refused unwritten (see `sequenced.rs`).
+    async fn commit_chain(
+        &self,
+        overlay: &Overlay,
+        changes: &[&Change],
+    ) -> Vec<Result<Committed, StoreError>> {
+        let mut dependents = Dependents::default();
+        if let [change] = changes {
+            return vec![self.commit_after(overlay, &mut dependents, change).await];
+        }
+        if changes.is_empty() {
+            return Vec::new();
         }
         let mut client = match self.client().await {
             Ok(client) => client,
@@ -650,12 +677,21 @@ impl PostgresStore {
         let mut outcomes = Vec::with_capacity(changes.len());
         let mut aborted = false;
         for change in changes {
+            if let Some(refused) = dependents.refusal(Some(overlay), change) {
+                outcomes.push(Err(refused));
+                continue;
+            }
             let ran = match transaction.prepare_cached(statement_sql(change)).await {
                 Ok(statement) => self.run_change(&*transaction, &statement, change).await,
                 Err(e) => Err(self.failed(&e, false)),
             };
             match ran {
-                Ok(outcome) => outcomes.push(outcome),
+                Ok(outcome) => {
+                    if outcome.is_err() {
+                        dependents.broke(change);
+                    }
+                    outcomes.push(outcome);
+                }
                 Err(_) => {
                     aborted = true;
                     break;
@@ -669,9 +705,10 @@ impl PostgresStore {
             self.counters.commits.fetch_sub(counted, Ordering::Relaxed);
             drop(transaction);
             drop(client);
+            let mut dependents = Dependents::default();
             let mut alone = Vec::with_capacity(changes.len());
             for change in changes {
-                alone.push(self.commit_now(change).await);
+                alone.push(self.commit_after(overlay, &mut dependents, change).await);
             }
             return alone;
         }
@@ -784,8 +821,9 @@ impl PointStore for PostgresStore {
     }
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
-        if self.pipeline.is_some() {
-            return Box::pin(async move { self.sequence(change).await?.await });
+        if let Some(pipeline) = &self.pipeline {
+            // Through the sequenced state, its guard kept until answered.
+            return Box::pin(async move { self.sequence_in(pipeline, change)?.await });
         }
         // The task owns the change (and the user's guard in it) until the database
         // has answered, whatever happens to the caller's future.
@@ -801,42 +839,35 @@ impl PointStore for PostgresStore {
         })
     }
 
-    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+    fn pipelined(&self) -> Option<&dyn PipelinedStore> {
+        self.pipeline
+            .is_some()
+            .then_some(self as &dyn PipelinedStore)
+    }
+}
+
+impl PipelinedStore for PostgresStore {
+    fn sequence(&self, change: Unsequenced) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
         Box::pin(async move {
-            let Some(pipeline) = &self.pipeline else {
-                return self.commit(change).await.map(settled);
-            };
-            let id = change.user_id();
-            let (reply, answer) = oneshot::channel();
-            // Checked against the sequenced state, queued on the user's chain
-            // (whose task owns it from here, whatever happens to the caller),
-            // made the sequenced state, its guard dropped: all under the user's
-            // shard mutex of the sequenced state.
-            pipeline.overlay.sequence(change, |change| {
-                self.enqueue(pipeline, id, Item::Change(change, reply));
-                Ok(())
-            })?;
-            let pending: Pending<'_> = Box::pin(async move {
-                answer.await.map_err(|_| {
-                    StoreError::with_kind(
-                        StoreErrorKind::OutcomeUnknown,
-                        "the PostgreSQL chain stopped before answering",
-                    )
-                })?
-            });
-            Ok(pending)
+            match &self.pipeline {
+                Some(pipeline) => self.sequence_in(pipeline, change),
+                None => Err(StoreError::new(
+                    "this PostgreSQL store is not pipelined: commit the change instead",
+                )),
+            }
         })
     }
 
     fn sequenced_point(
         &self,
         id: UserId,
-    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
+    ) -> BoxFuture<'_, Result<SequencedRead<'_, Option<UserPoint>>, StoreError>> {
         let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
         Box::pin(sequenced::read(
             overlay,
             move |o| o.point(id),
             move || self.user_point(id),
+            move |mark| self.settle(id, mark),
         ))
     }
 
@@ -844,15 +875,45 @@ impl PointStore for PostgresStore {
         &'a self,
         id: UserId,
         key: &'a IdempotencyKey,
-    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
+    ) -> BoxFuture<'a, Result<SequencedRead<'a, Option<IdempotencyRecord>>, StoreError>> {
         let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
         Box::pin(sequenced::read(
             overlay,
             move |o| o.key(id, key),
             move || self.idempotency_record(id, key),
+            move |mark| self.settle(id, mark),
         ))
     }
+}
 
+impl PostgresStore {
+    /// Check `change` against the sequenced state, queue it on the user's
+    /// chain (whose task owns it from here, whatever happens to the caller)
+    /// and make its result the sequenced state, all under the user's shard
+    /// mutex of the sequenced state; the outcome, to await.
+    fn sequence_in(
+        &self,
+        pipeline: &Arc<Pipeline>,
+        change: impl Sequencing,
+    ) -> Result<Pending<'_>, StoreError> {
+        let id = change.change().user_id();
+        let (reply, answer) = oneshot::channel();
+        pipeline.overlay.sequence(change, |change| {
+            self.enqueue(pipeline, id, Item::Change(change, reply));
+            Ok(())
+        })?;
+        Ok(Box::pin(async move {
+            answer.await.map_err(|_| {
+                StoreError::with_kind(
+                    StoreErrorKind::OutcomeUnknown,
+                    "the PostgreSQL chain stopped before answering",
+                )
+            })?
+        }))
+    }
+
+    /// Resolve once everything a read of user `id` marked `mark` showed is
+    /// durable; fail if some of it failed (see `sequenced.rs`).
     fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
         let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
         Box::pin(sequenced::settle(overlay, id, mark, move || async move {

@@ -60,7 +60,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::cache::BalanceCache;
 use crate::histogram::{DurationHistogram, HistogramSnapshot};
-use crate::store::sequenced::{self, Overlay};
+use crate::store::sequenced::{self, Dependents, Overlay};
 use crate::store::to_i64;
 
 /// A first balance, or one computed from 0: insert it, or update a row whose
@@ -307,7 +307,8 @@ impl Writer {
             .map_or(0, |user| user.load(Ordering::SeqCst));
         #[cfg(not(test))]
         let fail_amount = 0;
-        let written = write(conn, &changes, fail_amount);
+        let overlay = self.overlay.as_deref();
+        let written = write(conn, &changes, overlay, fail_amount);
         self.stats.commit_duration.observe(started.elapsed());
         match written {
             Ok(outcomes) => {
@@ -329,7 +330,7 @@ impl Writer {
                 tracing::warn!(%error, ops = batch.len(), "SQLite batch failed in a statement (rolled back); retrying each change alone");
                 let mut jobs = batch.drain(..);
                 while let Some(job) = jobs.next() {
-                    match write(conn, &[&job.change], fail_amount) {
+                    match write(conn, &[&job.change], overlay, fail_amount) {
                         Ok(mut outcome) => self.answer(job, outcome.remove(0)),
                         Err(Failure::Statement(error)) => self.answer(job, Err(error)),
                         Err(Failure::Commit(error)) => {
@@ -499,13 +500,16 @@ fn collect(
 }
 
 /// Write `changes` in one transaction: each change applied or refused by its
-/// condition, and the transaction committed; or, on any error, nothing.
+/// condition, and the transaction committed; or, on any error, nothing. With
+/// the sequenced state (`overlay`: pipelined), a change computed on one that
+/// did not apply is refused unwritten (see `sequenced.rs`).
 ///
 /// `fail_amount` (unit tests' fault injection; 0: none): a change of that
 /// amount fails as a statement would.
 fn write(
     conn: &mut Connection,
     changes: &[&Change],
+    overlay: Option<&Overlay>,
     fail_amount: u64,
 ) -> Result<Vec<Result<Committed, StoreError>>, Failure> {
     let failed = |e: rusqlite::Error| {
@@ -524,13 +528,22 @@ fn write(
             select_key_made: tx.prepare_cached(SELECT_KEY_MADE).map_err(failed)?,
             upsert_key: tx.prepare_cached(UPSERT_KEY).map_err(failed)?,
         };
+        let mut dependents = Dependents::default();
         for change in changes {
+            if let Some(refused) = dependents.refusal(overlay, change) {
+                outcomes.push(Err(refused));
+                continue;
+            }
             if change.amount().get() == fail_amount {
                 return Err(Failure::Statement(StoreError::new(
                     "SQLite write failed: injected fault (unit tests)",
                 )));
             }
-            outcomes.push(apply(&tx, &mut statements, change).map_err(Failure::Statement)?);
+            let outcome = apply(&tx, &mut statements, change).map_err(Failure::Statement)?;
+            if outcome.is_err() {
+                dependents.broke(change);
+            }
+            outcomes.push(outcome);
         }
     }
     // Dropping `tx` on an early return rolls back.
