@@ -74,7 +74,7 @@ use clap::{Parser, ValueEnum};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pointlock::core::{Amount, PointError, PointService, Policy, UserId};
 use pointlock::server::clock::SystemClock;
-use pointlock::server::store::{PostgresOptions, PostgresStore};
+use pointlock::store::{PostgresOptions, PostgresStore};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 use tokio_postgres::NoTls;

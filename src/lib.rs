@@ -5,7 +5,9 @@
 //!
 //! - [`core`]: domain, policies, the FIFO [`core::KeyedLock`], the store trait, the
 //!   in-memory store and the [`core::PointService`]. Runtime-agnostic; builds for wasm32.
+//! - [`store`]: the durable stores, SQLite and PostgreSQL.
 //! - [`server`]: the hyper + tower HTTP server and its [`server::layer::KeyedLockLayer`] (the generic per-key lock middleware).
 
 pub use pointlock_core as core;
 pub use pointlock_server as server;
+pub use pointlock_store as store;

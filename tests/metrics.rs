@@ -15,8 +15,8 @@ use pointlock::server::app::{build_app, serve};
 use pointlock::server::clock::SystemClock;
 use pointlock::server::metrics::text::{parse, Exposition};
 use pointlock::server::metrics::{Metrics, StoreSource, CONTENT_TYPE};
-use pointlock::server::store::{PostgresOptions, PostgresStore};
 use pointlock::server::AppOptions;
+use pointlock::store::{PostgresOptions, PostgresStore};
 use tokio::sync::Semaphore;
 
 fn with_metrics() -> AppOptions {

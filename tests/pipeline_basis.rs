@@ -19,7 +19,7 @@ use std::time::Duration;
 use pointlock::core::{
     Amount, Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
 };
-use pointlock::server::store::{PostgresOptions, PostgresStore};
+use pointlock::store::{PostgresOptions, PostgresStore};
 
 type Service = PointService<Arc<PostgresStore>>;
 

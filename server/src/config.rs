@@ -10,7 +10,7 @@ use clap::Parser;
 use crate::app::AppOptions;
 use crate::auth::{BearerAuth, JwtVerifier};
 use crate::metrics::Metrics;
-use crate::store::{PostgresOptions, SqliteOptions};
+use pointlock_store::{PostgresOptions, SqliteOptions};
 
 /// Where balances and histories are kept.
 #[derive(Clone, PartialEq, Eq)]
@@ -364,6 +364,7 @@ impl Config {
             batch_ops_max: self.sqlite_batch_ops_max,
             batch_wait: Duration::from_micros(self.sqlite_batch_wait_us),
             pipeline: self.sqlite_pipeline == Switch::On,
+            #[cfg(feature = "test-util")]
             negative_control: negative_control(),
             ..SqliteOptions::default()
         }
@@ -460,13 +461,14 @@ impl Config {
 /// A negative control of the pipelined SQLite store, for the crash tests only:
 /// `POINTLOCK_NEGATIVE_CONTROL=answer-at-sequencing|dirty-reads`, read by
 /// debug builds alone (a release binary ignores it).
-fn negative_control() -> Option<crate::store::NegativeControl> {
+#[cfg(feature = "test-util")]
+fn negative_control() -> Option<pointlock_store::NegativeControl> {
     if !cfg!(debug_assertions) {
         return None;
     }
     match std::env::var("POINTLOCK_NEGATIVE_CONTROL").ok()?.as_str() {
-        "answer-at-sequencing" => Some(crate::store::NegativeControl::AnswerAtSequencing),
-        "dirty-reads" => Some(crate::store::NegativeControl::DirtyReads),
+        "answer-at-sequencing" => Some(pointlock_store::NegativeControl::AnswerAtSequencing),
+        "dirty-reads" => Some(pointlock_store::NegativeControl::DirtyReads),
         other => {
             tracing::warn!(
                 control = other,

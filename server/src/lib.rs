@@ -5,8 +5,8 @@
 //! stack and `README.md` for the API.
 //!
 //! Modules depend on each other in one direction only: `app` → `auth` →
-//! `routes` → (`amount`, `metrics`) → `error` → `layer` → pointlock-core; `metrics` and the
-//! stores share the leaf `histogram`. The layer is generic (it knows
+//! `routes` → (`amount`, `metrics`) → `error` → `layer` → pointlock-core; `metrics`
+//! reads the stores of pointlock-store and their leaf `histogram`. The layer is generic (it knows
 //! no path grammar: [`routes::user_key`] is the wallet's key extractor) and
 //! usable on its own in front of any tower HTTP service.
 
@@ -18,18 +18,15 @@ pub mod clock;
 pub mod config;
 pub mod deadline;
 pub mod error;
-pub mod histogram;
 pub mod layer;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod request_id;
 pub mod routes;
-pub mod store;
 
 pub use app::{build_app, serve, serve_with, App, AppOptions, ServeOptions};
 pub use config::{Config, StoreSpec};
 pub use error::ApiError;
 pub use layer::{HeldLock, KeyDecision, KeyedLockLayer};
 pub use metrics::Metrics;
-pub use store::{SqliteOptions, SqliteStore};

@@ -13,8 +13,8 @@ use pointlock_server::clock::SystemClock;
 use pointlock_server::config::LogFormat;
 use pointlock_server::metrics::StoreSource;
 use pointlock_server::routes::StoreStats;
-use pointlock_server::store::PostgresStore;
-use pointlock_server::{Config, SqliteStore, StoreSpec};
+use pointlock_server::{Config, StoreSpec};
+use pointlock_store::{PostgresStore, SqliteStore};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
@@ -80,6 +80,7 @@ async fn run(config: Config) -> Result<(), String> {
         }
         StoreSpec::Sqlite(path) => {
             let options = config.sqlite_options();
+            #[cfg(feature = "test-util")]
             if let Some(control) = options.negative_control {
                 tracing::warn!(?control, "NEGATIVE CONTROL: this store breaks its own guarantees on purpose (tests only)");
             }

@@ -69,7 +69,7 @@
 //! registry (each [`Metrics`] has its own, so tests run side by side), counters
 //! that are one atomic each, and a [`Collector`] interface for families read at
 //! scrape time. Its own `Histogram` takes a mutex per observation, so the
-//! duration histograms here are [`DurationHistogram`](crate::histogram::DurationHistogram)s (atomics) encoded through
+//! duration histograms here are [`DurationHistogram`](pointlock_store::histogram::DurationHistogram)s (atomics) encoded through
 //! the same encoder.
 //!
 //! # Example
@@ -99,8 +99,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use self::requests::HttpTable;
 pub use self::requests::{HttpMetricsLayer, HttpMetricsService, ResponseFuture};
-use crate::histogram::{HistogramSnapshot, DURATION_BOUNDS_NANOS};
-use crate::store::{CommitStats, PgStats, PostgresStore, SqliteStore};
+use pointlock_store::histogram::{HistogramSnapshot, DURATION_BOUNDS_NANOS};
+use pointlock_store::{CommitStats, PgStats, PostgresStore, SqliteStore};
 
 /// The `Content-Type` of `GET /metrics`: OpenMetrics 1.0.0 text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

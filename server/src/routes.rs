@@ -523,7 +523,7 @@ mod tests {
 
     use super::*;
     use crate::clock::SystemClock;
-    use crate::store::{SqliteOptions, SqliteStore};
+    use pointlock_store::{SqliteOptions, SqliteStore};
 
     /// `GET /stats` (and a charge of user 1 first, if `charge`) through the
     /// router alone; the JSON of the stats.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use pointlock_core::{Amount, PointService, Policy, UserId};
 use pointlock_server::clock::SystemClock;
-use pointlock_server::{SqliteOptions, SqliteStore};
+use pointlock_store::{SqliteOptions, SqliteStore};
 
 fn id(raw: u64) -> UserId {
     UserId::new(raw).unwrap()

@@ -24,8 +24,8 @@ use pointlock::core::{
 };
 use pointlock::server::app::{build_app, serve};
 use pointlock::server::clock::SystemClock;
-use pointlock::server::store::{PostgresOptions, PostgresStore};
-use pointlock::server::{AppOptions, SqliteOptions, SqliteStore};
+use pointlock::server::AppOptions;
+use pointlock::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use serde_json::Value;
 use tokio::sync::{mpsc, Barrier, Semaphore};
 use tokio::task::JoinHandle;

@@ -27,7 +27,7 @@ use crate::metrics::text::{parse, Exposition};
 use crate::metrics::*;
 use crate::routes::SharedService as Service;
 use crate::routes::{route_index, user_key, Router, RouterOptions, ROUTE_TEMPLATES};
-use crate::store::{SqliteOptions, SqliteStore};
+use pointlock_store::{SqliteOptions, SqliteStore};
 
 type Stack =
     BoxCloneService<Request<Full<Bytes>>, Response<KeyedLockBody<Full<Bytes>>>, Infallible>;

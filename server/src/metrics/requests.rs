@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use super::{duration_buckets, STORE_ERROR_KINDS};
 use crate::error::ServerErrorReport;
-use crate::histogram::{DurationHistogram, HistogramSnapshot};
+use pointlock_store::histogram::{DurationHistogram, HistogramSnapshot};
 
 /// The standard methods, most frequent first; anything else is `OTHER`.
 const METHODS: [Method; 9] = [

@@ -17,7 +17,7 @@ pub(super) struct Readers {
     path: PathBuf,
     busy_timeout: Duration,
     idle: Mutex<Vec<Connection>>,
-    pub(super) permits: Arc<Semaphore>,
+    permits: Arc<Semaphore>,
 }
 
 impl Readers {

@@ -11,9 +11,11 @@
 //! failed or refused commit removes its user's entry.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::MutexGuard;
 
 use pointlock_core::{UserId, UserPoint};
+
+use crate::sharded::Sharded;
 
 /// Shards of the balance cache.
 pub const CACHE_SHARDS: usize = 16;
@@ -38,7 +40,7 @@ pub const CACHE_SHARDS: usize = 16;
 /// later ones; any commit it missed is still to be put by the writer, which
 /// overwrites.
 pub(super) struct BalanceCache {
-    shards: Box<[Mutex<CacheShard>]>,
+    shards: Sharded<CacheShard>,
     shard_max: usize,
 }
 
@@ -67,19 +69,15 @@ impl BalanceCache {
     /// A cache of at most `max` balances; `None` when `max` is 0.
     pub(super) fn new(max: usize) -> Option<Self> {
         (max > 0).then(|| Self {
-            shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+            shards: Sharded::new(CACHE_SHARDS),
             shard_max: max.div_ceil(CACHE_SHARDS),
         })
     }
 
     fn shard(&self, id: UserId) -> MutexGuard<'_, CacheShard> {
-        // usize is at least 32 bits wide, so the remainder converts losslessly.
-        let index = (id.get() % CACHE_SHARDS as u64) as usize;
         // Each critical section is one map operation: a panic cannot leave the
         // shard half-changed.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shards.lock(id)
     }
 
     pub(super) fn get(&self, id: UserId) -> Result<UserPoint, Miss> {
@@ -178,11 +176,7 @@ mod tests {
         }
         assert!(cache.get(id(user_in_shard_0(0))).is_ok());
         cache.put(&balance(user_in_shard_0(4), 4));
-        let lens: Vec<usize> = cache
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap().balances.len())
-            .collect();
+        let lens: Vec<usize> = cache.shards.each().map(|s| s.balances.len()).collect();
         assert_eq!(lens[0], 1, "emptied, then the new entry");
         assert!(cache.get(id(user_in_shard_0(0))).is_err());
         // A fill that missed before the emptying is dropped.

@@ -2,7 +2,7 @@
 //! `--pg-pipeline on`): each user's balance and idempotency records as of every
 //! change handed to the writer, durable or not, for the users that have such
 //! changes. "The writer" is the SQLite writer thread, or the PostgreSQL store's
-//! per-user chain (`postgres.rs`).
+//! per-user chain (`postgres/chain.rs`).
 //!
 //! # The protocol
 //!
@@ -39,13 +39,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, MutexGuard};
 
 use pointlock_core::{
     BoxFuture, Change, IdempotencyKey, IdempotencyRecord, ReadMark, SequencedRead, StoreError,
     StoreErrorKind, Unsequenced, UserId, UserPoint,
 };
 use tokio::sync::Semaphore;
+
+use crate::sharded::Sharded;
 
 /// Shards of the sequenced state.
 const SHARDS: usize = 64;
@@ -91,7 +93,7 @@ impl Sequencing for Change {
 
 /// The sequenced state (see the [module docs](self)).
 pub(crate) struct Overlay {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Sharded<Shard>,
 }
 
 #[derive(Default)]
@@ -137,18 +139,14 @@ pub(crate) enum Settle {
 impl Overlay {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: Sharded::new(SHARDS),
         }
     }
 
     fn shard(&self, id: UserId) -> MutexGuard<'_, Shard> {
-        // usize is at least 32 bits wide, so the remainder converts losslessly.
-        let index = (id.get() % SHARDS as u64) as usize;
         // Every critical section leaves the shard consistent before anything
         // that can panic (the sends never panic).
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shards.lock(id)
     }
 
     /// The user's sequenced balance.
@@ -288,18 +286,10 @@ impl Overlay {
             .is_some_and(|entry| entry.broken)
     }
 
-    /// Users with sequenced changes not yet durable (for tests and stats).
+    /// Users with sequenced changes not yet durable (for tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn users(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| {
-                shard
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .users
-                    .len()
-            })
-            .sum()
+        self.shards.each().map(|shard| shard.users.len()).sum()
     }
 }
 

@@ -5,28 +5,17 @@
 //! so a change the caller was told about survives `kill -9` and power loss (to the
 //! extent the disk honours fsync).
 //!
-//! The store in five parts, one file each:
-//!
-//! - this file: [`SqliteStore`], its options, and the [`PointStore`] methods;
-//! - `open.rs`: the file lock, the checks that refuse a bad file, WAL, migrations;
-//! - `writer.rs`: the writer thread, group commit, the **conditional** write of
-//!   each change, and **fail-stop** after a failed COMMIT;
-//! - `cache.rs`: the write-through cache of committed balances;
-//! - `readers.rs`: the read-only connections.
-//!
-//! The sequenced state of the pipeline is `../sequenced.rs` (shared with the
-//! PostgreSQL store).
-//!
 //! # Writes: one writer thread, group commit, a condition per change
 //!
 //! [`commit`](PointStore::commit) queues the change on a bounded channel and
 //! waits for its answer. A single writer thread owns the only writable
 //! connection and commits changes in batches, one transaction and one fsync per
-//! batch, then answers each caller (details in `writer.rs`). Each change is
-//! written only if the user's stored balance is still the one the change was
-//! computed from; otherwise it is refused as a conflict and changes nothing, and
-//! the rest of its batch commits. With the per-user lock in front a user has one
-//! change in flight, so the condition never fires; it is the second line of
+//! batch, then answers each caller. Each change is written only if the user's
+//! stored balance is still the one the change was computed from; otherwise it
+//! is refused as a conflict and changes nothing, and the rest of its batch
+//! commits. Behind the per-user lock the condition never fires (pipelined, a
+//! change computed on one that did not apply is refused before its condition
+//! is looked at: the crate's `sequenced.rs`); it is the second line of
 //! defence, for writers that bypass the lock.
 //!
 //! **Cancel safety and the guard.** Once queued, a change is committed or refused
@@ -39,15 +28,13 @@
 //! happens to the caller). [`SqliteStore::close`] (also run on drop) stops taking
 //! changes, lets the writer finish everything already queued, and joins it.
 //!
-//! **Fail-stop.** A statement that fails rolls its transaction back and its
+//! **Failures.** A statement that fails rolls its transaction back and its
 //! batch is retried one change at a time. A COMMIT that fails (an I/O error, a
-//! failed fsync) is never retried: the store stops taking changes until restart
+//! failed fsync) is never retried: the store **fails stop** until restart
 //! ([`SqliteStore::is_stopped`]); the batch's callers get
-//! `STORE_OUTCOME_UNKNOWN`, every later change `STORE_UNAVAILABLE`; reads go on.
-//! Why: after a failed fsync the kernel may have dropped the dirty pages, so a
-//! retried COMMIT can report success for data that is not on disk, and frames of
-//! the failed one may reappear at the next start; only a restart, where SQLite
-//! recovers from what is really on disk, gives a known state.
+//! `STORE_OUTCOME_UNKNOWN`, every later change `STORE_UNAVAILABLE`; reads go on
+//! (why: `writer.rs`). A caller whose writer stopped before answering (it
+//! panicked) gets `STORE_OUTCOME_UNKNOWN` too.
 //!
 //! # Pipelining (the default; [`SqliteOptions::pipeline`])
 //!
@@ -59,7 +46,7 @@
 //! guard, all under the user's shard mutex; the caller's answer still waits for
 //! the batch's COMMIT. So the user's next request computes on the sequenced
 //! state while this change waits for its fsync, and one user's burst shares an
-//! fsync. The protocol and its failure cases are in `store/sequenced.rs`. Off,
+//! fsync. The protocol and its failure cases are in the crate's `sequenced.rs`. Off,
 //! the store is a plain [`PointStore`]: a user stays locked until its change is
 //! durable.
 //!
@@ -72,10 +59,29 @@
 //! small pool of read-only connections in tokio's blocking pool (`readers.rs`).
 //! A caller is answered only after its batch commits and its balance is cached,
 //! so a read issued after an answer sees that change.
+//!
+//! # Files
+//!
+//! - this file: [`SqliteStore`] and its [`PointStore`] methods;
+//! - `options.rs`: [`SqliteOptions`];
+//! - `planted.rs` (`test-util` only): the negative controls and faults tests
+//!   plant through the options;
+//! - `open.rs`: the file lock, the checks that refuse a bad file, WAL, migrations;
+//! - `writer.rs`: the writer thread, group commit, **fail-stop**;
+//! - `write.rs`: one batch's transaction and the **conditional** write of each
+//!   change;
+//! - `stats.rs`: [`CommitStats`];
+//! - `cache.rs`: the write-through cache of committed balances;
+//! - `readers.rs`: the read-only connections.
 
 mod cache;
 mod open;
+mod options;
+#[cfg(any(test, feature = "test-util"))]
+mod planted;
 mod readers;
+mod stats;
+mod write;
 mod writer;
 
 #[cfg(test)]
@@ -88,7 +94,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use pointlock_core::{
     BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PipelinedStore,
@@ -98,15 +103,19 @@ use pointlock_core::{
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::{corrupt_row, history_row, idempotency_row, to_i64};
-
-use super::sequenced::{self, Overlay, Seen, Sequencing};
+use crate::reply;
+use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
+use crate::sequenced::{self, Overlay, Sequencing};
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
+pub use options::SqliteOptions;
+#[cfg(any(test, feature = "test-util"))]
+pub use planted::{Gate, NegativeControl};
 use readers::Readers;
-pub use writer::CommitStats;
-use writer::{Barrier, Batching, FailStop, Job, Stats, Sweep, Work, Writer};
+pub use stats::CommitStats;
+use stats::Stats;
+use writer::{Barrier, Batching, FailStop, Job, Sweep, Work, Writer};
 
 const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = ?1";
 const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
@@ -114,149 +123,12 @@ const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempoten
 const SELECT_HISTORIES: &str =
     "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = ?1 ORDER BY id";
 
-/// Tuning of a [`SqliteStore`]. The defaults suit the server.
-#[derive(Clone, Debug)]
-pub struct SqliteOptions {
-    /// The most changes one transaction carries. `1` turns group commit off (one
-    /// transaction and one fsync per change).
-    pub batch_ops_max: usize,
-    /// The longest the writer keeps collecting after the first change of a
-    /// batch. Zero: commit whatever is queued at once.
-    pub batch_wait: Duration,
-    /// How often the collecting writer looks at the queue: the batch closes at
-    /// the first look that finds nothing new (within
-    /// [`batch_wait`](Self::batch_wait)). The writer sleeps between looks.
-    pub batch_idle: Duration,
-    /// The most changes queued for the writer; further commits wait (backpressure).
-    pub queue_ops_max: usize,
-    /// Read-only connections (reads beyond this many at once wait for one).
-    pub readers: usize,
-    /// How long a connection retries when the file is busy.
-    pub busy_timeout: Duration,
-    /// Run `PRAGMA quick_check` at open (reads the whole file once).
-    pub quick_check: bool,
-    /// The most balances kept in the write-through cache (see the [module
-    /// docs](self)); `0` turns the cache off. The cache is split in
-    /// [`CACHE_SHARDS`] shards of `balance_cache_max / CACHE_SHARDS` entries; a
-    /// full shard is emptied before it takes a new entry.
-    pub balance_cache_max: usize,
-    /// Pipelined group commit (see the [module docs](self)): a user is
-    /// released once its change is sequenced, not once it is durable, so one
-    /// user's burst shares an fsync. `false`: the user stays locked until the
-    /// change is durable (one fsync per change of one user).
-    pub pipeline: bool,
-    /// What the pipeline must never do, done on purpose: for the negative
-    /// controls of the tests that must catch it. `None` in any real use.
-    #[doc(hidden)]
-    pub negative_control: Option<NegativeControl>,
-    /// Fault injection for unit tests: while closed, the writer waits before
-    /// each batch (a deterministic "not durable yet").
-    #[cfg(test)]
-    pub(crate) gate: Option<Arc<Gate>>,
-    /// Fault injection for unit tests: every change of this amount fails in a
-    /// statement (as on a full disk), without failing stop.
-    #[cfg(test)]
-    pub(crate) fail_amount: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// Fault injection for unit tests: while set, every COMMIT fails.
-    #[cfg(test)]
-    pub(crate) fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Fault injection for unit tests: the writer sets `PRAGMA max_page_count`
-    /// to this before each batch (a full disk, as SQLite sees one: SQLITE_FULL).
-    #[cfg(test)]
-    pub(crate) page_limit: Option<Arc<std::sync::atomic::AtomicU64>>,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        Self {
-            batch_ops_max: 256,
-            batch_wait: Duration::from_micros(250),
-            batch_idle: Duration::from_micros(50),
-            queue_ops_max: 4_096,
-            readers: 4,
-            busy_timeout: Duration::from_secs(5),
-            quick_check: true,
-            balance_cache_max: 1 << 20,
-            pipeline: true,
-            negative_control: None,
-            #[cfg(test)]
-            gate: None,
-            #[cfg(test)]
-            fail_amount: None,
-            #[cfg(test)]
-            fail_commits: None,
-            #[cfg(test)]
-            page_limit: None,
-        }
-    }
-}
-
-/// A negative control of the pipelined store (see
-/// [`SqliteOptions::negative_control`]).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NegativeControl {
-    /// Answer a change as soon as it is sequenced, before it is durable.
-    AnswerAtSequencing,
-    /// Answer reads (`GET /point/{id}`) and settle marked answers from the
-    /// sequenced state, without waiting for it to be durable.
-    DirtyReads,
-}
-
-/// A gate the writer waits at before each batch while it is closed (tests).
-#[cfg(test)]
-#[derive(Debug, Default)]
-pub(crate) struct Gate {
-    closed: Mutex<bool>,
-    opened: std::sync::Condvar,
-    /// Batches that have waited at the gate.
-    pub(crate) waited: std::sync::atomic::AtomicU64,
-}
-
-#[cfg(test)]
-impl Gate {
-    pub(crate) fn close(&self) {
-        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = true;
-    }
-
-    pub(crate) fn open(&self) {
-        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = false;
-        self.opened.notify_all();
-    }
-
-    /// The writer: wait while closed.
-    pub(crate) fn pass(&self) {
-        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
-            self.waited
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        while *closed {
-            closed = self
-                .opened
-                .wait(closed)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-impl SqliteOptions {
-    /// The same options with group commit off: every change its own transaction.
-    pub fn without_group_commit(self) -> Self {
-        Self {
-            batch_ops_max: 1,
-            batch_wait: Duration::ZERO,
-            batch_idle: Duration::ZERO,
-            ..self
-        }
-    }
-}
-
 /// The durable SQLite store. See the [module docs](self).
 pub struct SqliteStore {
     path: PathBuf,
     sender: Mutex<Option<mpsc::Sender<Work>>>,
     queue: Arc<Semaphore>,
+    #[cfg(any(test, feature = "test-util"))]
     queue_ops_max: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
@@ -265,6 +137,7 @@ pub struct SqliteStore {
     cache: Option<Arc<BalanceCache>>,
     /// The sequenced state, when pipelined.
     overlay: Option<Arc<Overlay>>,
+    #[cfg(any(test, feature = "test-util"))]
     negative_control: Option<NegativeControl>,
     /// The advisory lock on the database file; dropped after everything above
     /// has been closed (fields drop in declaration order, after `Drop::drop`).
@@ -297,18 +170,8 @@ impl SqliteStore {
     fn open_inner(path: &Path, options: &SqliteOptions) -> Result<Self, OpenError> {
         let lock = open::lock_file(path)?;
         let conn = open::open_writer(path, options)?;
-        #[cfg(test)]
-        if let Some(fail) = &options.fail_commits {
-            // Fault injection: while the flag is set, SQLite turns every COMMIT
-            // into a rollback and reports the COMMIT as failed.
-            let fail = Arc::clone(fail);
-            conn.commit_hook(Some(move || fail.load(std::sync::atomic::Ordering::SeqCst)))
-                .map_err(|source| OpenError::Sqlite {
-                    path: path.to_path_buf(),
-                    step: "installing the test commit hook",
-                    source,
-                })?;
-        }
+        #[cfg(any(test, feature = "test-util"))]
+        planted::fail_commits(&conn, options, path)?;
         let readers = Readers::open(path.to_path_buf(), options.busy_timeout, options.readers)
             .map_err(|source| OpenError::Sqlite {
                 path: path.to_path_buf(),
@@ -330,13 +193,9 @@ impl SqliteStore {
             stats: Arc::clone(&stats),
             cache: cache.clone(),
             overlay: overlay.clone(),
-            #[cfg(test)]
-            gate: options.gate.clone(),
-            #[cfg(test)]
-            fail_amount: options.fail_amount.clone(),
             stop: Arc::clone(&stop),
-            #[cfg(test)]
-            page_limit: options.page_limit.clone(),
+            #[cfg(any(test, feature = "test-util"))]
+            faults: planted::WriterFaults::new(options),
         };
         let writer = std::thread::Builder::new()
             .name("pointlock-sqlite-writer".into())
@@ -346,6 +205,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             sender: Mutex::new(Some(sender)),
             queue: Arc::new(Semaphore::new(options.queue_ops_max.max(1))),
+            #[cfg(any(test, feature = "test-util"))]
             queue_ops_max: options.queue_ops_max.max(1),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(readers),
@@ -353,6 +213,7 @@ impl SqliteStore {
             stop,
             cache,
             overlay,
+            #[cfg(any(test, feature = "test-util"))]
             negative_control: options.negative_control,
             _lock: lock,
         })
@@ -365,6 +226,7 @@ impl SqliteStore {
 
     /// Changes handed to the writer and not yet answered (queued or in the
     /// batch being written).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn queued_ops(&self) -> usize {
         self.queue_ops_max
             .saturating_sub(self.queue.available_permits())
@@ -376,6 +238,7 @@ impl SqliteStore {
     }
 
     /// Users with changes sequenced and not yet durable (pipelined only).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn sequenced_users(&self) -> usize {
         self.overlay.as_deref().map_or(0, Overlay::users)
     }
@@ -451,8 +314,9 @@ impl PointStore for SqliteStore {
             if self.readers.is_closed() {
                 return Err(StoreError::new("the SQLite store is closed"));
             }
+            #[cfg(any(test, feature = "test-util"))]
             if self.negative_control == Some(NegativeControl::DirtyReads) {
-                if let Some(Seen::Sequenced(point, _)) =
+                if let Some(sequenced::Seen::Sequenced(point, _)) =
                     self.overlay.as_deref().map(|o| o.point(id))
                 {
                     return Ok(Some(point));
@@ -576,9 +440,7 @@ impl PointStore for SqliteStore {
                 limit,
                 reply,
             }))?;
-            answer
-                .await
-                .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+            reply::received(answer, WRITER).await
         })
     }
 }
@@ -636,9 +498,7 @@ impl SqliteStore {
             _queued: queued,
         };
         self.send(Work::Change(job))?;
-        answer
-            .await
-            .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+        reply::received(answer, WRITER).await
     }
 
     /// Check `change` against the sequenced state, hand it to the writer and
@@ -652,6 +512,7 @@ impl SqliteStore {
     ) -> Result<Pending<'_>, StoreError> {
         let queued = self.queue_place().await?;
         let (reply, answer) = oneshot::channel();
+        #[cfg(any(test, feature = "test-util"))]
         let early = (self.negative_control == Some(NegativeControl::AnswerAtSequencing))
             .then(|| change.change().committed(0));
         overlay.sequence(change, |change| {
@@ -661,20 +522,18 @@ impl SqliteStore {
                 _queued: queued,
             }))
         })?;
+        #[cfg(any(test, feature = "test-util"))]
         if let Some(early) = early {
             // Negative control: the answer before the change is durable.
             return Ok(Box::pin(std::future::ready(Ok(early))));
         }
-        Ok(Box::pin(async move {
-            answer
-                .await
-                .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
-        }))
+        Ok(Box::pin(reply::received(answer, WRITER)))
     }
 
     /// Resolve once everything a read of user `id` marked `mark` showed is
     /// durable; fail if some of it failed (see `sequenced.rs`).
     fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+        #[cfg(any(test, feature = "test-util"))]
         if self.negative_control == Some(NegativeControl::DirtyReads) {
             return Box::pin(std::future::ready(Ok(())));
         }
@@ -692,9 +551,7 @@ impl SqliteStore {
                     mark,
                     reply,
                 }))?;
-                answer
-                    .await
-                    .map_err(|_| StoreError::new("the SQLite writer stopped before answering"))?
+                reply::received(answer, WRITER).await
             },
         ))
     }
@@ -728,3 +585,5 @@ impl SqliteStore {
 
 /// The store's name in errors about corrupt rows.
 const STORE: &str = "SQLite";
+/// Who answers changes, in errors.
+const WRITER: &str = "the SQLite writer";

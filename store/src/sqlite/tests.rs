@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pointlock_core::{Amount, Change, KeyedLock, PointStore, TransactionType, UserId};
 use rusqlite::Connection;

@@ -1,4 +1,4 @@
-//! The pipelined store (issue 16): a user is released once its change is
+//! The pipelined store: a user is released once its change is
 //! sequenced, the next change builds on the sequenced state, and nothing a
 //! caller is told (a change's answer, a refusal, a replay) comes before the
 //! state it shows is durable.
@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pointlock_core::{
-    Amount, Applied, IdempotencyKey, PipelinedStore, PointError, PointService, PointStore, Policy,
-    TransactionType, Unsequenced, UserId,
+    Amount, Applied, IdempotencyKey, ManualClock, PipelinedStore, PointError, PointService,
+    PointStore, Policy, TransactionType, Unsequenced, UserId,
 };
 
 // Changes whose guard comes from a lock that excludes nothing: the lock bypassed.
 use super::tests::change_from;
 use super::{Gate, NegativeControl, SqliteOptions, SqliteStore};
-use crate::clock::SystemClock;
 
 type Service = PointService<Arc<SqliteStore>>;
 
@@ -61,7 +60,7 @@ fn fixture_with(pipeline: bool, control: Option<NegativeControl>) -> Fixture {
     let svc = Arc::new(PointService::new(
         Arc::clone(&store),
         Policy::default(),
-        Arc::new(SystemClock::default()),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
     ));
     Fixture {
         _dir: dir,
@@ -278,10 +277,12 @@ async fn a_failed_change_fails_the_changes_sequenced_on_it_and_the_user_recovers
 }
 
 /// Balance 100 durable; then, sequenced while the writer is held: a charge of
-/// 10 (110) that fails in the writer, a use of 10 computed on its 110 (100
-/// again), and a charge of 20 computed on that 100. The use and the last
-/// charge were computed on the failed charge: neither may apply, although the
-/// last one's balance condition (100) holds against the durable 100.
+/// 10 (110) that fails in the writer, a use of 4 computed on its 110 and a use
+/// of 6 computed on that (100 again: two uses, because the planted fault fails
+/// every change of 10), and a charge of 20 computed on that 100. The uses and
+/// the last charge were computed on the failed charge: none may apply,
+/// although the last one's balance condition (100) holds against the durable
+/// 100.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_computed_on_a_failed_one_is_refused_even_when_the_balance_came_back() {
     let f = fixture(None);
@@ -293,7 +294,8 @@ async fn a_change_computed_on_a_failed_one_is_refused_even_when_the_balance_came
     f.gate.close();
     f.fail_amount.store(10, Ordering::SeqCst);
     let failing = spawn_apply(&f.svc, TransactionType::Charge, 10, None).await;
-    let use_on_110 = spawn_apply(&f.svc, TransactionType::Use, 10, None).await;
+    let use_on_110 = spawn_apply(&f.svc, TransactionType::Use, 4, None).await;
+    let use_on_106 = spawn_apply(&f.svc, TransactionType::Use, 6, None).await;
     let charge_on_100 = spawn_apply(&f.svc, TransactionType::Charge, 20, None).await;
     released(&f.svc).await;
     f.gate.open();
@@ -304,8 +306,10 @@ async fn a_change_computed_on_a_failed_one_is_refused_even_when_the_balance_came
     );
     assert_eq!(charged.unwrap_err().code(), "WRITE_CONFLICT");
     assert_eq!(failing.await.unwrap().unwrap_err().code(), "STORE_ERROR");
-    let used = use_on_110.await.unwrap().unwrap_err();
-    assert_eq!(used.code(), "WRITE_CONFLICT", "{used}");
+    for refused in [use_on_110, use_on_106] {
+        let used = refused.await.unwrap().unwrap_err();
+        assert_eq!(used.code(), "WRITE_CONFLICT", "{used}");
+    }
     assert_eq!(f.svc.point(id(1)).await.unwrap().point, 100);
     assert_eq!(f.svc.histories(id(1)).await.unwrap().len(), 1);
     // The pipeline drained: the next change computes on the durable 100.

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pointlock::core::domain::VALUE_MAX;
-use pointlock::core::{Amount, ManualClock, MemoryStore, PointService, PointStore, Policy, UserId};
-use pointlock::server::{SqliteOptions, SqliteStore};
+use pointlock_core::domain::VALUE_MAX;
+use pointlock_core::{Amount, ManualClock, MemoryStore, PointService, PointStore, Policy, UserId};
+use pointlock_store::{SqliteOptions, SqliteStore};
 
 const USERS: u64 = 10_000;
 const IN_FLIGHT: u64 = 64;

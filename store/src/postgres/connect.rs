@@ -1,0 +1,142 @@
+//! Opening the store: the URL, the connection pool, the first connection and
+//! the migrations; and a connection from the pool for each call.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use pointlock_core::{StoreError, StoreErrorKind};
+use thiserror::Error;
+use tokio_postgres::NoTls;
+
+use super::chain::Pipeline;
+use super::schema::migrate;
+use super::{PostgresOptions, PostgresStore};
+
+/// Why the store could not be opened.
+#[derive(Debug, Error)]
+pub enum PgOpenError {
+    /// The URL is not a PostgreSQL connection string.
+    #[error(
+        "invalid PostgreSQL URL ({0}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+    )]
+    Url(String),
+    /// The database could not be reached or refused the connection.
+    #[error("cannot connect to PostgreSQL at {target}: {detail}")]
+    Connect {
+        /// Host, port and database (no password).
+        target: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A migration failed (nothing of it was applied).
+    #[error("cannot migrate the PostgreSQL schema: {0}")]
+    Migrate(String),
+    /// The schema is newer than this build.
+    #[error("the database has schema version {found}, newer than this build understands ({known}); run a newer pointlock")]
+    NewerSchema {
+        /// The database's version.
+        found: i32,
+        /// [`SCHEMA_VERSION`](super::SCHEMA_VERSION).
+        known: i32,
+    },
+}
+
+impl PostgresStore {
+    /// Connect to `url` (`postgres://` or `postgresql://`), check that the
+    /// database answers, and migrate it to [`SCHEMA_VERSION`](super::SCHEMA_VERSION) (once, whatever the
+    /// number of instances starting together). Fails fast with a clear error when
+    /// the URL is wrong, the server is unreachable or the schema is newer.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, PgOpenError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| PgOpenError::Url(e.to_string()))?;
+        let target = describe(&config);
+        let statement_ms = options.statement_timeout.as_millis().max(1);
+        config
+            .connect_timeout(options.connect_timeout)
+            .application_name("pointlock")
+            .options(format!("-c statement_timeout={statement_ms}"));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| PgOpenError::Connect {
+                target: target.clone(),
+                detail: e.to_string(),
+            })?;
+        let client = pool.get().await.map_err(|e| PgOpenError::Connect {
+            target: target.clone(),
+            detail: pool_error(&e),
+        })?;
+        migrate(&client).await?;
+        drop(client);
+        let pipeline = options.pipeline.then(|| Arc::new(Pipeline::new()));
+        Ok(Self {
+            pool,
+            counters: Arc::default(),
+            target: target.into(),
+            pipeline,
+        })
+    }
+
+    /// A connection from the pool within the connect timeout, or
+    /// [`StoreErrorKind::Unavailable`] (nothing was changed).
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            StoreError::with_kind(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "PostgreSQL at {} is unavailable: {}; nothing was changed",
+                    self.target,
+                    pool_error(&e)
+                ),
+            )
+        })
+    }
+}
+
+/// `host:port/dbname` of a configuration, never its password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("(default database)");
+    format!("{host}:{port}/{db}")
+}
+
+/// A pool error in words (a connection error's cause included).
+fn pool_error(error: &PoolError) -> String {
+    match error {
+        PoolError::Timeout(_) => "no connection within the connect timeout".into(),
+        PoolError::Backend(e) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
