@@ -187,7 +187,7 @@ impl PostgresStore {
     ) -> Written<Committed> {
         let all = |error: StoreError| Written::Answered(vec![Err(error); changes.len()]);
         if let [change] = changes {
-            if let Some(refused) = alone.refusal(Some(overlay), change) {
+            if let Some(refused) = self.refusal(overlay, alone, change) {
                 return Written::Answered(vec![Err(refused)]);
             }
             let outcome = self.commit_now(change).await;
@@ -207,7 +207,7 @@ impl PostgresStore {
         let mut outcomes = Vec::with_capacity(changes.len());
         let mut dependents = Dependents::default();
         for change in changes {
-            if let Some(refused) = dependents.refusal(Some(overlay), change) {
+            if let Some(refused) = self.refusal(overlay, &dependents, change) {
                 outcomes.push(Err(refused));
                 continue;
             }
@@ -242,6 +242,19 @@ impl PostgresStore {
                 }
             }
         }
+    }
+
+    /// The refusal of `change` if something it was computed on did not apply,
+    /// counted with the conflicts (as the SQLite writer counts it).
+    fn refusal(
+        &self,
+        overlay: &Overlay,
+        dependents: &Dependents,
+        change: &Change,
+    ) -> Option<StoreError> {
+        let refused = dependents.refusal(Some(overlay), change)?;
+        self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+        Some(refused)
     }
 
     /// The commits `outcomes` counted, taken back: their transaction did not
