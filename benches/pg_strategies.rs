@@ -22,7 +22,7 @@
 //! the same two tables; rows of every user exist before each cell, balance 0,
 //! unless `--no-seed-rows`):
 //!
-//! - `pointlock`: the product: `service.charge(&Arc::new(service.lock().lock(user).await), 1)`
+//! - `pointlock`: the product: `service.charge(Arc::new(service.lock().lock(user).await), 1)`
 //!   over a `PostgresStore` (a read, then one conditional statement; a conflict
 //!   between instances is re-read and retried by the service, at most 8 attempts).
 //! - `pessimistic`: `BEGIN; SELECT point … FOR UPDATE; (policy in Rust) UPDATE …;
@@ -450,7 +450,7 @@ impl Instances {
                 let id = UserId::new(user as u64).expect("a valid id");
                 let amount = Amount::new(amount as u64).expect("a valid amount");
                 let held = Arc::new(service.lock().lock(id).await);
-                match service.charge(&held, amount).await {
+                match service.charge(held, amount).await {
                     Ok(_) => Outcome::ok(0),
                     Err(PointError::WriteConflict { .. }) => Outcome {
                         gave_up: true,

@@ -48,8 +48,8 @@ fn one() -> Amount {
 async fn locked(svc: &Service, id: u64, kind: TransactionType) {
     let held = Arc::new(svc.lock().lock(user(id)).await);
     let result = match kind {
-        TransactionType::Charge => svc.charge(&held, one()).await,
-        TransactionType::Use => svc.use_points(&held, one()).await,
+        TransactionType::Charge => svc.charge(held, one()).await,
+        TransactionType::Use => svc.use_points(held, one()).await,
     };
     result.expect("within policy");
 }
@@ -58,7 +58,7 @@ async fn locked(svc: &Service, id: u64, kind: TransactionType) {
 async fn seed(svc: &Service) {
     let held = Arc::new(svc.lock().lock(user(1)).await);
     let plenty = Amount::new(1 << 40).expect("valid amount");
-    svc.charge(&held, plenty).await.expect("within policy");
+    svc.charge(held, plenty).await.expect("within policy");
 }
 
 /// The store alone: read the balance, commit the new one (no lock, no policy).

@@ -46,7 +46,7 @@ async fn a_dropped_charge_keeps_its_user_locked_until_the_store_answers() {
     // that went away; an embedder's select! with a timeout).
     {
         let guard = Arc::new(svc.lock().lock(id(1)).await);
-        let mut first = Box::pin(svc.charge(&guard, amount(100)));
+        let mut first = Box::pin(svc.charge(Arc::clone(&guard), amount(100)));
         let waker = std::task::Waker::noop();
         for _ in 0..1_000 {
             assert!(first
@@ -65,7 +65,7 @@ async fn a_dropped_charge_keeps_its_user_locked_until_the_store_answers() {
     // The next charge of the same user: it may only run once the first change
     // has been answered, and must then build on it.
     let guard = Arc::new(svc.lock().lock(id(1)).await);
-    let second = svc.charge(&guard, amount(10)).await.unwrap();
+    let second = svc.charge(Arc::clone(&guard), amount(10)).await.unwrap();
     drop(guard);
 
     assert_eq!(second.point, 110, "the second charge saw the first one");

@@ -478,7 +478,7 @@ async fn replays_and_swept_keys_are_the_service_s_counters() {
         fixture
             .service
             .apply(
-                &held,
+                Arc::clone(&held),
                 pointlock::core::TransactionType::Charge,
                 one,
                 Some(&key),
@@ -503,7 +503,7 @@ async fn metrics_are_independent_registries() {
     let two = Metrics::new();
     let held = Arc::new(one.service.lock().lock(UserId::new(1).unwrap()).await);
     let five = pointlock::core::Amount::new(5).unwrap();
-    one.service.charge(&held, five).await.unwrap();
+    one.service.charge(Arc::clone(&held), five).await.unwrap();
     drop(held);
     assert!(one
         .metrics

@@ -610,13 +610,12 @@ async fn change(
     let idempotency_key = key.map(|k| IdempotencyKey::new(KEYS[k]).unwrap());
     let got = service
         .apply(
-            &held,
+            held,
             kind,
             Amount::new(amount).unwrap(),
             idempotency_key.as_ref(),
         )
         .await;
-    drop(held);
     let want = model.apply(user, id, kind, amount, key);
     if got != want {
         let key = key.map(|k| KEYS[k]);

@@ -8,8 +8,9 @@
 //!   with checked arithmetic.
 //! - [`lock`]: [`KeyedLock`], an async mutex per key: FIFO per key, cancel safe,
 //!   owned `Send + 'static` guards, an entry only while a key is held or awaited.
-//! - [`store`]: the [`PointStore`] trait (atomic, conditional commit of balance +
-//!   history row) and the in-memory [`MemoryStore`] modelled on the course
+//! - [`store`]: the store contract, [`PointStore`] (atomic, conditional commit
+//!   of balance + history row) and [`PipelinedStore`] (a change ordered before
+//!   it is durable), and the in-memory [`MemoryStore`] modelled on the course
 //!   template's tables.
 //! - [`idempotency`]: [`IdempotencyKey`]: a change sent twice applies once; its
 //!   record commits with the change.
@@ -21,7 +22,7 @@
 //!
 //! `test-util`: negative controls for tests and benchmarks only
 //! (`KeyedLock::unsynchronized`, `PointService::without_commit_condition`,
-//! `Change::for_tests`). Only dev-dependencies enable it, and no serving code
+//! `Change::for_tests`, `Unsequenced::for_tests`). Only dev-dependencies enable it, and no serving code
 //! calls those functions: they exist to show what goes wrong without the lock or
 //! the condition.
 //!
@@ -49,6 +50,7 @@ pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut, QueueFul
 pub use policy::Policy;
 pub use service::{Applied, PointService};
 pub use store::{
-    memory::MemoryStore, BoxFuture, Change, Committed, Pending, PointStore, ReadMark, SequencedRead,
+    memory::MemoryStore, BoxFuture, Change, Committed, Pending, PipelinedStore, PointStore,
+    ReadMark, SequencedRead, Unsequenced,
 };
 pub use sync::{MaybeSend, MaybeSync};

@@ -49,7 +49,7 @@ async fn charges(service: Arc<Service>, next: Arc<AtomicU64>, ops: u64, in_fligh
                     let user = UserId::new(1 + next.fetch_add(1, Ordering::Relaxed) % USERS)
                         .expect("a valid id");
                     let held = Arc::new(service.lock().lock(user).await);
-                    service.charge(&held, one).await.expect("charge");
+                    service.charge(held, one).await.expect("charge");
                 }
             })
         })

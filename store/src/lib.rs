@@ -1,5 +1,6 @@
 //! pointlock-store: the durable stores of pointlock, behind pointlock-core's
-//! [`PointStore`](pointlock_core::PointStore).
+//! [`PointStore`](pointlock_core::PointStore) and, pipelined,
+//! [`PipelinedStore`](pointlock_core::PipelinedStore).
 //!
 //! - [`sqlite`]: [`SqliteStore`], the durable default. One SQLite file in WAL
 //!   mode, `synchronous=FULL`, a single writer thread that group-commits changes

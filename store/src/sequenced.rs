@@ -9,7 +9,8 @@
 //! - **Sequencing** (the caller, holding the user's lock): under the user's
 //!   shard mutex, the change's condition is checked against the sequenced state,
 //!   the change is sent to the writer, the entry takes its result, and the
-//!   change's guard is dropped. The channel order of one user's changes is the
+//!   change's guard is dropped (a plain `commit` through the same path keeps it
+//!   until the writer answers). The channel order of one user's changes is the
 //!   order of their entries' updates, so the writer applies them in the order
 //!   they were computed, each on top of the one before.
 //! - **Answering** (the writer, after the batch's COMMIT and the balance cache
@@ -18,6 +19,12 @@
 //!   shows will never be durable) and counts a failure in the shard. The last
 //!   answer removes the entry and opens its latch: the user's state is then
 //!   durable state (the cache, SQLite).
+//! - **Writing after a failure**: every change of a user's entry was computed
+//!   on the changes sequenced before it in that entry. So the writer refuses a
+//!   change whose entry is broken, or whose user had a change refused or failed
+//!   earlier in the same transaction ([`Dependents`]), as a conflict, even when
+//!   its balance condition happens to hold (the balance may have come back to
+//!   the same value): a change fails if anything it was computed on failed.
 //! - **Reads for a mutation** see the entry, with a [`ReadMark`]: the shard's
 //!   failure count. A broken entry is never shown: the reader waits for its
 //!   latch and reads durable state.
@@ -35,8 +42,8 @@ use std::future::Future;
 use std::sync::{Arc, MutexGuard};
 
 use pointlock_core::{
-    Change, IdempotencyKey, IdempotencyRecord, ReadMark, SequencedRead, StoreError, StoreErrorKind,
-    UserId, UserPoint,
+    BoxFuture, Change, IdempotencyKey, IdempotencyRecord, ReadMark, SequencedRead, StoreError,
+    StoreErrorKind, Unsequenced, UserId, UserPoint,
 };
 use tokio::sync::Semaphore;
 
@@ -44,6 +51,45 @@ use crate::sharded::Sharded;
 
 /// Shards of the sequenced state.
 const SHARDS: usize = 64;
+
+/// The brand of the sequenced state's [`ReadMark`]s: the shard's failure count
+/// when the read was made.
+struct Brand;
+
+/// The mark of a read made when the shard had counted `failures`.
+fn mark(failures: u64) -> ReadMark {
+    ReadMark::new::<Brand>(failures)
+}
+
+/// A change handed to the sequenced state: from a pipelined `sequence`, its
+/// guard released at sequencing ([`Unsequenced`]); from a plain `commit`, its
+/// guard kept until the writer answers ([`Change`]).
+pub(crate) trait Sequencing {
+    /// The change, to check.
+    fn change(&self) -> &Change;
+    /// The change as the writer takes it.
+    fn into_sequenced(self) -> Change;
+}
+
+impl Sequencing for Unsequenced {
+    fn change(&self) -> &Change {
+        Unsequenced::change(self)
+    }
+
+    fn into_sequenced(self) -> Change {
+        Unsequenced::into_sequenced(self)
+    }
+}
+
+impl Sequencing for Change {
+    fn change(&self) -> &Change {
+        self
+    }
+
+    fn into_sequenced(self) -> Change {
+        self
+    }
+}
 
 /// The sequenced state (see the [module docs](self)).
 pub(crate) struct Overlay {
@@ -109,7 +155,7 @@ impl Overlay {
         match shard.users.get(&id) {
             None => Seen::Durable,
             Some(entry) if entry.broken => Seen::Broken(Arc::clone(&entry.drained)),
-            Some(entry) => Seen::Sequenced(entry.point, ReadMark::new(shard.failures)),
+            Some(entry) => Seen::Sequenced(entry.point, mark(shard.failures)),
         }
     }
 
@@ -121,21 +167,22 @@ impl Overlay {
             None => Seen::Durable,
             Some(entry) if entry.broken => Seen::Broken(Arc::clone(&entry.drained)),
             Some(entry) => match entry.keys.iter().find(|record| record.key == *key) {
-                Some(record) => Seen::Sequenced(record.clone(), ReadMark::new(shard.failures)),
+                Some(record) => Seen::Sequenced(record.clone(), mark(shard.failures)),
                 None => Seen::Durable,
             },
         }
     }
 
-    /// Check `change` against the sequenced state and, if it holds, `send` it
-    /// (with its guard dropped) and make its result the sequenced state, all
-    /// under the user's shard mutex. A refusal sends nothing and changes
-    /// nothing.
+    /// Check `sequencing` against the sequenced state and, if it holds, `send`
+    /// it ([`Sequencing::into_sequenced`]) and make its result the sequenced
+    /// state, all under the user's shard mutex. A refusal sends nothing and
+    /// changes nothing.
     pub(crate) fn sequence(
         &self,
-        mut change: Change,
+        sequencing: impl Sequencing,
         send: impl FnOnce(Change) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let change = sequencing.change();
         let id = change.user_id();
         let mut shard = self.shard(id);
         match shard.users.get(&id) {
@@ -161,10 +208,11 @@ impl Overlay {
             }
             None => {
                 // Computed from sequenced state that has drained since: it is
-                // durable unless a change failed meanwhile.
+                // durable unless a change failed meanwhile (a mark that is not
+                // ours cannot tell: refused too).
                 if change
                     .read_mark()
-                    .is_some_and(|mark| mark.get() != shard.failures)
+                    .is_some_and(|mark| mark.get::<Brand>() != Some(shard.failures))
                 {
                     return Err(StoreError::conflict(format!(
                         "user {id}: a change this one was computed on failed"
@@ -174,8 +222,7 @@ impl Overlay {
         }
         let point = change.committed(0).user_point;
         let record = change.idempotency_record();
-        change.release_guard();
-        send(change)?;
+        send(sequencing.into_sequenced())?;
         let entry = shard.users.entry(id).or_insert_with(|| Entry {
             point,
             pending: 0,
@@ -218,7 +265,7 @@ impl Overlay {
         let shard = self.shard(id);
         if shard.users.contains_key(&id) {
             Settle::Barrier
-        } else if shard.failures == mark.get() {
+        } else if Some(shard.failures) == mark.get::<Brand>() {
             Settle::Durable
         } else {
             Settle::Failed
@@ -227,7 +274,16 @@ impl Overlay {
 
     /// A barrier's answer, once every change sequenced before it is answered.
     pub(crate) fn barrier_holds(&self, id: UserId, mark: ReadMark) -> bool {
-        self.shard(id).failures == mark.get()
+        Some(self.shard(id).failures) == mark.get::<Brand>()
+    }
+
+    /// Whether a change of `id` that did not apply has broken the user's
+    /// entry: the user's changes still to be written were computed on it.
+    pub(crate) fn is_broken(&self, id: UserId) -> bool {
+        self.shard(id)
+            .users
+            .get(&id)
+            .is_some_and(|entry| entry.broken)
     }
 
     /// Users with sequenced changes not yet durable (for tests).
@@ -237,15 +293,16 @@ impl Overlay {
     }
 }
 
-/// `PointStore::sequenced_point` and `sequenced_idempotency_record` of a
+/// `PipelinedStore::sequenced_point` and `sequenced_idempotency_record` of a
 /// store with this sequenced state (`None`: not pipelined): what `look` finds
-/// sequenced, or, with nothing pending, `durable()`. A broken entry is waited
-/// out.
-pub(crate) async fn read<T, F>(
+/// sequenced, marked and settled by `settle`; or, with nothing pending,
+/// `durable()`. A broken entry is waited out.
+pub(crate) async fn read<'a, T, F>(
     overlay: Option<&Overlay>,
     look: impl Fn(&Overlay) -> Seen<T>,
     durable: impl FnOnce() -> F,
-) -> Result<SequencedRead<Option<T>>, StoreError>
+    settle: impl FnOnce(ReadMark) -> BoxFuture<'a, Result<(), StoreError>>,
+) -> Result<SequencedRead<'a, Option<T>>, StoreError>
 where
     F: Future<Output = Result<Option<T>, StoreError>>,
 {
@@ -253,10 +310,7 @@ where
         loop {
             match look(overlay) {
                 Seen::Sequenced(value, mark) => {
-                    return Ok(SequencedRead {
-                        value: Some(value),
-                        mark: Some(mark),
-                    })
+                    return Ok(SequencedRead::marked(Some(value), mark, settle(mark)));
                 }
                 Seen::Durable => break,
                 // The latch only closes; an error means it has.
@@ -267,9 +321,9 @@ where
     durable().await.map(SequencedRead::durable)
 }
 
-/// `PointStore::settle` likewise: at once when everything the read showed
-/// has drained (or failed), else through `barrier()`, which queues a barrier
-/// behind the user's sequenced changes and resolves with its answer.
+/// The settling of a read marked `mark`: at once when everything the read
+/// showed has drained (or failed), else through `barrier()`, which queues a
+/// barrier behind the user's sequenced changes and resolves with its answer.
 pub(crate) async fn settle<F>(
     overlay: Option<&Overlay>,
     id: UserId,
@@ -297,4 +351,35 @@ pub(crate) fn failed_under() -> StoreError {
         "a change this answer was computed on failed before it was durable; nothing was \
          changed by this request; retry",
     )
+}
+
+/// The users whose change was refused or failed earlier in one run of
+/// sequenced changes through the writer (one transaction): their later changes
+/// in the run were computed on it (see the [module docs](self)).
+#[derive(Default)]
+pub(crate) struct Dependents {
+    broken: Vec<UserId>,
+}
+
+impl Dependents {
+    /// The refusal of `change` if something it was computed on did not apply:
+    /// an earlier change of its user in this run, or one already answered
+    /// (`overlay`'s broken entry). `None`: write it.
+    pub(crate) fn refusal(&self, overlay: Option<&Overlay>, change: &Change) -> Option<StoreError> {
+        let overlay = overlay?;
+        let id = change.user_id();
+        (self.broken.contains(&id) || overlay.is_broken(id)).then(|| {
+            StoreError::conflict(format!(
+                "user {id}: an earlier change of this user, which this one was computed on, \
+                 did not apply"
+            ))
+        })
+    }
+
+    /// `change` did not apply: refuse its user's later changes in this run.
+    pub(crate) fn broke(&mut self, change: &Change) {
+        if !self.broken.contains(&change.user_id()) {
+            self.broken.push(change.user_id());
+        }
+    }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use pointlock::core::store::Sleeper;
 use pointlock::core::{
-    BoxFuture, Change, Committed, MemoryStore, PointHistory, PointStore, StoreError, UserId,
-    UserPoint,
+    BoxFuture, Change, Committed, MemoryStore, Pending, PipelinedStore, PointHistory, PointStore,
+    SequencedRead, StoreError, Unsequenced, UserId, UserPoint,
 };
 use pointlock::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::sync::{mpsc, Barrier, Semaphore};
@@ -231,88 +231,114 @@ impl PointStore for ProbeStore {
     }
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
-        Box::pin(async move { self.sequence(change).await?.await })
-    }
-
-    /// The hooks run before the inner store sequences the change; a pipelined
-    /// inner store (SQLite) releases the user there, as it would unwrapped.
-    fn sequence(
-        &self,
-        change: Change,
-    ) -> BoxFuture<'_, Result<pointlock::core::Pending<'_>, StoreError>> {
         Box::pin(async move {
-            let number = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
-            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            // (Counted on entry: the gauge measures commits the service issued at once.)
-            self.in_flight_max.fetch_max(now, Ordering::SeqCst);
-            if let Some(tx) = self.entered.lock().unwrap().as_ref() {
-                let _ = tx.send(change.user_id());
-            }
-            let sequenced = async {
-                let _global = match &self.global {
-                    Some(global) => Some(global.lock().await),
-                    None => None,
-                };
-                if let Some(gate) = &self.gate {
-                    gate.acquire().await.expect("gate open").forget();
-                }
-                if let Some((barrier, patience)) = &self.barrier {
-                    tokio::time::timeout(*patience, barrier.wait())
-                        .await
-                        .map_err(|_| StoreError::new("barrier: other users never arrived"))?;
-                }
-                assert_ne!(
-                    Some(change.amount().get()),
-                    self.panic_on_amount,
-                    "ProbeStore: a commit of this amount panics"
-                );
-                let fault = self.faults.lock().unwrap().remove(&number);
-                let injected = |kind| StoreError::with_kind(kind, "injected fault");
-                match fault {
-                    None => {}
-                    Some(Fault::Fail(kind)) => return Err(injected(kind)),
-                    Some(Fault::Delay(pause)) => tokio::time::sleep(pause).await,
-                    Some(Fault::Panic) => panic!("ProbeStore: injected panic at commit {number}"),
-                    Some(Fault::FailAfter(kind)) => {
-                        self.delay().await;
-                        let pending = self.inner.sequence(change).await?;
-                        let failed: pointlock::core::Pending<'_> = Box::pin(async move {
-                            pending.await?;
-                            Err(injected(kind))
-                        });
-                        return Ok(failed);
-                    }
-                }
-                self.delay().await;
-                self.inner.sequence(change).await
-            }
-            .await;
-            match sequenced {
-                Ok(pending) => {
-                    self.unsettled.fetch_add(1, Ordering::SeqCst);
-                    let counted: pointlock::core::Pending<'_> = Box::pin(async move {
-                        let outcome = pending.await;
-                        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                        self.unsettled.fetch_sub(1, Ordering::SeqCst);
-                        outcome
-                    });
-                    Ok(counted)
-                }
-                Err(error) => {
-                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    Err(error)
-                }
-            }
+            let (user, amount) = (change.user_id(), change.amount().get());
+            let commit = move || std::future::ready(Ok(self.inner.commit(change)));
+            self.probe(user, amount, commit).await?.await
         })
     }
 
+    /// Pipelined exactly when the inner store is.
+    fn pipelined(&self) -> Option<&dyn PipelinedStore> {
+        self.inner.pipelined().map(|_| self as &dyn PipelinedStore)
+    }
+}
+
+impl ProbeStore {
+    /// The inner store, pipelined (only called when it is: see `pipelined`).
+    fn inner_pipelined(&self) -> Result<&dyn PipelinedStore, StoreError> {
+        self.inner
+            .pipelined()
+            .ok_or_else(|| StoreError::new("ProbeStore: the inner store is not pipelined"))
+    }
+
+    /// One change of `user` through the hooks, before `hand` hands it to the
+    /// inner store (a pipelined inner store releases the user there, as it
+    /// would unwrapped); resolves with the outcome to await, counted.
+    async fn probe<'a, F, H>(
+        &'a self,
+        user: UserId,
+        amount: u64,
+        hand: H,
+    ) -> Result<Pending<'a>, StoreError>
+    where
+        H: FnOnce() -> F,
+        F: std::future::Future<Output = Result<Pending<'a>, StoreError>>,
+    {
+        let number = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        // (Counted on entry: the gauge measures commits the service issued at once.)
+        self.in_flight_max.fetch_max(now, Ordering::SeqCst);
+        if let Some(tx) = self.entered.lock().unwrap().as_ref() {
+            let _ = tx.send(user);
+        }
+        let sequenced = async {
+            let _global = match &self.global {
+                Some(global) => Some(global.lock().await),
+                None => None,
+            };
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("gate open").forget();
+            }
+            if let Some((barrier, patience)) = &self.barrier {
+                tokio::time::timeout(*patience, barrier.wait())
+                    .await
+                    .map_err(|_| StoreError::new("barrier: other users never arrived"))?;
+            }
+            assert_ne!(
+                Some(amount),
+                self.panic_on_amount,
+                "ProbeStore: a commit of this amount panics"
+            );
+            let fault = self.faults.lock().unwrap().remove(&number);
+            let injected = |kind| StoreError::with_kind(kind, "injected fault");
+            match fault {
+                None => {}
+                Some(Fault::Fail(kind)) => return Err(injected(kind)),
+                Some(Fault::Delay(pause)) => tokio::time::sleep(pause).await,
+                Some(Fault::Panic) => panic!("ProbeStore: injected panic at commit {number}"),
+                Some(Fault::FailAfter(kind)) => {
+                    self.delay().await;
+                    let pending = hand().await?;
+                    let failed: Pending<'_> = Box::pin(async move {
+                        pending.await?;
+                        Err(injected(kind))
+                    });
+                    return Ok(failed);
+                }
+            }
+            self.delay().await;
+            hand().await
+        }
+        .await;
+        match sequenced {
+            Ok(pending) => {
+                self.unsettled.fetch_add(1, Ordering::SeqCst);
+                let counted: Pending<'_> = Box::pin(async move {
+                    let outcome = pending.await;
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    self.unsettled.fetch_sub(1, Ordering::SeqCst);
+                    outcome
+                });
+                Ok(counted)
+            }
+            Err(error) => {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The hooks run before the inner store sequences the change.
+impl PipelinedStore for ProbeStore {
     fn sequenced_point(
         &self,
         id: UserId,
-    ) -> BoxFuture<'_, Result<pointlock::core::SequencedRead<Option<UserPoint>>, StoreError>> {
+    ) -> BoxFuture<'_, Result<SequencedRead<'_, Option<UserPoint>>, StoreError>> {
         Box::pin(async move {
             self.delay().await;
-            self.inner.sequenced_point(id).await
+            self.inner_pipelined()?.sequenced_point(id).await
         })
     }
 
@@ -322,22 +348,22 @@ impl PointStore for ProbeStore {
         key: &'a pointlock_core::IdempotencyKey,
     ) -> BoxFuture<
         'a,
-        Result<
-            pointlock::core::SequencedRead<Option<pointlock_core::IdempotencyRecord>>,
-            StoreError,
-        >,
+        Result<SequencedRead<'a, Option<pointlock_core::IdempotencyRecord>>, StoreError>,
     > {
         Box::pin(async move {
             self.delay().await;
-            self.inner.sequenced_idempotency_record(id, key).await
+            self.inner_pipelined()?
+                .sequenced_idempotency_record(id, key)
+                .await
         })
     }
 
-    fn settle(
-        &self,
-        id: UserId,
-        mark: pointlock::core::ReadMark,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.settle(id, mark)
+    fn sequence(&self, change: Unsequenced) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+        Box::pin(async move {
+            let inner = self.inner_pipelined()?;
+            let (user, amount) = (change.change().user_id(), change.change().amount().get());
+            self.probe(user, amount, move || inner.sequence(change))
+                .await
+        })
     }
 }

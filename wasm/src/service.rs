@@ -339,16 +339,16 @@ impl PointService {
         let timeout = self.lock_timeout;
         let core = Rc::clone(&self.core);
         start(Box::pin(async move {
-            // The core takes the guard as an `Arc` (the store keeps a clone until it
-            // has answered for the change). On wasm32 the guard is not `Send`, and
-            // there is one thread: the lint's concern does not arise.
+            // The core takes the guard as an `Arc`, handed over (the store keeps
+            // a clone until it has answered for the change). On wasm32 the guard
+            // is not `Send`, and there is one thread: the lint's concern does not
+            // arise.
             #[expect(
                 clippy::arc_with_non_send_sync,
                 reason = "the core's API is Arc<KeyGuard>; wasm32 has one thread"
             )]
             let held = Arc::new(wait(acquire, timeout).await?);
-            let applied = core.apply(&held, kind, amount, key.as_ref()).await;
-            drop(held);
+            let applied = core.apply(held, kind, amount, key.as_ref()).await;
             Ok(Answer::Point(applied?.point))
         }))
     }

@@ -60,9 +60,7 @@ where
     // The guard goes to the service, which releases the user as soon as the
     // store allows (a pipelined store: once the change is sequenced) and
     // answers once the change is durable.
-    let applied = service
-        .apply_owned(held, kind, amount, key.as_ref())
-        .await?;
+    let applied = service.apply(held, kind, amount, key.as_ref()).await?;
     let mut response = json_response(StatusCode::OK, &applied.point);
     if applied.replayed {
         response

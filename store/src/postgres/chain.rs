@@ -13,7 +13,7 @@ use super::sql::statement_sql;
 use super::PostgresStore;
 use crate::batch::{BatchPlan, Written};
 use crate::reply;
-use crate::sequenced::{self, Overlay};
+use crate::sequenced::{self, Dependents, Overlay, Sequencing};
 use crate::sharded::Sharded;
 
 /// Pipelining: the sequenced state, and per user with sequenced work the
@@ -55,17 +55,21 @@ impl Pipeline {
 }
 
 impl PostgresStore {
-    /// [`PointStore::sequence`](pointlock_core::PointStore::sequence),
-    /// pipelined: checked against the sequenced state, queued on the user's
-    /// chain (whose task owns it from here, whatever happens to the caller),
-    /// made the sequenced state, its guard dropped: all under the user's shard
-    /// mutex of the sequenced state. The answer comes with the chain's COMMIT.
+    /// A change checked against the sequenced state, queued on the user's
+    /// chain (whose task owns it from here, whatever happens to the caller)
+    /// and made the sequenced state, all under the user's shard mutex of the
+    /// sequenced state; its guard dropped there ([`Unsequenced`], from
+    /// [`PipelinedStore::sequence`]) or kept until answered ([`Change`], from a
+    /// plain commit). The answer comes with the chain's COMMIT.
+    ///
+    /// [`Unsequenced`]: pointlock_core::Unsequenced
+    /// [`PipelinedStore::sequence`]: pointlock_core::PipelinedStore::sequence
     pub(super) fn sequence_on_chain(
         &self,
         pipeline: &Arc<Pipeline>,
-        change: Change,
+        change: impl Sequencing,
     ) -> Result<Pending<'static>, StoreError> {
-        let id = change.user_id();
+        let id = change.change().user_id();
         let (reply, answer) = oneshot::channel();
         pipeline.overlay.sequence(change, |change| {
             self.enqueue(pipeline, id, Item::Change(change, reply));
@@ -124,7 +128,10 @@ impl PostgresStore {
                     Item::Barrier(..) => None,
                 })
                 .collect();
-            let mut outcomes = self.commit_chain(&changes).await.into_iter();
+            let mut outcomes = self
+                .commit_chain(&pipeline.overlay, &changes)
+                .await
+                .into_iter();
             for item in items {
                 match item {
                     Item::Change(change, reply) => {
@@ -152,21 +159,42 @@ impl PostgresStore {
 
     /// One user's consecutive changes, batch then each alone
     /// ([`BatchPlan`]): several in one transaction (one WAL flush); after a
-    /// failed statement, which aborts a PostgreSQL transaction, each alone.
-    async fn commit_chain(&self, changes: &[&Change]) -> Vec<Result<Committed, StoreError>> {
+    /// failed statement, which aborts a PostgreSQL transaction, each alone. A
+    /// change computed on one that did not apply is refused unwritten (see the
+    /// crate's `sequenced.rs`): the changes are answered only at the end, so
+    /// the changes written alone keep track of those that did not apply.
+    async fn commit_chain(
+        &self,
+        overlay: &Overlay,
+        changes: &[&Change],
+    ) -> Vec<Result<Committed, StoreError>> {
         let mut plan = BatchPlan::new(changes.len());
+        let mut alone = Dependents::default();
         while let Some(next) = plan.next() {
-            let written = self.write(&changes[next]).await;
+            let written = self.write(overlay, &mut alone, &changes[next]).await;
             plan.written(written);
         }
         plan.finish()
     }
 
-    /// `changes` in one transaction; one change alone in its one statement.
-    async fn write(&self, changes: &[&Change]) -> Written<Committed> {
+    /// `changes` in one transaction; one change alone in its one statement,
+    /// `alone` keeping track of what did not apply across those.
+    async fn write(
+        &self,
+        overlay: &Overlay,
+        alone: &mut Dependents,
+        changes: &[&Change],
+    ) -> Written<Committed> {
         let all = |error: StoreError| Written::Answered(vec![Err(error); changes.len()]);
         if let [change] = changes {
-            return Written::Answered(vec![self.commit_now(change).await]);
+            if let Some(refused) = self.refusal(overlay, alone, change) {
+                return Written::Answered(vec![Err(refused)]);
+            }
+            let outcome = self.commit_now(change).await;
+            if outcome.is_err() {
+                alone.broke(change);
+            }
+            return Written::Answered(vec![outcome]);
         }
         let mut client = match self.client().await {
             Ok(client) => client,
@@ -177,13 +205,23 @@ impl PostgresStore {
             Err(e) => return all(self.failed(&e, false)),
         };
         let mut outcomes = Vec::with_capacity(changes.len());
+        let mut dependents = Dependents::default();
         for change in changes {
+            if let Some(refused) = self.refusal(overlay, &dependents, change) {
+                outcomes.push(Err(refused));
+                continue;
+            }
             let ran = match transaction.prepare_cached(statement_sql(change)).await {
                 Ok(statement) => self.run_change(&*transaction, &statement, change).await,
                 Err(e) => Err(self.failed(&e, false)),
             };
             match ran {
-                Ok(outcome) => outcomes.push(outcome),
+                Ok(outcome) => {
+                    if outcome.is_err() {
+                        dependents.broke(change);
+                    }
+                    outcomes.push(outcome);
+                }
                 Err(error) => {
                     // The transaction is aborted and rolled back when dropped
                     // on return: nothing of it counts.
@@ -204,6 +242,19 @@ impl PostgresStore {
                 }
             }
         }
+    }
+
+    /// The refusal of `change` if something it was computed on did not apply,
+    /// counted with the conflicts (as the SQLite writer counts it).
+    fn refusal(
+        &self,
+        overlay: &Overlay,
+        dependents: &Dependents,
+        change: &Change,
+    ) -> Option<StoreError> {
+        let refused = dependents.refusal(Some(overlay), change)?;
+        self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+        Some(refused)
     }
 
     /// The commits `outcomes` counted, taken back: their transaction did not

@@ -41,9 +41,8 @@
 //!
 //! Off by default, a user stays locked in this instance until its statement
 //! has committed, so one busy user is bound by the commit round trip and WAL
-//! flush of each change. Pipelined, the store implements the pipelined
-//! contract of [`PointStore`] as the SQLite store does (the sequenced state is
-//! the crate's `sequenced.rs`): a change is checked against the user's
+//! flush of each change. Pipelined, the store is a [`PipelinedStore`] as the
+//! SQLite store is (the sequenced state is the crate's `sequenced.rs`): a change is checked against the user's
 //! sequenced state, put on the user's **chain** and its guard dropped; the
 //! chain's task (one per user with work, spawned when the chain starts, gone
 //! when it empties) takes everything queued and commits it in **one
@@ -83,7 +82,8 @@
 //!
 //! # Files
 //!
-//! - this file: [`PostgresStore`] and its [`PointStore`] methods;
+//! - this file: [`PostgresStore`] and its [`PointStore`] and
+//!   [`PipelinedStore`] methods;
 //! - `options.rs`: [`PostgresOptions`];
 //! - `connect.rs`: the pool, connecting, [`PgOpenError`];
 //! - `schema.rs`: the migrations under the advisory lock;
@@ -105,10 +105,9 @@ mod stats;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use pointlock_core::store::settled;
 use pointlock_core::{
-    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PointHistory,
-    PointStore, ReadMark, SequencedRead, StoreError, UserId, UserPoint,
+    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PipelinedStore,
+    PointHistory, PointStore, ReadMark, SequencedRead, StoreError, Unsequenced, UserId, UserPoint,
 };
 
 use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
@@ -245,17 +244,30 @@ impl PointStore for PostgresStore {
     }
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
-        if self.pipeline.is_some() {
-            return Box::pin(async move { self.sequence(change).await?.await });
+        match &self.pipeline {
+            // Through the sequenced state, its guard kept until answered.
+            Some(pipeline) => {
+                Box::pin(async move { self.sequence_on_chain(pipeline, change)?.await })
+            }
+            None => self.commit_in_task(change),
         }
-        self.commit_in_task(change)
     }
 
-    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+    fn pipelined(&self) -> Option<&dyn PipelinedStore> {
+        self.pipeline
+            .is_some()
+            .then_some(self as &dyn PipelinedStore)
+    }
+}
+
+impl PipelinedStore for PostgresStore {
+    fn sequence(&self, change: Unsequenced) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
         Box::pin(async move {
             match &self.pipeline {
                 Some(pipeline) => self.sequence_on_chain(pipeline, change),
-                None => self.commit(change).await.map(settled),
+                None => Err(StoreError::new(
+                    "this PostgreSQL store is not pipelined: commit the change instead",
+                )),
             }
         })
     }
@@ -263,12 +275,13 @@ impl PointStore for PostgresStore {
     fn sequenced_point(
         &self,
         id: UserId,
-    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
+    ) -> BoxFuture<'_, Result<SequencedRead<'_, Option<UserPoint>>, StoreError>> {
         let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
         Box::pin(sequenced::read(
             overlay,
             move |o| o.point(id),
             move || self.user_point(id),
+            move |mark| self.settle(id, mark),
         ))
     }
 
@@ -276,15 +289,20 @@ impl PointStore for PostgresStore {
         &'a self,
         id: UserId,
         key: &'a IdempotencyKey,
-    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
+    ) -> BoxFuture<'a, Result<SequencedRead<'a, Option<IdempotencyRecord>>, StoreError>> {
         let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
         Box::pin(sequenced::read(
             overlay,
             move |o| o.key(id, key),
             move || self.idempotency_record(id, key),
+            move |mark| self.settle(id, mark),
         ))
     }
+}
 
+impl PostgresStore {
+    /// Resolve once everything a read of user `id` marked `mark` showed is
+    /// durable; fail if some of it failed (see the crate's `sequenced.rs`).
     fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
         let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
         Box::pin(sequenced::settle(overlay, id, mark, move || async move {

@@ -13,8 +13,9 @@
 //! batch, then answers each caller. Each change is written only if the user's
 //! stored balance is still the one the change was computed from; otherwise it
 //! is refused as a conflict and changes nothing, and the rest of its batch
-//! commits. Behind the per-user lock the condition fires only for a change
-//! computed on one that failed (pipelined); it is also the second line of
+//! commits. Behind the per-user lock the condition never fires (pipelined, a
+//! change computed on one that did not apply is refused before its condition
+//! is looked at: the crate's `sequenced.rs`); it is the second line of
 //! defence, for writers that bypass the lock.
 //!
 //! **Cancel safety and the guard.** Once queued, a change is committed or refused
@@ -37,17 +38,16 @@
 //!
 //! # Pipelining (the default; [`SqliteOptions::pipeline`])
 //!
-//! The store implements the pipelined contract of [`PointStore`]:
-//! [`sequence`](PointStore::sequence) checks a change against the **sequenced
-//! state** (every change handed to the writer, durable or not), hands it to the
-//! writer, makes its result the sequenced state and drops its guard, all under
-//! the user's shard mutex; the caller's answer still waits for the batch's
-//! COMMIT. So the user's next request computes on the sequenced state while
-//! this change waits for its fsync, and one user's burst shares an fsync. A
-//! mutation reads the sequenced state; plain reads show durable state only;
-//! an answer computed from sequenced state waits for it
-//! ([`settle`](PointStore::settle)). The protocol and its failure cases are in
-//! the crate's `sequenced.rs`. Off, a user stays locked until its change is
+//! Pipelined, the store is a [`PipelinedStore`] (its promises are stated
+//! there) and says so through [`PointStore::pipelined`]:
+//! [`sequence`](PipelinedStore::sequence) checks a change against the
+//! **sequenced state** (every change handed to the writer, durable or not),
+//! hands it to the writer, makes its result the sequenced state and drops its
+//! guard, all under the user's shard mutex; the caller's answer still waits for
+//! the batch's COMMIT. So the user's next request computes on the sequenced
+//! state while this change waits for its fsync, and one user's burst shares an
+//! fsync. The protocol and its failure cases are in the crate's `sequenced.rs`. Off,
+//! the store is a plain [`PointStore`]: a user stays locked until its change is
 //! durable.
 //!
 //! # Reads: a balance cache, and read-only connections never behind the writer
@@ -95,17 +95,17 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use pointlock_core::store::settled;
 use pointlock_core::{
-    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PointHistory,
-    PointStore, ReadMark, SequencedRead, StoreError, StoreErrorKind, UserId, UserPoint,
+    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PipelinedStore,
+    PointHistory, PointStore, ReadMark, SequencedRead, StoreError, StoreErrorKind, Unsequenced,
+    UserId, UserPoint,
 };
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::reply;
 use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
-use crate::sequenced::{self, Overlay};
+use crate::sequenced::{self, Overlay, Sequencing};
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
 pub use open::{OpenError, SCHEMA_VERSION};
@@ -381,90 +381,18 @@ impl PointStore for SqliteStore {
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         Box::pin(async move {
-            if self.overlay.is_some() {
-                self.sequence(change).await?.await
-            } else {
-                self.commit_durable(change).await
+            match self.overlay.as_deref() {
+                // Through the sequenced state, its guard kept until answered.
+                Some(overlay) => self.sequence_in(overlay, change).await?.await,
+                None => self.commit_durable(change).await,
             }
         })
     }
 
-    fn sequence(&self, change: Change) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
-        Box::pin(async move {
-            let Some(overlay) = self.overlay.as_deref() else {
-                return self.commit_durable(change).await.map(settled);
-            };
-            let queued = self.queue_place().await?;
-            let (reply, answer) = oneshot::channel();
-            // Checked against the sequenced state, sent to the writer, made the
-            // sequenced state, and the guard dropped, under the user's shard
-            // mutex (see sequenced.rs). From here the change commits or is
-            // refused whatever happens to the caller.
-            #[cfg(any(test, feature = "test-util"))]
-            let early = (self.negative_control == Some(NegativeControl::AnswerAtSequencing))
-                .then(|| change.committed(0));
-            overlay.sequence(change, |change| {
-                self.send(Work::Change(Job {
-                    change,
-                    reply,
-                    _queued: queued,
-                }))
-            })?;
-            #[cfg(any(test, feature = "test-util"))]
-            if let Some(early) = early {
-                // Negative control: the answer before the change is durable.
-                return Ok(settled(early));
-            }
-            let pending: Pending<'_> = Box::pin(reply::received(answer, WRITER));
-            Ok(pending)
-        })
-    }
-
-    fn sequenced_point(
-        &self,
-        id: UserId,
-    ) -> BoxFuture<'_, Result<SequencedRead<Option<UserPoint>>, StoreError>> {
-        Box::pin(sequenced::read(
-            self.overlay.as_deref(),
-            move |o| o.point(id),
-            move || self.user_point(id),
-        ))
-    }
-
-    fn sequenced_idempotency_record<'a>(
-        &'a self,
-        id: UserId,
-        key: &'a IdempotencyKey,
-    ) -> BoxFuture<'a, Result<SequencedRead<Option<IdempotencyRecord>>, StoreError>> {
-        Box::pin(sequenced::read(
-            self.overlay.as_deref(),
-            move |o| o.key(id, key),
-            move || self.idempotency_record(id, key),
-        ))
-    }
-
-    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
-        #[cfg(any(test, feature = "test-util"))]
-        if self.negative_control == Some(NegativeControl::DirtyReads) {
-            return Box::pin(std::future::ready(Ok(())));
-        }
-        Box::pin(sequenced::settle(
-            self.overlay.as_deref(),
-            id,
-            mark,
-            move || async move {
-                self.stats
-                    .barriers
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (reply, answer) = oneshot::channel();
-                self.send(Work::Barrier(Barrier {
-                    user: id,
-                    mark,
-                    reply,
-                }))?;
-                reply::received(answer, WRITER).await
-            },
-        ))
+    fn pipelined(&self) -> Option<&dyn PipelinedStore> {
+        self.overlay
+            .is_some()
+            .then_some(self as &dyn PipelinedStore)
     }
 
     fn idempotency_record(
@@ -517,6 +445,44 @@ impl PointStore for SqliteStore {
     }
 }
 
+impl PipelinedStore for SqliteStore {
+    fn sequence(&self, change: Unsequenced) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+        Box::pin(async move {
+            let Some(overlay) = self.overlay.as_deref() else {
+                return Err(StoreError::new(
+                    "this SQLite store is not pipelined: commit the change instead",
+                ));
+            };
+            self.sequence_in(overlay, change).await
+        })
+    }
+
+    fn sequenced_point(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<SequencedRead<'_, Option<UserPoint>>, StoreError>> {
+        Box::pin(sequenced::read(
+            self.overlay.as_deref(),
+            move |o| o.point(id),
+            move || self.user_point(id),
+            move |mark| self.settle(id, mark),
+        ))
+    }
+
+    fn sequenced_idempotency_record<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<SequencedRead<'a, Option<IdempotencyRecord>>, StoreError>> {
+        Box::pin(sequenced::read(
+            self.overlay.as_deref(),
+            move |o| o.key(id, key),
+            move || self.idempotency_record(id, key),
+            move |mark| self.settle(id, mark),
+        ))
+    }
+}
+
 impl SqliteStore {
     /// Commit `change` and answer once it is durable, keeping its guard until
     /// then (the store without pipelining).
@@ -533,6 +499,61 @@ impl SqliteStore {
         };
         self.send(Work::Change(job))?;
         reply::received(answer, WRITER).await
+    }
+
+    /// Check `change` against the sequenced state, hand it to the writer and
+    /// make its result the sequenced state (see `sequenced.rs`); resolve with
+    /// its outcome, to await. From here the change commits or is refused
+    /// whatever happens to the caller.
+    async fn sequence_in(
+        &self,
+        overlay: &Overlay,
+        change: impl Sequencing,
+    ) -> Result<Pending<'_>, StoreError> {
+        let queued = self.queue_place().await?;
+        let (reply, answer) = oneshot::channel();
+        #[cfg(any(test, feature = "test-util"))]
+        let early = (self.negative_control == Some(NegativeControl::AnswerAtSequencing))
+            .then(|| change.change().committed(0));
+        overlay.sequence(change, |change| {
+            self.send(Work::Change(Job {
+                change,
+                reply,
+                _queued: queued,
+            }))
+        })?;
+        #[cfg(any(test, feature = "test-util"))]
+        if let Some(early) = early {
+            // Negative control: the answer before the change is durable.
+            return Ok(Box::pin(std::future::ready(Ok(early))));
+        }
+        Ok(Box::pin(reply::received(answer, WRITER)))
+    }
+
+    /// Resolve once everything a read of user `id` marked `mark` showed is
+    /// durable; fail if some of it failed (see `sequenced.rs`).
+    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
+        #[cfg(any(test, feature = "test-util"))]
+        if self.negative_control == Some(NegativeControl::DirtyReads) {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        Box::pin(sequenced::settle(
+            self.overlay.as_deref(),
+            id,
+            mark,
+            move || async move {
+                self.stats
+                    .barriers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (reply, answer) = oneshot::channel();
+                self.send(Work::Barrier(Barrier {
+                    user: id,
+                    mark,
+                    reply,
+                }))?;
+                reply::received(answer, WRITER).await
+            },
+        ))
     }
 
     /// A place in the writer's bounded queue (waiting while it is full);

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pointlock_core::{
-    Amount, Applied, IdempotencyKey, ManualClock, PointError, PointService, PointStore, Policy,
-    TransactionType, UserId,
+    Amount, Applied, IdempotencyKey, ManualClock, PipelinedStore, PointError, PointService,
+    PointStore, Policy, TransactionType, Unsequenced, UserId,
 };
 
 // Changes whose guard comes from a lock that excludes nothing: the lock bypassed.
@@ -83,7 +83,7 @@ async fn spawn_apply(
     let held = Arc::new(svc.lock().lock(id(1)).await);
     let svc = Arc::clone(svc);
     let key = key.map(|k| IdempotencyKey::new(k).unwrap());
-    tokio::spawn(async move { svc.apply_owned(held, kind, amount(raw), key.as_ref()).await })
+    tokio::spawn(async move { svc.apply(held, kind, amount(raw), key.as_ref()).await })
 }
 
 /// Wait (yielding, bounded) until `done` holds: a signal, not a time.
@@ -120,7 +120,7 @@ async fn a_user_is_released_at_sequencing_and_the_next_change_builds_on_the_sequ
     released(&f.svc).await;
     let read = f.store.sequenced_point(id(1)).await.unwrap();
     assert_eq!(read.value.map(|p| p.point), Some(110));
-    assert!(read.mark.is_some(), "marked: not durable yet");
+    assert!(read.is_marked(), "marked: not durable yet");
     assert!(!second.is_finished());
 
     f.gate.open();
@@ -276,6 +276,49 @@ async fn a_failed_change_fails_the_changes_sequenced_on_it_and_the_user_recovers
     assert_eq!(f.svc.point(id(1)).await.unwrap().point, 7);
 }
 
+/// Balance 100 durable; then, sequenced while the writer is held: a charge of
+/// 10 (110) that fails in the writer, a use of 4 computed on its 110 and a use
+/// of 6 computed on that (100 again: two uses, because the planted fault fails
+/// every change of 10), and a charge of 20 computed on that 100. The uses and
+/// the last charge were computed on the failed charge: none may apply,
+/// although the last one's balance condition (100) holds against the durable
+/// 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_computed_on_a_failed_one_is_refused_even_when_the_balance_came_back() {
+    let f = fixture(None);
+    spawn_apply(&f.svc, TransactionType::Charge, 100, None)
+        .await
+        .await
+        .unwrap()
+        .unwrap();
+    f.gate.close();
+    f.fail_amount.store(10, Ordering::SeqCst);
+    let failing = spawn_apply(&f.svc, TransactionType::Charge, 10, None).await;
+    let use_on_110 = spawn_apply(&f.svc, TransactionType::Use, 4, None).await;
+    let use_on_106 = spawn_apply(&f.svc, TransactionType::Use, 6, None).await;
+    let charge_on_100 = spawn_apply(&f.svc, TransactionType::Charge, 20, None).await;
+    released(&f.svc).await;
+    f.gate.open();
+    let charged = charge_on_100.await.unwrap();
+    assert!(
+        charged.is_err(),
+        "a charge computed on a failed change committed: {charged:?}"
+    );
+    assert_eq!(charged.unwrap_err().code(), "WRITE_CONFLICT");
+    assert_eq!(failing.await.unwrap().unwrap_err().code(), "STORE_ERROR");
+    for refused in [use_on_110, use_on_106] {
+        let used = refused.await.unwrap().unwrap_err();
+        assert_eq!(used.code(), "WRITE_CONFLICT", "{used}");
+    }
+    assert_eq!(f.svc.point(id(1)).await.unwrap().point, 100);
+    assert_eq!(f.svc.histories(id(1)).await.unwrap().len(), 1);
+    // The pipeline drained: the next change computes on the durable 100.
+    f.fail_amount.store(0, Ordering::SeqCst);
+    let next = spawn_apply(&f.svc, TransactionType::Charge, 7, None).await;
+    assert_eq!(next.await.unwrap().unwrap().point.point, 107);
+    assert_eq!(f.store.sequenced_users(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_key_while_the_first_is_sequenced_replays_once_it_is_durable() {
     let f = fixture(None);
@@ -308,10 +351,13 @@ async fn two_changes_from_the_same_read_the_sequenced_state_refuses_the_second_a
     f.gate.close();
     let first = f
         .store
-        .sequence(change_from(1, Some(0), 10, 10))
+        .sequence(Unsequenced::for_tests(change_from(1, Some(0), 10, 10)))
         .await
         .unwrap();
-    let second = f.store.sequence(change_from(1, Some(0), 20, 20)).await;
+    let second = f
+        .store
+        .sequence(Unsequenced::for_tests(change_from(1, Some(0), 20, 20)))
+        .await;
     let Err(refused) = second else {
         panic!("a stale change was sequenced")
     };
@@ -329,12 +375,12 @@ async fn negative_control_without_the_condition_the_pipeline_loses_an_update() {
     f.gate.close();
     let first = f
         .store
-        .sequence(change_from(1, None, 10, 10))
+        .sequence(Unsequenced::for_tests(change_from(1, None, 10, 10)))
         .await
         .unwrap();
     let second = f
         .store
-        .sequence(change_from(1, None, 20, 20))
+        .sequence(Unsequenced::for_tests(change_from(1, None, 20, 20)))
         .await
         .unwrap();
     f.gate.open();

@@ -10,7 +10,9 @@
 //! history row is not written and the rest of the batch goes on. Two changes of
 //! one user in one batch (pipelined, the next computed on the one before; or
 //! writers that bypassed the lock) are thus checked against each other inside
-//! the transaction, in order.
+//! the transaction, in order; pipelined, a change after one of its user that
+//! did not apply is refused without being written, whatever its condition
+//! (the crate's `sequenced.rs`).
 //!
 //! # Idempotency records
 //!
@@ -25,6 +27,7 @@ use pointlock_core::{Change, Committed, StoreError, StoreErrorKind};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::rows::to_i64;
+use crate::sequenced::{Dependents, Overlay};
 
 /// A first balance, or one computed from 0: insert it, or update a row whose
 /// balance is still 0 (`?4` is the expected 0; `NULL` only in negative
@@ -58,10 +61,13 @@ pub(super) enum Failure {
 }
 
 /// Write `changes` in one transaction: each change applied or refused by its
-/// condition, and the transaction committed; or, on any error, nothing.
+/// condition, and the transaction committed; or, on any error, nothing. With
+/// the sequenced state (`overlay`: pipelined), a change computed on one that
+/// did not apply is refused unwritten (see the crate's `sequenced.rs`).
 pub(super) fn write(
     conn: &mut Connection,
     changes: &[&Change],
+    overlay: Option<&Overlay>,
 ) -> Result<Vec<Result<Committed, StoreError>>, Failure> {
     let failed = |e: rusqlite::Error| {
         Failure::Statement(StoreError::new(format!("SQLite write failed: {e}")))
@@ -79,8 +85,17 @@ pub(super) fn write(
             select_key_made: tx.prepare_cached(SELECT_KEY_MADE).map_err(failed)?,
             upsert_key: tx.prepare_cached(UPSERT_KEY).map_err(failed)?,
         };
+        let mut dependents = Dependents::default();
         for change in changes {
-            outcomes.push(apply(&tx, &mut statements, change).map_err(Failure::Statement)?);
+            if let Some(refused) = dependents.refusal(overlay, change) {
+                outcomes.push(Err(refused));
+                continue;
+            }
+            let outcome = apply(&tx, &mut statements, change).map_err(Failure::Statement)?;
+            if outcome.is_err() {
+                dependents.broke(change);
+            }
+            outcomes.push(outcome);
         }
     }
     // Dropping `tx` on an early return rolls back.

@@ -220,7 +220,7 @@ impl Writer {
         if let Some(error) = self.faults.failed_statement(changes) {
             return Err(Failure::Statement(error));
         }
-        write(conn, changes)
+        write(conn, changes, self.overlay.as_deref())
     }
 
     /// Answer a barrier (every change sent before it is answered).

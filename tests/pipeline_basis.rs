@@ -1,0 +1,114 @@
+//! A pipelined store fails a change if anything it was computed on failed,
+//! even when the change's balance condition happens to hold: here on the
+//! PostgreSQL chain (the SQLite writer's test of the same interleaving is in
+//! the store's `sqlite/pipeline_tests.rs`).
+//!
+//! Balance 101 durable; then, sequenced while the user's chain is held: a
+//! charge that fails in the chain (its balance does not fit a `bigint`), a use
+//! computed on that charge's balance (which comes back to 101), and a charge
+//! of 20 computed on that 101. The use and the last charge were computed on
+//! the failed charge: neither may apply, although the last one's condition
+//! (101) holds against the durable 101.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pointlock::core::{
+    Amount, Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
+};
+use pointlock::store::{PostgresOptions, PostgresStore};
+
+type Service = PointService<Arc<PostgresStore>>;
+
+fn user() -> UserId {
+    UserId::new(1).unwrap()
+}
+
+/// Apply a change of user 1 in a task of its own, the guard handed over;
+/// returns once the user's lock is free again (the change was sequenced, or
+/// answered).
+async fn spawn_apply(
+    svc: &Arc<Service>,
+    kind: TransactionType,
+    amount: u64,
+) -> tokio::task::JoinHandle<Result<Applied, PointError>> {
+    let held = Arc::new(svc.lock().lock(user()).await);
+    let task = {
+        let svc = Arc::clone(svc);
+        tokio::spawn(async move {
+            svc.apply(held, kind, Amount::new(amount).unwrap(), None)
+                .await
+        })
+    };
+    drop(svc.lock().lock(user()).await);
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_computed_on_a_failed_one_is_refused_even_when_the_balance_came_back() {
+    if support::pg::cluster_url().is_none() {
+        return;
+    }
+    let db = support::pg::TestDatabase::create().await;
+    let options = PostgresOptions {
+        pipeline: true,
+        ..PostgresOptions::default()
+    };
+    let store = Arc::new(PostgresStore::connect(db.url(), options).await.unwrap());
+    // No maximum: a charge may leave a balance above what the column holds.
+    let svc = Arc::new(PointService::new(
+        Arc::clone(&store),
+        Policy::new(u64::MAX),
+        Arc::new(ManualClock::new(0)),
+    ));
+    let opening = spawn_apply(&svc, TransactionType::Charge, 100).await;
+    assert_eq!(opening.await.unwrap().unwrap().point.point, 100);
+
+    // Hold the user's row: the chain's next statement waits for it.
+    let mut holder = support::pg::connect(db.url()).await;
+    let row = holder.transaction().await.unwrap();
+    row.execute("SELECT point FROM user_point WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let waiting = spawn_apply(&svc, TransactionType::Charge, 1).await;
+    let watcher = support::pg::connect(db.url()).await;
+    for _ in 0..1_000 {
+        let blocked: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Sequenced behind it, on the sequenced 101.
+    let huge = u64::try_from(i64::MAX).unwrap();
+    let failing = spawn_apply(&svc, TransactionType::Charge, huge).await;
+    let use_on_it = spawn_apply(&svc, TransactionType::Use, huge).await;
+    let charge_on_101 = spawn_apply(&svc, TransactionType::Charge, 20).await;
+    row.commit().await.unwrap();
+
+    assert_eq!(waiting.await.unwrap().unwrap().point.point, 101);
+    let charged = charge_on_101.await.unwrap();
+    assert!(
+        charged.is_err(),
+        "a charge computed on a failed change committed: {charged:?}"
+    );
+    assert_eq!(charged.unwrap_err().code(), "WRITE_CONFLICT");
+    assert_eq!(failing.await.unwrap().unwrap_err().code(), "STORE_ERROR");
+    let used = use_on_it.await.unwrap().unwrap_err();
+    assert_eq!(used.code(), "WRITE_CONFLICT", "{used}");
+    assert_eq!(svc.point(user()).await.unwrap().point, 101);
+    assert_eq!(svc.histories(user()).await.unwrap().len(), 2);
+    // The chain drained: the next change computes on the durable 101.
+    let next = spawn_apply(&svc, TransactionType::Charge, 7).await;
+    assert_eq!(next.await.unwrap().unwrap().point.point, 108);
+}
