@@ -25,9 +25,9 @@ pub mod stack;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use keylock::layer::KeyDecision;
 use pointlock_core::{Amount, IdempotencyKey, PointError, UserId};
 use pointlock_server::amount::parse_amount;
-use pointlock_server::layer::KeyDecision;
 use pointlock_server::routes::{user_key, user_segment, IDEMPOTENCY_KEY};
 use serde_json::Value;
 

@@ -35,7 +35,7 @@
 //! Mounted without the layer, they acquire the lock themselves (with the same
 //! timeout), so the router alone is never unsafe.
 //!
-//! [`KeyedLockLayer`]: crate::layer::KeyedLockLayer
+//! [`KeyedLockLayer`]: keylock::layer::KeyedLockLayer
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,6 +46,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError};
+use keylock::layer::{HeldLock, KeyDecision};
 use pointlock_core::{
     Amount, BoxFuture, IdempotencyKey, KeyGuard, PointError, PointService, PointStore,
     TransactionType, UserId,
@@ -57,7 +58,6 @@ use tower_service::Service;
 use crate::amount::parse_amount;
 use crate::deadline;
 use crate::error::{json_response, ApiError};
-use crate::layer::{HeldLock, KeyDecision};
 use crate::metrics::Metrics;
 
 /// The request header naming a change for idempotency.
@@ -182,7 +182,7 @@ pub fn path_user(path: &str) -> Option<Result<UserId, PointError>> {
     user_segment(path).map(str::parse::<UserId>)
 }
 
-/// The wallet's key extractor for [`KeyedLockLayer`](crate::layer::KeyedLockLayer):
+/// The wallet's key extractor for [`KeyedLockLayer`](keylock::layer::KeyedLockLayer):
 /// a wallet path locks its user (reads included, so a read queued behind a
 /// charge sees it); an invalid id is rejected at once with 400
 /// `INVALID_USER_ID`, taking no lock; every other path passes unlocked.
@@ -686,7 +686,7 @@ mod tests {
         ));
         let router = Router::new(Arc::clone(&service), RouterOptions::default());
         let mut svc = tower_layer::Layer::layer(
-            &crate::layer::KeyedLockLayer::new(KeyedLock::new(), user_key),
+            &keylock::layer::KeyedLockLayer::new(KeyedLock::new(), user_key),
             router,
         );
         let req = Request::builder()

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use keylock::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use pointlock_core::{
     BoxFuture, Change, Committed, KeyedLock, MemoryStore, PointHistory, PointService, PointStore,
     Policy, StoreError, StoreErrorKind, UserId, UserPoint,
@@ -22,7 +23,6 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::clock::SystemClock;
 use crate::error::refusal_response;
-use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use crate::metrics::text::{parse, Exposition};
 use crate::metrics::*;
 use crate::routes::SharedService as Service;
