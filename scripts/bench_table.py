@@ -44,7 +44,7 @@ def main(argv):
         print("|---|---|---|---|---|")
         for scenario in sorted(scenarios):
             contenders = scenarios[scenario]
-            order = sorted(contenders, key=lambda n: (n != "pointlock", n))
+            order = sorted(contenders, key=lambda n: (n not in ("keylock", "pointlock"), n))
             first = contenders[order[0]]["ns_per_element"]
             for name in order:
                 per = contenders[name]["ns_per_element"]

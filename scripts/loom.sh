@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The keyed lock under the loom model checker: the models in
-# core/src/lock/loom_tests.rs, each run in every interleaving of its threads up
-# to LOOM_MAX_PREEMPTIONS preemptions (default here 3; the negative controls
+# keylock/src/lock/loom_tests.rs, each run in every interleaving of its threads
+# up to LOOM_MAX_PREEMPTIONS preemptions (default here 3; the negative controls
 # need at least 2), in release mode as loom advises.
 #
 # Built with RUSTFLAGS="--cfg loom" in its own target directory,
@@ -14,4 +14,4 @@ cd "$(dirname "$0")/.."
 export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--cfg loom"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom"
-exec cargo test -p pointlock-core --release --locked --lib lock::loom_tests -- "$@"
+exec cargo test -p keylock --release --locked --lib lock::loom_tests -- "$@"

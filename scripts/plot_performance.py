@@ -2,7 +2,7 @@
 """Charts for docs/performance.md, from the results of the last runs:
 
   target/load/results.jsonl   (benches/load.sh)
-  target/criterion/keyed_lock (cargo bench --bench keyed_lock)
+  target/criterion/keyed_lock (cargo bench -p keylock --bench keyed_lock)
   target/pg_strategies/results.json, and by_user.json if present
                               (benches/pg_strategies.sh; see docs/performance.md)
 
@@ -58,7 +58,7 @@ def http_chart():
 
 def lock_chart():
     rows = load("keyed_lock")
-    contenders = ["pointlock", "tokio_mutex", "tokio_mutex_owned", "std_map_of_tokio_mutex", "dashmap_tokio_mutex", "lockable"]
+    contenders = ["keylock", "tokio_mutex", "tokio_mutex_owned", "std_map_of_tokio_mutex", "dashmap_tokio_mutex", "lockable"]
     scenarios = ["uncontended", "same_key/2", "same_key/8", "same_key/64"]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for name in contenders:

@@ -30,6 +30,13 @@ if cargo tree -p pointlock-core -e normal --prefix none --locked | grep -E '^(to
   exit 1
 fi
 
+step "keylock stands alone: no wallet, store, JWT or metrics crate in its dependencies (all features)"
+if cargo tree -p keylock --all-features -e normal --prefix none --locked \
+  | grep -E '^(pointlock-core|pointlock-server|rusqlite|tokio-postgres|jsonwebtoken|prometheus-client) '; then
+  echo "keylock must depend on neither the wallet nor any store, JWT or metrics crate" >&2
+  exit 1
+fi
+
 step "core builds for wasm32-unknown-unknown"
 cargo build -p pointlock-core --target wasm32-unknown-unknown --locked
 

@@ -4,11 +4,16 @@
 //! binary (`src/main.rs`), the integration tests (`tests/`, with their one
 //! harness in `tests/support/`) and the benchmarks (`benches/`).
 //!
-//! - [`core`]: domain, policies, the FIFO [`core::KeyedLock`], the store trait, the
-//!   in-memory store and the [`core::PointService`]. Runtime-agnostic; builds for wasm32.
+//! - [`keylock`]: the FIFO [`keylock::KeyedLock`] and its tower layer
+//!   [`keylock::layer::KeyedLockLayer`] (the generic per-key lock middleware); no
+//!   wallet, no store.
+//! - [`core`]: domain, policies, the store trait, the in-memory store and the
+//!   [`core::PointService`] (the lock re-exported as [`core::KeyedLock`]).
+//!   Runtime-agnostic; builds for wasm32.
 //! - [`store`]: the durable stores, SQLite and PostgreSQL.
-//! - [`server`]: the hyper + tower HTTP server and its [`server::layer::KeyedLockLayer`] (the generic per-key lock middleware).
+//! - [`server`]: the hyper + tower HTTP server.
 
+pub use keylock;
 pub use pointlock_core as core;
 pub use pointlock_server as server;
 pub use pointlock_store as store;

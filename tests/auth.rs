@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use pointlock::core::{KeyedLock, UserId};
+use pointlock::keylock::layer::KeyedLockLayer;
 use pointlock::server::app::AppBody;
 use pointlock::server::auth::BearerAuth;
-use pointlock::server::layer::KeyedLockLayer;
 use pointlock::server::routes::user_key;
 use pointlock::server::AppOptions;
 use serde_json::{json, Value};

@@ -18,9 +18,9 @@ use pointlock::core::{
     BoxFuture, Change, Committed, KeyedLock, MemoryStore, PointHistory, PointService, PointStore,
     Policy, StoreError, StoreErrorKind, UserId, UserPoint,
 };
+use pointlock::keylock::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use pointlock::server::clock::SystemClock;
 use pointlock::server::error::refusal_response;
-use pointlock::server::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use pointlock::server::metrics::{Metrics, StoreSource, CONTENT_TYPE};
 use pointlock::server::routes::SharedService as Service;
 use pointlock::server::routes::{route_index, user_key, Router, RouterOptions, ROUTE_TEMPLATES};

@@ -5,13 +5,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::sync::{MaybeSend, MaybeSync};
 
-/// A source of time.
-pub trait Clock: MaybeSend + MaybeSync {
+/// A source of time: wall-clock time here, and the monotonic reading that measures
+/// lock waits from its supertrait [`keylock::Clock`] (implement both).
+pub trait Clock: keylock::Clock + MaybeSend + MaybeSync {
     /// Wall-clock milliseconds since the Unix epoch: stamps `updateMillis` and `timeMillis`.
     fn now_millis(&self) -> i64;
-
-    /// A monotonic reading in nanoseconds from an arbitrary origin: measures lock waits.
-    fn monotonic_nanos(&self) -> u64;
 }
 
 /// A clock that moves only when told to: deterministic tests.
@@ -42,7 +40,9 @@ impl Clock for ManualClock {
     fn now_millis(&self) -> i64 {
         self.millis.load(Ordering::Relaxed)
     }
+}
 
+impl keylock::Clock for ManualClock {
     fn monotonic_nanos(&self) -> u64 {
         self.nanos.load(Ordering::Relaxed)
     }

@@ -1,18 +1,9 @@
-//! The crate's synchronization vocabulary.
+//! `Send`/`Sync` bounds that hold on native targets and vanish on wasm32
+//! ([`MaybeSend`], [`MaybeSync`]).
 //!
-//! - `Send`/`Sync` bounds that hold on native targets and vanish on wasm32
-//!   ([`MaybeSend`], [`MaybeSync`]). On native targets every store future must be
-//!   `Send` so a multi-threaded runtime can move it between workers. On `wasm32` the
-//!   futures wrap JavaScript promises, which are not `Send`, and there is only one
-//!   thread, so the bound is dropped.
-//! - The primitives [`KeyedLock`](crate::KeyedLock) synchronizes with: `Arc`,
-//!   `Mutex`, `MutexGuard`, `AtomicU64`. They are `std`'s, re-exported as they are,
-//!   except in the crate's own tests built with `RUSTFLAGS="--cfg loom"`, where they
-//!   are loom's models of them, so the loom tests in `lock/loom_tests.rs` explore
-//!   every interleaving of the lock's critical sections (the scheme of tokio's
-//!   `src/loom/`, without its wrappers: loom's `Mutex::lock` returns the same
-//!   `LockResult` as `std`'s). A plain `pub(crate) use`: nothing changes in normal
-//!   builds, neither the types nor their cost.
+//! On native targets every store future must be `Send` so a multi-threaded runtime
+//! can move it between workers. On `wasm32` the futures wrap JavaScript promises,
+//! which are not `Send`, and there is only one thread, so the bound is dropped.
 
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
@@ -35,9 +26,3 @@ mod imp {
 }
 
 pub use imp::{MaybeSend, MaybeSync};
-
-#[cfg(not(all(test, loom)))]
-pub(crate) use std::sync::{atomic::AtomicU64, Arc, Mutex, MutexGuard};
-
-#[cfg(all(test, loom))]
-pub(crate) use loom::sync::{atomic::AtomicU64, Arc, Mutex, MutexGuard};

@@ -25,8 +25,8 @@ pub mod stack;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use keylock::layer::KeyDecision;
 use pointlock_core::{Amount, IdempotencyKey, PointError, UserId};
-use pointlock_server::layer::KeyDecision;
 use pointlock_server::routes::{parse_amount, user_key, user_segment, IDEMPOTENCY_KEY};
 use serde_json::Value;
 

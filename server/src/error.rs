@@ -7,11 +7,10 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use keylock::layer::Refusal;
 use pointlock_core::{PointError, StoreErrorKind};
 use serde::Serialize;
 use thiserror::Error;
-
-use crate::layer::Refusal;
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, Error)]

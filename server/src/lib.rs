@@ -13,7 +13,6 @@
 //! | [`cli`] | the binary's life: flags, logs, store, stack, serve, close |
 //! | [`error`] | [`ApiError`]: every failure as a status code and a JSON body, in one place |
 //! | [`body`], [`clock`], [`openapi`] | the stack's response body, the system clock, the OpenAPI document |
-//! | [`layer`] | [`KeyedLockLayer`]: the generic per-key FIFO lock middleware |
 //!
 //! # The stack, outermost first
 //!
@@ -23,8 +22,8 @@
 //! where it does is in its documentation.
 //!
 //! Modules depend on each other in one direction only: `cli` → `config` →
-//! `app` → `auth` → `routes` → (`metrics`, `middleware`) → `error` → `layer`
-//! → pointlock-core; `metrics` reads the stores of pointlock-store. The lock layer knows no path grammar
+//! `app` → `auth` → `routes` → (`metrics`, `middleware`) → `error` → keylock's layer
+//! and pointlock-core; `metrics` reads the stores of pointlock-store. The lock layer knows no path grammar
 //! ([`routes::user_key`] is the wallet's key extractor) and serves in front of
 //! any tower HTTP service.
 
@@ -35,7 +34,6 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
-pub mod layer;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
@@ -44,5 +42,4 @@ pub mod routes;
 pub use app::{build_app, serve, serve_with, App, AppOptions, ServeOptions};
 pub use config::{Config, StoreSpec};
 pub use error::ApiError;
-pub use layer::{HeldLock, KeyDecision, KeyedLockLayer};
 pub use metrics::Metrics;

@@ -69,7 +69,9 @@ impl Clock for JsClock {
     fn now_millis(&self) -> i64 {
         js_sys::Date::now() as i64
     }
+}
 
+impl keylock::Clock for JsClock {
     fn monotonic_nanos(&self) -> u64 {
         (js_sys::Date::now() * 1_000_000.0) as u64
     }

@@ -21,10 +21,10 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::clock::SystemClock;
 use crate::error::refusal_response;
-use crate::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use crate::metrics::*;
 use crate::routes::SharedService as Service;
 use crate::routes::{route_index, user_key, Router, RouterOptions, ROUTE_TEMPLATES};
+use keylock::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
 use pointlock_store::{SqliteOptions, SqliteStore};
 
 type Stack =

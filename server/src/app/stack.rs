@@ -22,13 +22,13 @@ use super::answers::{box_body, normalize_error, panic_response, within_request_t
 use crate::auth::BearerAuth;
 use crate::body::AppBody;
 use crate::error::refusal_response;
-use crate::layer::{KeyDecision, KeyedLockLayer};
 use crate::metrics::Metrics;
 use crate::middleware::limits::{HeaderLimitLayer, HEADER_LIMIT_BYTES_DEFAULT};
 use crate::middleware::request_id::RequestIdLayer;
 use crate::routes::{
     route_index, user_key, Router, RouterOptions, SharedService, StoreStats, ROUTE_TEMPLATES,
 };
+use keylock::layer::{KeyDecision, KeyedLockLayer};
 use pointlock_core::UserId;
 
 /// The whole stack as one cloneable service.
@@ -235,7 +235,7 @@ mod negative_control {
     use http_body_util::Full;
     use tower::util::{Either, MapResponseLayer};
 
-    use crate::layer::KeyedLockBody;
+    use keylock::layer::KeyedLockBody;
 
     /// The router's answer, as the lock layer's body type.
     type Unlocked = fn(Response<Full<Bytes>>) -> Response<KeyedLockBody<Full<Bytes>>>;

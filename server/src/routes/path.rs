@@ -6,13 +6,13 @@
 //! same user for the bearer authentication's owner check; and the route table
 //! matches paths with the same split ([`Route::of`](super::Route::of)).
 //!
-//! [`KeyedLockLayer`]: crate::layer::KeyedLockLayer
+//! [`KeyedLockLayer`]: keylock::layer::KeyedLockLayer
 
 use http::Request;
 use pointlock_core::{PointError, UserId};
 
 use crate::error::ApiError;
-use crate::layer::KeyDecision;
+use keylock::layer::KeyDecision;
 
 /// What every wallet path starts with; the `{id}` segment follows it.
 const WALLET_PREFIX: &str = "/point/";
@@ -73,7 +73,7 @@ pub fn path_user(path: &str) -> Option<Result<UserId, PointError>> {
     user_segment(path).map(str::parse::<UserId>)
 }
 
-/// The wallet's key extractor for [`KeyedLockLayer`](crate::layer::KeyedLockLayer):
+/// The wallet's key extractor for [`KeyedLockLayer`](keylock::layer::KeyedLockLayer):
 /// a wallet path locks its user (reads included: a user's requests are
 /// admitted one at a time, in arrival order); an invalid id is rejected at
 /// once with 400 `INVALID_USER_ID`, taking no lock; every other path passes

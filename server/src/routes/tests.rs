@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use super::*;
 use crate::clock::SystemClock;
-use crate::layer::KeyDecision;
+use keylock::layer::KeyDecision;
 use pointlock_store::{SqliteOptions, SqliteStore};
 
 /// `GET /stats` (and a charge of user 1 first, if `charge`) through the
@@ -171,7 +171,7 @@ async fn a_layer_on_another_lock_does_not_break_mutations() {
     ));
     let router = Router::new(Arc::clone(&service), RouterOptions::default());
     let mut svc = tower_layer::Layer::layer(
-        &crate::layer::KeyedLockLayer::new(KeyedLock::new(), user_key),
+        &keylock::layer::KeyedLockLayer::new(KeyedLock::new(), user_key),
         router,
     );
     let req = Request::builder()

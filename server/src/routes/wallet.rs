@@ -20,7 +20,7 @@ use super::amount::read_amount;
 use super::idempotency_key::{idempotency_key, IDEMPOTENT_REPLAYED};
 use super::router::{RouterOptions, SharedService};
 use crate::error::{json_response, ApiError};
-use crate::layer::HeldLock;
+use keylock::layer::HeldLock;
 
 /// `GET /point/{id}`.
 pub(super) async fn point(

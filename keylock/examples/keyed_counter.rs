@@ -1,4 +1,4 @@
-//! `keyed_counter`: the [`KeyedLockLayer`] in a service that is not a wallet.
+//! `keyed_counter`: the [`KeyedLockLayer`] in a service of its own.
 //!
 //! A tiny HTTP counter service whose increment is a deliberate read-wait-write:
 //! it reads the counter, waits `--latency-ms` (a stand-in for a slow store or a
@@ -51,6 +51,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -62,16 +63,17 @@ use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use pointlock::core::KeyedLock;
-use pointlock::server::app::{serve, shutdown_signal};
-use pointlock::server::layer::{
-    default_refusal, KeyDecision, KeyedLockBody, KeyedLockLayer, Refusal,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use keylock::layer::{default_refusal, KeyDecision, KeyedLockBody, KeyedLockLayer, Refusal};
+use keylock::KeyedLock;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::util::Either;
-use tower::{service_fn, ServiceBuilder};
+use tower::{service_fn, Service, ServiceBuilder};
 
 /// A per-key FIFO lock layer around a deliberately racy counter service.
 #[derive(Debug, Parser)]
@@ -318,7 +320,7 @@ fn unlocked(res: Response<Full<Bytes>>) -> Response<KeyedLockBody<Full<Bytes>>> 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    // The library's log lines (accepts that fail, shutdown) go to stderr.
+    // The layer's log lines (timeouts, full queues, at DEBUG) go to stderr.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -385,9 +387,81 @@ async fn run(args: Args) -> Result<(), String> {
     );
     eprintln!("keyed_counter listening on http://{addr}");
 
-    // The server's own accept loop (HTTP/1.1 and h2c, graceful shutdown on
-    // SIGINT/SIGTERM, up to 10 s for in-flight requests).
-    serve(listener, app, shutdown_signal(), Duration::from_secs(10))
+    serve(listener, app, shutdown_signal(), Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Accept connections until `shutdown` resolves, each served as HTTP/1.1 or h2c;
+/// then stop accepting and give in-flight requests up to `drain` to finish.
+async fn serve<S>(
+    listener: TcpListener,
+    app: S,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<KeyedLockBody<Full<Bytes>>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    eprintln!("keyed_counter: accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
+    }
+    drop(listener);
+    eprintln!("keyed_counter: shutting down; finishing in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
-        .map_err(|e| e.to_string())
+        .is_err()
+    {
+        eprintln!("keyed_counter: in-flight requests did not finish within {drain:?}");
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => eprintln!("keyed_counter: SIGINT received"),
+        () = term => eprintln!("keyed_counter: SIGTERM received"),
+    }
 }

@@ -2,13 +2,21 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::StatusCode;
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
+use tower_layer::Layer;
+use tower_service::Service;
 
 use super::*;
+use crate::{KeyGuard, KeyedLock};
 
 /// An inner service whose every response waits for the test to open its gate.
 /// It records each request it is called with and whether it carried the guard.

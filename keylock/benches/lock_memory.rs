@@ -9,7 +9,7 @@
 //!   (~1 KiB), so at most 512 KiB.
 //! - **resident set size** (RSS, from /proc): what the process holds from the OS,
 //!   which also depends on whether the allocator hands freed memory back. The
-//!   allocator under the counter is the `pointlock` binary's: jemalloc with its
+//!   allocator under the counter is jemalloc (a server's usual choice), with its
 //!   background purging thread, which returns freed pages over its decay time
 //!   (10 s by default). After each phase the bench idles until RSS is back within
 //!   10% of the start or has stopped falling for 5 s (at most 30 s), and reports
@@ -24,7 +24,7 @@
 //! 3. `queued_at_once` (twice): as 2, plus one waiter queued behind every holder
 //!    (a million small queues), then release all.
 //!
-//! Run: `cargo bench --bench lock_memory` (Linux: RSS from /proc/self/status;
+//! Run: `cargo bench -p keylock --bench lock_memory` (Linux: RSS from /proc/self/status;
 //! about a minute, mostly idling). A measurement, not a timed test; it exits
 //! non-zero if live heap bytes stay up, or if RSS does not come back after the
 //! keys were touched one at a time.
@@ -33,11 +33,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use cap::Cap;
-use pointlock::core::KeyedLock;
+use keylock::KeyedLock;
 use tikv_jemallocator::Jemalloc;
 
 /// Counts live heap bytes exactly (`cap`, with no limit), whatever the allocator
-/// under it (the server's: jemalloc) then does with freed memory.
+/// under it (jemalloc) then does with freed memory.
 #[global_allocator]
 static GLOBAL: Cap<Jemalloc> = Cap::new(Jemalloc, usize::MAX);
 

@@ -19,7 +19,7 @@
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
-//!     cargo test -p pointlock-core --release --lib lock::loom_tests
+//!     cargo test -p keylock --release --lib lock::loom_tests
 //! ```
 //!
 //! Without `LOOM_MAX_PREEMPTIONS` the bound is [`PREEMPTIONS_DEFAULT`].
@@ -34,7 +34,9 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 
-use super::{hand_off, Acquire, Entry, KeyGuard, KeyedLock, LockTimedOut, Shard};
+use super::entry::Entry;
+use super::shard::{hand_off, Shard};
+use super::{Acquire, KeyGuard, KeyedLock, LockTimedOut};
 
 /// A deliberate bug, planted in a lock by `KeyedLock::with_bug` for a negative
 /// control. Each is a plausible edit of the lock; the `…InTwoSteps` ones split

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
-use pointlock_core::KeyedLock;
+use keylock::KeyedLock;
 use shuttle::future::{block_on, spawn, yield_now};
 
 const KEYS: usize = 2;

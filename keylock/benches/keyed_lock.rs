@@ -1,32 +1,40 @@
-//! Criterion group `keyed_lock`: pointlock's KeyedLock against the usual ways of
-//! locking per key, on the same inputs.
+//! Criterion group `keyed_lock`: keylock's `KeyedLock` beside the keyed locks a
+//! Rust user finds first and the usual hand-written ways of locking per key, in
+//! one run, on the same inputs.
 //!
 //! - `uncontended/*`: acquire + release of one key, nothing else running.
+//! - `uncontended_many_keys/*`: the same, each time on the next of 1,000,000 keys
+//!   (every acquisition creates its key's entry, every release removes it).
 //! - `same_key/{2,8,64}/*`: that many tasks on one key on a 2-worker runtime; the
 //!   throughput unit is one hand-off (one acquire + release).
 //! - `distinct_keys/{1,2}_threads/*`: 64 tasks, each on its own key, 1,000 rounds
 //!   each, on a 1- or 2-worker runtime: throughput, and how it scales with cores.
 //!
 //! Contenders: `no_lock` (nothing: the cost and scaling of the loop and runtime
-//! alone); `pointlock`; `tokio_mutex` (one pre-created `tokio::sync::Mutex`, the
-//! floor: no map at all); `tokio_mutex_owned` (the same, locked with
-//! `lock_owned` for a `'static` guard like pointlock's); `tokio_mutex_per_key` (a
-//! pre-created mutex per key: nothing shared, the scaling ceiling for
-//! `distinct_keys`); `std_map_of_tokio_mutex` and `dashmap_tokio_mutex` (a map
-//! of `Arc<tokio::sync::Mutex<()>>` with removal when idle, as hand-written in the
-//! course); `lockable` (the `lockable` crate's `LockPool`).
+//! alone); `keylock`; the crates `keyed_lock` (`keyed-lock` 0.2, async, owned
+//! guards), `key_mutex` (`key-mutex` 0.1, its tokio `KeyMutex`) and `lockable`
+//! (`lockable` 0.2, `LockPool`); `tokio_mutex` (one pre-created
+//! `tokio::sync::Mutex` for every key, the floor: no map at all);
+//! `tokio_mutex_owned` (the same, locked with `lock_owned` for a `'static` guard
+//! like keylock's); `tokio_mutex_per_key` (a pre-created mutex per key: nothing
+//! shared, the scaling ceiling for `distinct_keys`); `std_map_of_tokio_mutex`
+//! and `dashmap_tokio_mutex` (a map of `Arc<tokio::sync::Mutex<()>>` with
+//! removal when idle, as written by hand).
 //!
-//! Run: `cargo bench --bench keyed_lock`. Report ratios within one run only.
+//! Run: `cargo bench -p keylock --bench keyed_lock` (about 5 minutes; `--
+//! --warm-up-time 1 --measurement-time 3` to change criterion's times). Report
+//! ratios within one run only.
 
 mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dashmap::DashMap;
-use pointlock::core::KeyedLock;
+use keylock::KeyedLock;
 
 /// One way of locking per key: acquire `key`, release it.
 trait Contender: Send + Sync + 'static {
@@ -60,7 +68,7 @@ impl Contender for TokioMutex {
 
 /// The same mutex behind an `Arc`, locked for an owned guard (`lock_owned`):
 /// the floor for a lock whose guard must be `'static`, as a keyed lock's guard
-/// held across a request's futures must be (pointlock's guards are owned).
+/// held across a request's futures must be (keylock's guards are owned).
 struct TokioMutexOwned(Arc<tokio::sync::Mutex<()>>);
 
 impl Contender for TokioMutexOwned {
@@ -126,6 +134,24 @@ impl Contender for Lockable {
     }
 }
 
+/// The `keyed-lock` crate's async lock, for an owned guard.
+struct KeyedLockCrate(Arc<keyed_lock::r#async::KeyedLock<u64>>);
+
+impl Contender for KeyedLockCrate {
+    async fn hold(&self, key: u64) {
+        drop(self.0.lock_owned(key).await);
+    }
+}
+
+/// The `key-mutex` crate's tokio `KeyMutex` (its guards are owned).
+struct KeyMutexCrate(key_mutex::tokio::KeyMutex<u64, ()>);
+
+impl Contender for KeyMutexCrate {
+    async fn hold(&self, key: u64) {
+        drop(self.0.lock(key).await);
+    }
+}
+
 /// `tasks` tasks, each holding its key (`key_of(task)`) `rounds` times.
 async fn run_tasks<C: Contender>(c: &Arc<C>, tasks: u64, rounds: u64, key_of: fn(u64) -> u64) {
     let handles: Vec<_> = (0..tasks)
@@ -147,21 +173,25 @@ async fn run_tasks<C: Contender>(c: &Arc<C>, tasks: u64, rounds: u64, key_of: fn
 macro_rules! each_contender {
     ($group:expr, $id:expr, $rt:expr, |$c:ident| $body:expr) => {{
         let no_lock = Arc::new(NoLock);
-        let pointlock = Arc::new(KeyedLock::<u64>::new());
+        let keylock = Arc::new(KeyedLock::<u64>::new());
+        let keyed_lock = Arc::new(KeyedLockCrate(Arc::new(keyed_lock::r#async::KeyedLock::new())));
+        let key_mutex = Arc::new(KeyMutexCrate(key_mutex::tokio::KeyMutex::new()));
+        let lockable = Arc::new(Lockable(lockable::LockPool::new()));
         let tokio_mutex = Arc::new(TokioMutex(tokio::sync::Mutex::new(())));
         let tokio_mutex_owned = Arc::new(TokioMutexOwned(Arc::new(tokio::sync::Mutex::new(()))));
         let per_key = Arc::new(TokioMutexPerKey::default());
         let std_map = Arc::new(StdMapOfTokioMutex::default());
         let dashmap = Arc::new(DashMapTokioMutex::default());
-        let lockable = Arc::new(Lockable(lockable::LockPool::new()));
         each_contender!(@one $group, $id, $rt, "no_lock", no_lock, |$c| $body);
-        each_contender!(@one $group, $id, $rt, "pointlock", pointlock, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "keylock", keylock, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "keyed_lock", keyed_lock, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "key_mutex", key_mutex, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "lockable", lockable, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "dashmap_tokio_mutex", dashmap, |$c| $body);
+        each_contender!(@one $group, $id, $rt, "std_map_of_tokio_mutex", std_map, |$c| $body);
         each_contender!(@one $group, $id, $rt, "tokio_mutex", tokio_mutex, |$c| $body);
         each_contender!(@one $group, $id, $rt, "tokio_mutex_owned", tokio_mutex_owned, |$c| $body);
         each_contender!(@one $group, $id, $rt, "tokio_mutex_per_key", per_key, |$c| $body);
-        each_contender!(@one $group, $id, $rt, "std_map_of_tokio_mutex", std_map, |$c| $body);
-        each_contender!(@one $group, $id, $rt, "dashmap_tokio_mutex", dashmap, |$c| $body);
-        each_contender!(@one $group, $id, $rt, "lockable", lockable, |$c| $body);
     }};
     (@one $group:expr, $id:expr, $rt:expr, $name:expr, $contender:expr, |$c:ident| $body:expr) => {{
         let $c = $contender;
@@ -170,6 +200,9 @@ macro_rules! each_contender {
         });
     }};
 }
+
+/// Keys `uncontended_many_keys` cycles through.
+const MANY_KEYS: u64 = 1_000_000;
 
 fn keyed_lock(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("keyed_lock");
@@ -180,6 +213,12 @@ fn keyed_lock(criterion: &mut Criterion) {
     each_contender!(group, "uncontended", single, |c| {
         let c = Arc::clone(&c);
         async move { c.hold(1).await }
+    });
+    let next = Arc::new(AtomicU64::new(0));
+    each_contender!(group, "uncontended_many_keys", single, |c| {
+        let c = Arc::clone(&c);
+        let key = next.fetch_add(1, Ordering::Relaxed) % MANY_KEYS;
+        async move { c.hold(key).await }
     });
 
     let two = common::runtime(2);
