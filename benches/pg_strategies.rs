@@ -1,4 +1,4 @@
-//! The strategy benchmark of issue 11 (item 5): ways of making concurrent
+//! The strategy benchmark: ways of making concurrent
 //! charges exact on one PostgreSQL, side by side, in one run.
 //!
 //! ```sh
@@ -83,7 +83,7 @@ use tokio_postgres::NoTls;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
-#[command(about = "Concurrency strategies for charges on one PostgreSQL (issue 11, item 5)")]
+#[command(about = "Concurrency strategies for charges on one PostgreSQL")]
 struct Args {
     /// A database URL of the cluster (superuser: databases are created and dropped).
     #[arg(long, env = "POINTLOCK_TEST_PG_URL")]

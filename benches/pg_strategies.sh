@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Driver of the strategy benchmark (benches/pg_strategies.rs, issue 11 item 5):
+# Driver of the strategy benchmark (benches/pg_strategies.rs):
 # build it, start a throwaway PostgreSQL cluster (scripts/pg-cluster.sh) unless
 # POINTLOCK_TEST_PG_URL is set, run it, stop the cluster.
 #

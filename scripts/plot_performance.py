@@ -83,7 +83,7 @@ STRATEGIES = [
 
 
 def pg_chart():
-    """Issue 11: the strategy benchmark (charges/s, median and min-max of the
+    """The strategy benchmark (charges/s, median and min-max of the
     rounds) and, if load.sh ran the stores, HTTP 2xx/s per store."""
     main = json.load(open(ROOT / "target/pg_strategies/results.json"))
     by_user_path = ROOT / "target/pg_strategies/by_user.json"

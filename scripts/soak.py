@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak test, run by hand (issue 13, item 7): mixed load for a while with random
+"""Soak test, run by hand: mixed load for a while with random
 disconnects and lock timeouts, then the checks that matter:
 
 - RSS flat: sampled every few seconds; after a warm-up (--warmup-minutes,

@@ -134,7 +134,7 @@ if ! command -v chromium >/dev/null; then
 fi
 
 step "wasm: node --test on the package (Node, the V8-crash stress test, the demo page in Chromium)"
-# wasm/test/crash.test.js runs issue 15's crash reproduction and shapes like it,
+# wasm/test/crash.test.js runs the V8 crash's reproduction and shapes like it,
 # POINTLOCK_STRESS_RUNS (default 4) times each in fresh processes, plus forced
 # deoptimizations inside every kind of call: a crash (signal or non-zero exit)
 # fails it. About a minute.

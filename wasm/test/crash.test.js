@@ -1,4 +1,4 @@
-// The V8 crash of issue 15 (wasm/README.md, "The V8 crash"): what triggers it,
+// The V8 crash (wasm/README.md, "The V8 crash"): what triggers it,
 // proof that the package no longer has that shape, and the stress test, each
 // scenario in fresh processes (a crash is a signal or a non-zero exit).
 //
