@@ -3,7 +3,7 @@
 //! - the wallet path: `routes::user_segment`, `routes::user_key` and
 //!   `UserId::from_str`, and the whole dispatch of a path by the lock layer
 //!   and the router ([`check_path`]);
-//! - the charge body: `amount::parse_amount` ([`check_amount`]);
+//! - the charge body: `routes::parse_amount` ([`check_amount`]);
 //! - the `Idempotency-Key` header: `IdempotencyKey::from_bytes`
 //!   ([`check_idempotency_key`]);
 //! - round trips of all three ([`check_roundtrips`]);

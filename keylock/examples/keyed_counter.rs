@@ -27,7 +27,7 @@
 //! # Run it
 //!
 //! ```sh
-//! cargo run --release --example keyed_counter -- --addr 127.0.0.1:8081 --latency-ms 20
+//! cargo run -p keylock --features tower --release --example keyed_counter -- --addr 127.0.0.1:8081 --latency-ms 20
 //! ```
 //!
 //! ```sh

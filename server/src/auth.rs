@@ -50,7 +50,7 @@
 //!   docs/performance.md.
 //!
 //! What this protects and what it does not (the threat model) is in
-//! `ARCHITECTURE.md`.
+//! `docs/authentication.md`.
 //!
 //! # Example
 //!

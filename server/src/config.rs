@@ -11,7 +11,7 @@
 //!
 //! `--help` shows the flags an operator sets, grouped by heading; the tuning
 //! and benchmark knobs (`hide_short_help`) are in `--help-all` only, and in
-//! README.md's "Configuration". Flags for negative controls exist only in a
+//! docs/configuration.md. Flags for negative controls exist only in a
 //! build with the `test-util` feature, and no help shows them.
 
 mod options;
