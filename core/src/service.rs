@@ -1,7 +1,9 @@
 //! [`PointService`]: the wallet's operations, policies applied, under the user's lock.
 //!
 //! Reads ([`point`](PointService::point), [`histories`](PointService::histories))
-//! need no lock. Mutations ([`charge`](PointService::charge),
+//! need no lock; with the user's guard ([`point_in_order`](PointService::point_in_order),
+//! [`histories_in_order`](PointService::histories_in_order)) they show every
+//! change that took the lock before them. Mutations ([`charge`](PointService::charge),
 //! [`use_points`](PointService::use_points)) take a [`KeyGuard`] of the service's
 //! own [`KeyedLock`] as proof that the caller holds that user's lock: the user id
 //! comes from the guard, so a mutation for user 1 cannot run under user 2's lock, and
@@ -192,6 +194,64 @@ impl<S: PointStore> PointService<S> {
             point: 0,
             update_millis: self.clock.now_millis(),
         }))
+    }
+
+    /// The user's balance at this request's place in the user's order: `held`
+    /// is a guard of the user's lock, taken in arrival order, and the answer
+    /// shows every change of the user that took the lock before it, durable.
+    ///
+    /// Over a plain store that is a read under the guard (each change held
+    /// the user until it was durable). Over a pipelined store the guard is
+    /// released as soon as the store has shown where the user's sequenced
+    /// state stands; the read then waits until every change sequenced before
+    /// it has been decided (applied and durable, or failed) and reads durable
+    /// state. A read never waits behind changes that come after it.
+    pub async fn point_in_order(
+        &self,
+        held: Arc<KeyGuard<UserId>>,
+    ) -> Result<UserPoint, PointError> {
+        let id = *held.key();
+        let held = self.after_earlier_changes(held).await?;
+        let point = self.point(id).await;
+        drop(held);
+        point
+    }
+
+    /// The user's history at this request's place in the user's order (see
+    /// [`point_in_order`](Self::point_in_order)).
+    pub async fn histories_in_order(
+        &self,
+        held: Arc<KeyGuard<UserId>>,
+    ) -> Result<Vec<PointHistory>, PointError> {
+        let id = *held.key();
+        let held = self.after_earlier_changes(held).await?;
+        let histories = self.histories(id).await;
+        drop(held);
+        histories
+    }
+
+    /// Wait until durable state shows every change of the user sequenced
+    /// before `held` was granted. Over a plain store that is already so, and
+    /// the guard is handed back to be held during the read; over a pipelined
+    /// store the guard is dropped first (`None`).
+    async fn after_earlier_changes(
+        &self,
+        held: Arc<KeyGuard<UserId>>,
+    ) -> Result<Option<Arc<KeyGuard<UserId>>>, PointError> {
+        if !held.is_from(&self.lock) {
+            return Err(PointError::ForeignGuard);
+        }
+        let Some(store) = self.store.pipelined() else {
+            return Ok(Some(held));
+        };
+        let (_, marked) = store.sequenced_point(*held.key()).await?.into_parts();
+        drop(held);
+        if let Some(marked) = marked {
+            // Decided either way is enough: a change that failed is not in
+            // the durable state the read then shows.
+            let _ = marked.settled.await;
+        }
+        Ok(None)
     }
 
     /// Whether the store can take changes now (see [`PointStore::ready`]).

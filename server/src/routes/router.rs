@@ -129,8 +129,8 @@ impl Router {
             (Route::Stats, _) => Ok(stats::response(service, self.options.store_stats.as_ref())),
             (Route::Metrics, _) => ops::scrape(self.options.metrics.as_ref()),
             (Route::OpenApi, _) => Ok(crate::openapi::response()),
-            (Route::Point, Some(id)) => wallet::point(service, id).await,
-            (Route::Histories, Some(id)) => wallet::histories(service, id).await,
+            (Route::Point, Some(id)) => wallet::point(service, id, &parts).await,
+            (Route::Histories, Some(id)) => wallet::histories(service, id, &parts).await,
             (Route::Charge, Some(id)) => {
                 wallet::change(
                     service,

@@ -1,11 +1,13 @@
 //! The wallet's handlers: a user's balance, history, charges and uses.
 //!
-//! Mutating handlers take the user's guard over from the request's
-//! [`HeldLock`] extension, put there by the lock layer, and hand it to the
-//! service: the user stays locked until the change is settled or, on a
-//! pipelined store, sequenced (the answer still waits until it is durable).
-//! Mounted without the layer, they acquire the lock themselves (with the same
-//! timeout), so the router alone is never unsafe.
+//! Every handler takes the user's guard over from the request's [`HeldLock`]
+//! extension, put there by the lock layer, and hands it to the service. A
+//! change keeps the user locked until it is settled or, on a pipelined store,
+//! sequenced (the answer still waits until it is durable); a read keeps its
+//! place in the user's order and shows every change before it, durable (see
+//! `docs/concurrency.md`, "Reads"). Mounted without the layer, the mutating
+//! handlers acquire the lock themselves (with the same timeout), so the router
+//! alone is never unsafe; reads then read durable state directly.
 
 use std::sync::Arc;
 
@@ -22,20 +24,34 @@ use super::router::{RouterOptions, SharedService};
 use crate::error::{json_response, ApiError};
 use keylock::layer::HeldLock;
 
-/// `GET /point/{id}`.
+/// `GET /point/{id}`: at the request's place in the user's order when the
+/// lock layer lent its guard (see [`PointService::point_in_order`]), a plain
+/// read otherwise.
+///
+/// [`PointService::point_in_order`]: pointlock_core::PointService::point_in_order
 pub(super) async fn point(
     service: &SharedService,
     id: UserId,
+    parts: &Parts,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    Ok(json_response(StatusCode::OK, &service.point(id).await?))
+    let point = match lent(service, parts.extensions.get(), id) {
+        Some(held) => service.point_in_order(held).await?,
+        None => service.point(id).await?,
+    };
+    Ok(json_response(StatusCode::OK, &point))
 }
 
-/// `GET /point/{id}/histories`.
+/// `GET /point/{id}/histories`, in order like [`point`].
 pub(super) async fn histories(
     service: &SharedService,
     id: UserId,
+    parts: &Parts,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    Ok(json_response(StatusCode::OK, &service.histories(id).await?))
+    let histories = match lent(service, parts.extensions.get(), id) {
+        Some(held) => service.histories_in_order(held).await?,
+        None => service.histories(id).await?,
+    };
+    Ok(json_response(StatusCode::OK, &histories))
 }
 
 /// `PATCH /point/{id}/charge` and `PATCH /point/{id}/use`: the key header
@@ -77,17 +93,7 @@ async fn held(
     from_layer: Option<&HeldLock<UserId>>,
     id: UserId,
 ) -> Result<Arc<KeyGuard<UserId>>, ApiError> {
-    // The layer's guard, if it is a guard of this service's lock for this user
-    // (a layer given another lock would only earn a ForeignGuard error):
-    // taken over, so that the service decides when the user is released.
-    let lent = from_layer
-        .filter(|held| *held.key() == id)
-        .filter(|held| {
-            held.guard()
-                .is_some_and(|guard| guard.is_from(service.lock()))
-        })
-        .and_then(HeldLock::take);
-    if let Some(guard) = lent {
+    if let Some(guard) = lent(service, from_layer, id) {
         return Ok(guard);
     }
     let acquire = service
@@ -97,4 +103,21 @@ async fn held(
         Ok(guard) => Ok(Arc::new(guard)),
         Err(_) => Err(PointError::LockTimeout.into()),
     }
+}
+
+/// The layer's guard, if it is a guard of this service's lock for this user
+/// (a layer given another lock would only earn a ForeignGuard error): taken
+/// over, so that the service decides when the user is released.
+fn lent(
+    service: &SharedService,
+    from_layer: Option<&HeldLock<UserId>>,
+    id: UserId,
+) -> Option<Arc<KeyGuard<UserId>>> {
+    from_layer
+        .filter(|held| *held.key() == id)
+        .filter(|held| {
+            held.guard()
+                .is_some_and(|guard| guard.is_from(service.lock()))
+        })
+        .and_then(HeldLock::take)
 }
