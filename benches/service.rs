@@ -11,6 +11,9 @@
 //!
 //! Run: `cargo bench --bench service`. Report ratios within one run only.
 
+// criterion_group! and criterion_main! make public functions without docs.
+#![allow(missing_docs)]
+
 mod common;
 
 use std::sync::Arc;

@@ -25,6 +25,9 @@
 //! --warm-up-time 1 --measurement-time 3` to change criterion's times). Report
 //! ratios within one run only.
 
+// criterion_group! and criterion_main! make public functions without docs.
+#![allow(missing_docs)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -41,12 +41,12 @@ const HELP: &str = "Help";
 /// Below `--help`: where the hidden flags are.
 const AFTER_HELP: &str = "Tuning and benchmark flags (SQLite group commit and pipelining, \
 PostgreSQL pipelining, the JWT cache, the idempotency sweep, HTTP/2 streams, simulated \
-latency) are not shown here: --help-all lists every flag. README.md, \"Configuration\", \
+latency) are not shown here: --help-all lists every flag. docs/configuration.md \
 documents them all.";
 
 /// Below `--help-all`.
 const AFTER_LONG_HELP: &str = "Every flag can also be set by the POINTLOCK_* environment \
-variable named beside it. README.md, \"Configuration\", documents them all.";
+variable named beside it. docs/configuration.md documents them all.";
 
 /// pointlock: a per-user point wallet over HTTP whose requests for one user run one
 /// at a time, in arrival order, while different users never wait for each other.

@@ -12,6 +12,9 @@
 //! cargo bench --bench sqlite_store
 //! ```
 
+// criterion_group! and criterion_main! make public functions without docs.
+#![allow(missing_docs)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The package against what a Node user would write without it, side by side in
-// one process (docs/performance.md, "The npm package in Node"):
+// one process (docs/perf-wasm.md):
 //
 //   lock   KeyedLock.withLock          vs a Map of async-mutex Mutexes
 //   charge PointService.charge (memory) vs the same policy in JavaScript over a Map

@@ -15,7 +15,7 @@
 // allocated, the promises and result objects the caller receives included.
 // Rust heap allocations per call are reported too when the module exports
 // `__plAllocs()` (a count kept by a counting global allocator: a throwaway patch
-// for measuring, not part of the package; docs/performance.md shows it).
+// for measuring, not part of the package; docs/perf-wasm.md shows it).
 'use strict';
 
 const path = require('node:path');

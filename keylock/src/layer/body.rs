@@ -16,6 +16,9 @@ pin_project! {
     /// itself with a default body (a request deadline's 408) can sit outside this
     /// layer without boxing the body in between.
     #[project = KeyedLockBodyProj]
+    // pin-project-lite takes no docs on a variant's fields; the variants say
+    // what each holds.
+    #[allow(missing_docs)]
     pub enum KeyedLockBody<B> {
         /// The inner service's body.
         Inner {

@@ -134,6 +134,9 @@ pin_project! {
     /// The future of [`BearerAuthService`]: the inner service's, or the
     /// refusal at once.
     #[project = BearerAuthProj]
+    // pin-project-lite takes no docs on a variant's fields; the variants say
+    // what each holds.
+    #[allow(missing_docs)]
     pub enum BearerAuthFuture<F> {
         /// The request passed.
         Inner { #[pin] future: F },

@@ -123,6 +123,9 @@ where
 pin_project! {
     /// The future of [`HeaderLimit`]: the inner service's, or the 431 at once.
     #[project = HeaderLimitProj]
+    // pin-project-lite takes no docs on a variant's fields; the variants say
+    // what each holds.
+    #[allow(missing_docs)]
     pub enum HeaderLimitFuture<F> {
         /// The head was within the limit.
         Inner { #[pin] future: F },
