@@ -1,9 +1,8 @@
 //! The metrics over the wallet's own router and lock layer, without HTTP:
 //! exact counts after known traffic, bounded labels, the lock and store
 //! families, `GET /metrics`. Every scrape is read with the strict OpenMetrics
-//! reader (`tests/support/openmetrics.rs`). A failed SQLite COMMIT needs the
-//! store's private fault injection: that test is the server's
-//! (`server/src/app/metrics_tests.rs`).
+//! reader (`tests/support/openmetrics.rs`); a failed SQLite COMMIT is the
+//! store's test-util fault (`SqliteOptions::fail_commits`).
 
 mod support;
 
@@ -380,9 +379,13 @@ async fn store_errors_are_counted_by_kind_and_retried_conflicts_by_the_service()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sqlite_store_s_batches_and_commits_are_read_from_its_stats() {
+async fn the_sqlite_store_s_batches_commits_and_failed_stop_are_read_from_its_stats() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::default();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let options = SqliteOptions {
+        fail_commits: Some(Arc::clone(&fail)),
+        ..SqliteOptions::default()
+    };
     let sqlite = Arc::new(SqliteStore::open(dir.path().join("p.db"), options).unwrap());
     let fixture = Fixture::new(sqlite.clone());
     let source = StoreSource::Sqlite(Arc::clone(&sqlite));
@@ -421,9 +424,50 @@ async fn the_sqlite_store_s_batches_and_commits_are_read_from_its_stats() {
         let series = format!("pointlock_store_errors_total{{kind=\"{kind}\"}}");
         assert_eq!(value(&scrape, &series), 0.0, "{series}");
     }
+
+    // A failed COMMIT: outcome unknown, then the store refuses changes.
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        fixture.status("PATCH", "/point/9/charge", "2").await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        fixture.status("PATCH", "/point/9/charge", "2").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let scrape = fixture.scrape();
+    assert_eq!(value(&scrape, "pointlock_store_failed_stop"), 1.0);
+    assert_eq!(
+        value(
+            &scrape,
+            r#"pointlock_store_errors_total{kind="outcome_unknown"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            r#"pointlock_store_errors_total{kind="unavailable"}"#
+        ),
+        1.0
+    );
+
     // GET /stats reads the same statistics: the same batch count.
     let stats = source.stats_json();
-    assert_eq!(stats["batches"], 3, "{stats}");
+    assert_eq!(stats["batches"], 4, "{stats}");
+    assert_eq!(
+        value(&scrape, "pointlock_store_commit_batch_changes_count"),
+        4.0
+    );
+    assert_eq!(
+        value(&scrape, "pointlock_store_commit_duration_seconds_count"),
+        4.0
+    );
+    assert_eq!(
+        stats["commitDuration"]["counts"].as_array().unwrap().len(),
+        18,
+        "{stats}"
+    );
 }
 
 #[tokio::test]

@@ -36,6 +36,3 @@ pub fn service(
 ) -> SharedService {
     Arc::new(PointService::with_lock(store, policy, clock, lock))
 }
-
-#[cfg(test)]
-mod metrics_tests;
