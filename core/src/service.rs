@@ -241,16 +241,16 @@ impl<S: PointStore> PointService<S> {
         if !held.is_from(&self.lock) {
             return Err(PointError::ForeignGuard);
         }
-        let Some(store) = self.store.pipelined() else {
+        let store = Writes::of(&self.store);
+        if matches!(store, Writes::Commit(_)) {
             return Ok(Some(held));
-        };
-        let (_, marked) = store.sequenced_point(*held.key()).await?.into_parts();
-        drop(held);
-        if let Some(marked) = marked {
-            // Decided either way is enough: a change that failed is not in
-            // the durable state the read then shows.
-            let _ = marked.settled.await;
         }
+        let mut basis = Basis::new();
+        basis.value_of(store.point(*held.key()).await?);
+        drop(held);
+        // Decided either way is enough: a change that failed is not in the
+        // durable state the read then shows.
+        let _ = basis.settled().await;
         Ok(None)
     }
 
