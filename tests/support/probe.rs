@@ -84,6 +84,11 @@ impl ProbeStore {
         )
     }
 
+    /// Any store, as it is: no latency, no file or database of its own.
+    pub fn over(inner: Box<dyn PointStore>) -> Self {
+        Self::wrap(inner, None, None, None)
+    }
+
     /// A store of `backend` waiting 0..=latency_ms ms per call.
     pub async fn on(backend: Backend, latency_ms: u64) -> Self {
         let delay =
