@@ -108,6 +108,10 @@ pub enum StoreErrorKind {
     /// The store has stopped taking changes (it failed and stopped rather than
     /// risk an unknown state) until it is restarted. Nothing was changed.
     Unavailable,
+    /// The store's queue is full (more changes are waiting for it than it
+    /// holds): the change was refused before it was placed, nothing was
+    /// changed; retry later.
+    Overloaded,
     /// The commit failed at a point where the store cannot tell whether the
     /// change is durable (a failed COMMIT or fsync). The store stops taking
     /// changes; read the history after a restart to learn the outcome.
@@ -164,6 +168,7 @@ impl StoreError {
             StoreErrorKind::Conflict => "WRITE_CONFLICT",
             StoreErrorKind::Unavailable => "STORE_UNAVAILABLE",
             StoreErrorKind::OutcomeUnknown => "STORE_OUTCOME_UNKNOWN",
+            StoreErrorKind::Overloaded => "STORE_OVERLOADED",
         }
     }
 }

@@ -50,7 +50,7 @@ pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut, QueueFul
 pub use policy::Policy;
 pub use service::{Applied, PointService};
 pub use store::{
-    memory::MemoryStore, BoxFuture, Change, Committed, Pending, PipelinedStore, PointStore,
-    ReadMark, SequencedRead, Unsequenced,
+    memory::MemoryStore, BoxFuture, Change, Committed, Decided, DecidingStore, Decision, Pending,
+    PipelinedStore, PointStore, ReadMark, Request, SequencedRead, Unsequenced,
 };
 pub use sync::{MaybeSend, MaybeSync};

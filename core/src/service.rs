@@ -61,6 +61,7 @@ use crate::lock::{KeyGuard, KeyedLock};
 use crate::policy::Policy;
 use crate::store::{Change, PointStore};
 
+mod decided;
 mod writes;
 
 use writes::{Basis, Outcome, Writes};
@@ -241,6 +242,15 @@ impl<S: PointStore> PointService<S> {
         if !held.is_from(&self.lock) {
             return Err(PointError::ForeignGuard);
         }
+        if let Some(store) = self.store.deciding() {
+            // Placed behind every earlier request, under the guard; then
+            // waited for without it.
+            let placed = store.barrier(*held.key()).await?;
+            drop(held);
+            // Decided either way is enough (as below).
+            let _ = placed.await;
+            return Ok(None);
+        }
         let store = Writes::of(&self.store);
         if matches!(store, Writes::Commit(_)) {
             return Ok(Some(held));
@@ -312,6 +322,9 @@ impl<S: PointStore> PointService<S> {
     ) -> Result<Applied, PointError> {
         if !held.is_from(&self.lock) {
             return Err(PointError::ForeignGuard);
+        }
+        if let Some(store) = self.store.deciding() {
+            return self.apply_decided(store, held, kind, amount, key).await;
         }
         let id = *held.key();
         let store = Writes::of(&self.store);

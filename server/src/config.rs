@@ -124,13 +124,24 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_PG_CONNECT_TIMEOUT_MS", default_value_t = 2_000, help_heading = POSTGRES)]
     pub pg_connect_timeout_ms: u64,
 
-    /// PostgreSQL store: pipelined commits. on: a user's next request runs once
-    /// the change before it is sequenced in this instance, and one user's
-    /// consecutive changes commit in one transaction; another instance writing
-    /// the same user then makes them fail (503 WRITE_CONFLICT) instead of being
-    /// retried. off: a user stays locked until its change is committed.
-    #[arg(long, env = "POINTLOCK_PG_PIPELINE", value_enum, default_value_t = Switch::Off, help_heading = POSTGRES, hide_short_help = true)]
+    /// PostgreSQL store: pipelined requests. on: a user's next request runs
+    /// once the request before it has its place in the store's queue, and one
+    /// user's consecutive requests share a batch transaction (each is still
+    /// decided in the database at its place, and answered once committed).
+    /// off: a user stays locked in this process until its answer.
+    #[arg(long, env = "POINTLOCK_PG_PIPELINE", value_enum, default_value_t = Switch::On, help_heading = POSTGRES, hide_short_help = true)]
     pub pg_pipeline: Switch,
+
+    /// PostgreSQL store: the most requests queued for the database and not yet
+    /// answered, all users together; past it a request is refused with 503
+    /// STORE_OVERLOADED (nothing changed).
+    #[arg(long, env = "POINTLOCK_PG_QUEUE_MAX", default_value_t = 16_384, help_heading = POSTGRES, hide_short_help = true)]
+    pub pg_queue_max: usize,
+
+    /// PostgreSQL store: the most requests of one user queued for the database
+    /// and not yet answered; past it the same refusal.
+    #[arg(long, env = "POINTLOCK_PG_USER_QUEUE_MAX", default_value_t = 1_024, help_heading = POSTGRES, hide_short_help = true)]
+    pub pg_user_queue_max: usize,
 
     /// How long a request may wait for its user's lock before a 503 LOCK_TIMEOUT.
     #[arg(long, env = "POINTLOCK_LOCK_TIMEOUT_MS", default_value_t = 3_000, help_heading = LIMITS)]

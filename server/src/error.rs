@@ -228,9 +228,9 @@ impl ApiError {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 PointError::Store(e) => match e.kind() {
-                    StoreErrorKind::Conflict | StoreErrorKind::Unavailable => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
+                    StoreErrorKind::Conflict
+                    | StoreErrorKind::Unavailable
+                    | StoreErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 },
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -314,10 +314,16 @@ impl ApiError {
             | Self::LockQueueFull { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            // The database is unreachable, or a failed-stop SQLite store awaits
-            // its restart: either way "later", and nothing changed.
+            // The database is unreachable, the store's queue is full, or a
+            // failed-stop SQLite store awaits its restart: either way
+            // "later", and nothing changed.
             Self::Point(PointError::Store(e))
-                if e.is_conflict() || e.kind() == StoreErrorKind::Unavailable =>
+                if matches!(
+                    e.kind(),
+                    StoreErrorKind::Conflict
+                        | StoreErrorKind::Unavailable
+                        | StoreErrorKind::Overloaded
+                ) =>
             {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }

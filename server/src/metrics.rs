@@ -44,7 +44,7 @@
 //! | `pointlock_lock_wait_seconds` | histogram | | how long contended acquisitions waited |
 //! | `pointlock_service_commit_conflicts_total` | counter | | commits the store refused (balance changed), each then retried up to 8 attempts |
 //! | `pointlock_store_errors_total` | counter | `kind` | wallet requests answered with a store error, by kind |
-//! | `pointlock_store_commit_duration_seconds` | histogram | | SQLite: one batch's transaction; PostgreSQL: one commit statement |
+//! | `pointlock_store_commit_duration_seconds` | histogram | | SQLite, PostgreSQL: one batch's transaction |
 //! | `pointlock_store_commit_batch_changes` | histogram | | SQLite: changes per group-commit batch |
 //! | `pointlock_store_conflicts_total` | counter | | SQLite, PostgreSQL: changes refused by their condition |
 //! | `pointlock_store_batches_retried_total` | counter | | SQLite: batches retried one change at a time |
@@ -52,6 +52,11 @@
 //! | `pointlock_store_barriers_total` | counter | | SQLite, pipelined: answers held behind a barrier until the state they were computed on was durable |
 //! | `pointlock_store_pool_connections` | gauge | `state` | PostgreSQL: open connections, `idle` or `busy` |
 //! | `pointlock_store_pool_waiters` | gauge | | PostgreSQL: requests waiting for a connection |
+//! | `pointlock_store_batches_total` | counter | | PostgreSQL: batch transactions committed |
+//! | `pointlock_store_batch_retries_total` | counter | | PostgreSQL: batches run again after a deadlock, a serialization failure or a first row made meanwhile |
+//! | `pointlock_store_conflict_fallbacks_total` | counter | | PostgreSQL: batches answered 503 `WRITE_CONFLICT` after the most attempts |
+//! | `pointlock_store_overloaded_total` | counter | | PostgreSQL: requests refused, the store's queue full (503 `STORE_OVERLOADED`) |
+//! | `pointlock_store_queued` | gauge | | PostgreSQL: requests queued and not yet answered |
 //! | `pointlock_idempotent_replays_total` | counter | | answers replayed for a repeated Idempotency-Key |
 //! | `pointlock_idempotency_keys_swept_total` | counter | | expired Idempotency-Key records removed |
 //!
@@ -265,10 +270,11 @@ impl Collector for Sources {
 }
 
 /// The store error kinds, as `kind` labels, in the order they are counted.
-const STORE_ERROR_KINDS: [(StoreErrorKind, &str); 4] = [
+const STORE_ERROR_KINDS: [(StoreErrorKind, &str); 5] = [
     (StoreErrorKind::Failed, "failed"),
     (StoreErrorKind::Conflict, "conflict"),
     (StoreErrorKind::Unavailable, "unavailable"),
+    (StoreErrorKind::Overloaded, "overloaded"),
     (StoreErrorKind::OutcomeUnknown, "outcome_unknown"),
 ];
 
@@ -391,7 +397,7 @@ fn encode_sqlite(encoder: &mut DescriptorEncoder<'_>, stats: &CommitStats) -> fm
 fn encode_postgres(encoder: &mut DescriptorEncoder<'_>, stats: &PgStats) -> fmt::Result {
     commit_duration(
         encoder,
-        "How long each PostgreSQL commit statement took (the round trip, not the wait for a connection)",
+        "How long each PostgreSQL batch transaction took, BEGIN to COMMIT (not the wait for a connection)",
         &stats.commit_duration,
     )?;
     counter(
@@ -399,6 +405,36 @@ fn encode_postgres(encoder: &mut DescriptorEncoder<'_>, stats: &PgStats) -> fmt:
         "store_conflicts",
         "Changes the store refused by their condition (the balance had changed since it was read)",
         stats.conflicts,
+    )?;
+    counter(
+        encoder,
+        "store_batches",
+        "PostgreSQL batch transactions committed",
+        stats.batches,
+    )?;
+    counter(
+        encoder,
+        "store_batch_retries",
+        "PostgreSQL batches rolled back and run again (a deadlock, a serialization failure, a first row made meanwhile)",
+        stats.retries,
+    )?;
+    counter(
+        encoder,
+        "store_conflict_fallbacks",
+        "PostgreSQL batches answered 503 WRITE_CONFLICT after the most attempts",
+        stats.fallbacks,
+    )?;
+    counter(
+        encoder,
+        "store_overloaded",
+        "Requests refused because the store's queue was full (503 STORE_OVERLOADED)",
+        stats.overloaded,
+    )?;
+    gauge(
+        encoder,
+        "store_queued",
+        "Requests queued for PostgreSQL and not yet answered, now",
+        stats.queued as u64,
     )?;
     let busy = stats.pool_size.saturating_sub(stats.pool_idle);
     let mut pool = encoder.encode_descriptor(

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use pointlock::core::store::Sleeper;
 use pointlock::core::{
-    BoxFuture, Change, Committed, MemoryStore, Pending, PipelinedStore, PointHistory, PointStore,
-    SequencedRead, StoreError, Unsequenced, UserId, UserPoint,
+    BoxFuture, Change, Committed, DecidingStore, Decision, MemoryStore, Pending, PipelinedStore,
+    PointHistory, PointStore, Request, SequencedRead, StoreError, Unsequenced, UserId, UserPoint,
 };
 use pointlock::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::sync::{mpsc, Barrier, Semaphore};
@@ -23,10 +23,12 @@ pub enum Backend {
     Memory,
     /// A SQLite file in a temp dir (group commit on, default options).
     Sqlite,
-    /// A fresh database in the test cluster (`POINTLOCK_TEST_PG_URL`), default
-    /// options. Tests skip it when [`postgres_skipped`](super::postgres_skipped) says so.
+    /// A fresh database in the test cluster (`POINTLOCK_TEST_PG_URL`), the
+    /// user kept locked until its answer (`--pg-pipeline off`). Tests skip it
+    /// when [`postgres_skipped`](super::postgres_skipped) says so.
     Postgres,
-    /// The same with pipelined commits (`--pg-pipeline on`).
+    /// The same with the user released once its request is placed (the
+    /// default, `--pg-pipeline on`).
     PostgresPipelined,
 }
 
@@ -247,6 +249,40 @@ impl PointStore for ProbeStore {
     fn pipelined(&self) -> Option<&dyn PipelinedStore> {
         self.inner.pipelined().map(|_| self as &dyn PipelinedStore)
     }
+
+    /// Deciding exactly when the inner store is.
+    fn deciding(&self) -> Option<&dyn DecidingStore> {
+        self.inner.deciding().map(|_| self as &dyn DecidingStore)
+    }
+}
+
+/// The hooks run before the inner store places the request.
+impl DecidingStore for ProbeStore {
+    fn submit(&self, request: Request) -> BoxFuture<'_, Result<Decision<'_>, StoreError>> {
+        Box::pin(async move {
+            let inner = self
+                .inner
+                .deciding()
+                .ok_or_else(|| StoreError::new("ProbeStore: the inner store is not deciding"))?;
+            let (user, amount) = (request.user_id(), request.amount().get());
+            self.probe(user, amount, move || inner.submit(request))
+                .await
+        })
+    }
+
+    fn barrier(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<BoxFuture<'_, Result<(), StoreError>>, StoreError>> {
+        Box::pin(async move {
+            self.delay().await;
+            let inner = self
+                .inner
+                .deciding()
+                .ok_or_else(|| StoreError::new("ProbeStore: the inner store is not deciding"))?;
+            inner.barrier(id).await
+        })
+    }
 }
 
 impl ProbeStore {
@@ -260,15 +296,15 @@ impl ProbeStore {
     /// One change of `user` through the hooks, before `hand` hands it to the
     /// inner store (a pipelined inner store releases the user there, as it
     /// would unwrapped); resolves with the outcome to await, counted.
-    async fn probe<'a, F, H>(
+    async fn probe<'a, T: Send + 'a, F, H>(
         &'a self,
         user: UserId,
         amount: u64,
         hand: H,
-    ) -> Result<Pending<'a>, StoreError>
+    ) -> Result<BoxFuture<'a, Result<T, StoreError>>, StoreError>
     where
         H: FnOnce() -> F,
-        F: std::future::Future<Output = Result<Pending<'a>, StoreError>>,
+        F: std::future::Future<Output = Result<BoxFuture<'a, Result<T, StoreError>>, StoreError>>,
     {
         let number = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -305,7 +341,7 @@ impl ProbeStore {
                 Some(Fault::FailAfter(kind)) => {
                     self.delay().await;
                     let pending = hand().await?;
-                    let failed: Pending<'_> = Box::pin(async move {
+                    let failed: BoxFuture<'_, Result<T, StoreError>> = Box::pin(async move {
                         pending.await?;
                         Err(injected(kind))
                     });
@@ -319,7 +355,7 @@ impl ProbeStore {
         match sequenced {
             Ok(pending) => {
                 self.unsettled.fetch_add(1, Ordering::SeqCst);
-                let counted: Pending<'_> = Box::pin(async move {
+                let counted: BoxFuture<'_, Result<T, StoreError>> = Box::pin(async move {
                     let outcome = pending.await;
                     self.in_flight.fetch_sub(1, Ordering::SeqCst);
                     self.unsettled.fetch_sub(1, Ordering::SeqCst);

@@ -6,13 +6,19 @@
 //! - [`PipelinedStore`]: a store that also gives a change its place in the
 //!   store's order before it is durable (the durable SQL stores). Its docs
 //!   state the promises a pipelined store keeps on top.
+//! - [`DecidingStore`]: a store that takes requests and decides each one
+//!   itself, with the core policy, at its place in the user's order (the
+//!   PostgreSQL store, shared by several processes). Its docs state its
+//!   promises.
 //! - [`memory::MemoryStore`]: the in-memory store (plain).
 //!
-//! The store does not check policies or order a user's requests: the
-//! [`PointService`](crate::PointService) does that, under the user's lock, and
-//! runs over either kind of store, told which by [`PointStore::pipelined`].
+//! Over a plain or a pipelined store the [`PointService`](crate::PointService)
+//! checks the policies under the user's lock; a deciding store applies the
+//! same policy itself ([`Request::decide`]). The service runs over every kind,
+//! told which by [`PointStore::deciding`] and [`PointStore::pipelined`].
 
 mod change;
+mod deciding;
 pub mod memory;
 mod pipelined;
 
@@ -27,6 +33,7 @@ use crate::idempotency::{IdempotencyKey, IdempotencyRecord};
 use crate::sync::{MaybeSend, MaybeSync};
 
 pub use change::{Change, Committed};
+pub use deciding::{Decided, DecidingStore, Decision, Request};
 pub(crate) use pipelined::Marked;
 pub use pipelined::{Pending, PipelinedStore, ReadMark, SequencedRead, Unsequenced};
 
@@ -125,6 +132,13 @@ pub trait PointStore: MaybeSend + MaybeSync {
     fn pipelined(&self) -> Option<&dyn PipelinedStore> {
         None
     }
+
+    /// This store as a [`DecidingStore`], if it is one: the service then
+    /// hands it requests to decide instead of computing changes. `None` by
+    /// default.
+    fn deciding(&self) -> Option<&dyn DecidingStore> {
+        None
+    }
 }
 
 /// `PointStore` for a smart pointer to a store: every method forwarded.
@@ -168,6 +182,10 @@ macro_rules! forward_point_store {
 
             fn pipelined(&self) -> Option<&dyn PipelinedStore> {
                 (**self).pipelined()
+            }
+
+            fn deciding(&self) -> Option<&dyn DecidingStore> {
+                (**self).deciding()
             }
         }
     )*};

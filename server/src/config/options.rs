@@ -100,6 +100,9 @@ impl Config {
             statement_timeout: Duration::from_millis(self.pg_statement_timeout_ms),
             connect_timeout: Duration::from_millis(self.pg_connect_timeout_ms),
             pipeline: self.pg_pipeline == Switch::On,
+            queue_max: self.pg_queue_max,
+            user_queue_max: self.pg_user_queue_max,
+            ..PostgresOptions::default()
         }
     }
 }

@@ -50,6 +50,9 @@ impl Config {
             if self.pg_pool_size == 0 || self.pg_pool_size > 1_000 {
                 return Err("--pg-pool-size must be between 1 and 1000".into());
             }
+            if self.pg_queue_max == 0 || self.pg_user_queue_max == 0 {
+                return Err("--pg-queue-max and --pg-user-queue-max must be at least 1".into());
+            }
             if self.pg_statement_timeout_ms == 0 || self.pg_connect_timeout_ms == 0 {
                 return Err(
                     "--pg-statement-timeout-ms and --pg-connect-timeout-ms must be at least 1"

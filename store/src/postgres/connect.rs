@@ -9,9 +9,9 @@ use pointlock_core::{StoreError, StoreErrorKind};
 use thiserror::Error;
 use tokio_postgres::NoTls;
 
-use super::chain::Pipeline;
+use super::queue::{Bounds, Queue};
 use super::schema::migrate;
-use super::{PostgresOptions, PostgresStore};
+use super::{writer, Open, PostgresOptions, PostgresStore};
 
 /// Why the store could not be opened.
 #[derive(Debug, Error)]
@@ -32,6 +32,10 @@ pub enum PgOpenError {
     /// A migration failed (nothing of it was applied).
     #[error("cannot migrate the PostgreSQL schema: {0}")]
     Migrate(String),
+    /// A session does not run with `synchronous_commit = on`: an answer
+    /// could be given before its change is durable.
+    #[error("PostgreSQL sessions run with synchronous_commit = {0}, not on; pointlock answers only durable changes and cannot run so")]
+    NotDurable(String),
     /// The schema is newer than this build.
     #[error("the database has schema version {found}, newer than this build understands ({known}); run a newer pointlock")]
     NewerSchema {
@@ -56,7 +60,11 @@ impl PostgresStore {
         config
             .connect_timeout(options.connect_timeout)
             .application_name("pointlock")
-            .options(format!("-c statement_timeout={statement_ms}"));
+            // Durable before answered, whatever the server's or the
+            // database's default: a session option overrides both.
+            .options(format!(
+                "-c statement_timeout={statement_ms} -c synchronous_commit=on"
+            ));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -79,15 +87,35 @@ impl PostgresStore {
             target: target.clone(),
             detail: pool_error(&e),
         })?;
+        let durable = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .map_err(|e| PgOpenError::Connect {
+                target: target.clone(),
+                detail: e.to_string(),
+            })?;
+        let durable: String = durable.get(0);
+        if durable != "on" {
+            return Err(PgOpenError::NotDurable(durable));
+        }
         migrate(&client).await?;
         drop(client);
-        let pipeline = options.pipeline.then(|| Arc::new(Pipeline::new()));
-        Ok(Self {
+        let queue = Arc::new(Queue::new(Bounds {
+            total: options.queue_max.max(1),
+            per_user: options.user_queue_max.max(1),
+            batch_users: options.batch_users.max(1),
+            batch_per_user: options.batch_per_user.max(1),
+        }));
+        let store = Self {
             pool,
             counters: Arc::default(),
             target: target.into(),
-            pipeline,
-        })
+            _open: Some(Arc::new(Open(Arc::clone(&queue)))),
+            queue,
+            pipeline: options.pipeline,
+        };
+        writer::spawn(&store, options.writers);
+        Ok(store)
     }
 
     /// A connection from the pool within the connect timeout, or

@@ -1,78 +1,79 @@
 //! [`PostgresStore`]: the shared store. Several `pointlock` processes on one
-//! database stay correct.
+//! database serve the same users, in order, without errors from contention.
 //!
-//! # Why it is correct across processes
+//! # Decided in the database, at each request's place
 //!
-//! Each instance's in-process FIFO lock orders its own requests and keeps
-//! conflicts rare; across instances the database is the arbiter. Every change is
-//! **one statement**: the conditional write of the balance and the insert of its
-//! history row, in a data-modifying CTE, so PostgreSQL commits both or neither:
+//! The store is a [`DecidingStore`]: the service hands it each mutation as a
+//! [`Request`] (what the client asked for, and the policy), under the user's
+//! lock, and the store decides it. Each user's placed work waits in the
+//! store's queue in the order it was placed; a few **writers** each take the
+//! next batch of ready users (up to [`PostgresOptions::batch_users`], each with
+//! up to [`PostgresOptions::batch_per_user`] of its items) and run one
+//! transaction for all of them:
 //!
-//! ```sql
-//! WITH changed AS (
-//!   UPDATE user_point SET point = $new, update_millis = $t
-//!   WHERE id = $user AND point = $expected RETURNING id)
-//! INSERT INTO point_history (user_id, type, amount, time_millis)
-//! SELECT id, $type, $amount, $t FROM changed RETURNING id
-//! ```
+//! 1. `SELECT … WHERE id = ANY($ids) ORDER BY id FOR UPDATE`: the users' rows,
+//!    locked in id order, so batches of different instances never deadlock;
+//!    and the records of the batch's idempotency keys;
+//! 2. each user's items in order, decided by the core
+//!    ([`Request::decide`]: a live key record answers, else the policy) on the
+//!    balance the row holds and the items before left;
+//! 3. the new balances, history rows and key records in a few multi-row
+//!    statements over `unnest` arrays, sent together;
+//! 4. `COMMIT` (one WAL flush for the whole batch), then every item answered.
 //!
-//! (from a balance of 0, the write is an `INSERT … ON CONFLICT DO UPDATE … WHERE
-//! point = 0`). The `UPDATE` takes the row's lock; a second writer of the same
-//! user waits for it and then re-evaluates its `WHERE` against the committed row
-//! (READ COMMITTED's re-check), so a change computed from a balance that has
-//! since changed updates no row, inserts no history, and is refused as a
-//! conflict; the service re-reads and retries. Two first charges of a new user
-//! race on the primary key the same way. No lost update, whatever the number of
-//! instances; FIFO holds within each instance, and across instances only as far
-//! as PostgreSQL's queue of waiters on the row lock gives it.
+//! Another instance writing the same user only waits for the row lock, and
+//! this batch is decided on what it committed: contention orders, it never
+//! refuses. No caller is answered before the COMMIT, so deciding at that
+//! moment is linearizable; a refusal or a replay is decided on the locked,
+//! committed row too, never on a view of this instance alone.
 //!
-//! Without pipelining, one statement is also one round trip and no explicit
-//! transaction: nothing is held open across the network. The policy stays in Rust (core's `Policy`): the
-//! SQL only compares the balance the policy was applied to.
+//! Within one instance a user is in at most one transaction at a time, and
+//! its items are taken in the order they were placed, so FIFO per user holds;
+//! across instances their requests interleave in the order the row lock
+//! grants them.
 //!
-//! # Cancel safety and the guard
+//! # Failures inside a batch
 //!
-//! A commit runs in a task of its own that owns the [`Change`], and with it the
-//! user's guard: a caller that stops waiting does not cancel a statement that
-//! may already be on its way, and its user stays locked in this instance until
-//! the database has answered.
-//!
-//! # Pipelining (opt-in: [`PostgresOptions::pipeline`], `--pg-pipeline on`)
-//!
-//! Off by default, a user stays locked in this instance until its statement
-//! has committed, so one busy user is bound by the commit round trip and WAL
-//! flush of each change. Pipelined, the store is a [`PipelinedStore`] as the
-//! SQLite store is (the sequenced state is the crate's `sequenced.rs`): a change is checked against the user's
-//! sequenced state, put on the user's **chain** and its guard dropped; the
-//! chain's task (one per user with work, spawned when the chain starts, gone
-//! when it empties) takes everything queued and commits it in **one
-//! transaction** (one WAL flush), each change still its one conditional
-//! statement, in order. A failed statement aborts a PostgreSQL transaction, so
-//! the chain then rolls back and runs each change alone. Answers wait for the COMMIT; refusals and replays computed
-//! from sequenced state wait behind a barrier on the chain.
-//!
-//! Why opt-in: the sequenced state is this instance's. When another instance
-//! writes a user this one has pipelined changes for, those changes (computed
-//! on a balance that is no longer the stored one) are refused by their
-//! condition after the user was released, so they are answered 503
-//! `WRITE_CONFLICT` (nothing changed, retry) instead of being retried under the
-//! lock. Correct either way; pipelining suits one instance, or instances that
-//! each own their users.
-//!
-//! # Failures
-//!
+//! - A deadlock, a serialization failure, or a user's first row made by
+//!   another instance meanwhile: rolled back and run again, up to
+//!   [`ATTEMPTS_MAX`](transaction::ATTEMPTS_MAX) times; only past that are the
+//!   items answered 503 `WRITE_CONFLICT` (nothing changed), counted in
+//!   [`PgStats::fallbacks`].
+//! - A statement refused (nothing of the batch committed): each user is run
+//!   alone, so one user's failure does not fail the others.
+//! - A balance that does not fit the signed 64-bit column fails that request
+//!   alone (decided in Rust, nothing written for it).
 //! - No connection within the pool's wait (the database is down, unreachable,
 //!   or every connection is busy): [`StoreErrorKind::Unavailable`](pointlock_core::StoreErrorKind::Unavailable) (503 with
 //!   `Retry-After`), nothing changed. The pool opens new connections as the
 //!   database comes back; no restart of `pointlock` is needed.
-//! - The statement failed in the database (an error answer: a constraint, the
-//!   statement timeout, a shutdown in progress): it was rolled back, nothing
-//!   changed. Operator intervention and connection classes (57, 08) are
-//!   `Unavailable`, a serialization failure or deadlock a `Conflict` (retried),
-//!   anything else `Failed`.
-//! - The connection broke while the statement was in flight (no answer): the
-//!   statement may or may not have committed: [`StoreErrorKind::OutcomeUnknown`](pointlock_core::StoreErrorKind::OutcomeUnknown).
-//!   So is a pipelined change whose chain stopped before answering.
+//! - The connection broke before the COMMIT was sent: rolled back, nothing
+//!   changed (`Unavailable`). While the COMMIT was in flight: the outcome is
+//!   unknown ([`StoreErrorKind::OutcomeUnknown`](pointlock_core::StoreErrorKind::OutcomeUnknown)).
+//!
+//! # The bound
+//!
+//! The queue holds at most [`PostgresOptions::queue_max`] items, and
+//! [`PostgresOptions::user_queue_max`] of one user; past either, a request is
+//! refused before it is placed, 503 `STORE_OVERLOADED`, nothing changed.
+//!
+//! # The guard, and pipelining
+//!
+//! With [`PostgresOptions::pipeline`] (the default) a request's user is
+//! released once the request is placed: the user's next request is placed
+//! behind it while the batch commits, and a burst of one user's requests
+//! shares one transaction. Off, the store keeps the request's guard until it
+//! has answered, as a plain store does. A request once placed is decided
+//! whatever happens to its caller.
+//!
+//! A plain [`commit`](PointStore::commit) of a computed [`Change`] goes
+//! through the same queue, checked against its condition instead of decided.
+//!
+//! # Durable
+//!
+//! Every session runs with `synchronous_commit = on`, whatever the server's or
+//! the database's setting: an answer is given only after its COMMIT is
+//! flushed. The store refuses to open if a session does not show it.
 //!
 //! # Schema
 //!
@@ -83,38 +84,43 @@
 //! # Files
 //!
 //! - this file: [`PostgresStore`] and its [`PointStore`] and
-//!   [`PipelinedStore`] methods;
+//!   [`DecidingStore`] methods;
 //! - `options.rs`: [`PostgresOptions`];
 //! - `connect.rs`: the pool, connecting, [`PgOpenError`];
 //! - `schema.rs`: the migrations under the advisory lock;
 //! - `sql.rs`: the statements;
 //! - `error.rs`: the classification of database errors;
-//! - `commit.rs`: the plain commit (one statement, in a task of its own);
-//! - `chain.rs`: the pipelined per-user chains;
+//! - `queue.rs`: the bounded queue of placed work;
+//! - `writer.rs`: the writer tasks;
+//! - `transaction.rs`: one batch's transaction, its retries;
+//! - `decide.rs`: a batch's decisions and the columns it writes;
 //! - `stats.rs`: [`PgStats`].
 
-mod chain;
-mod commit;
 mod connect;
+mod decide;
 mod error;
 mod options;
+mod queue;
 mod schema;
 mod sql;
 mod stats;
+mod transaction;
+mod writer;
 
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use pointlock_core::{
-    BoxFuture, Change, Committed, IdempotencyKey, IdempotencyRecord, Pending, PipelinedStore,
-    PointHistory, PointStore, ReadMark, SequencedRead, StoreError, Unsequenced, UserId, UserPoint,
+    BoxFuture, Change, Committed, DecidingStore, Decision, IdempotencyKey, IdempotencyRecord,
+    PointHistory, PointStore, Request, StoreError, UserId, UserPoint,
 };
+use tokio::sync::oneshot;
 
+use crate::reply;
 use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
-use crate::sequenced;
-use chain::Pipeline;
 pub use connect::PgOpenError;
 pub use options::PostgresOptions;
+use queue::{Item, Queue};
 pub use schema::SCHEMA_VERSION;
 use sql::{SELECT_HISTORIES, SELECT_KEY, SELECT_POINT, SWEEP_KEYS};
 use stats::Counters;
@@ -126,8 +132,21 @@ pub struct PostgresStore {
     pool: Pool,
     counters: Arc<Counters>,
     target: Arc<str>,
-    /// The sequenced state and the per-user chains, when pipelined.
-    pipeline: Option<Arc<Pipeline>>,
+    queue: Arc<Queue>,
+    /// Release a request's user once it is placed.
+    pipeline: bool,
+    /// Held by every handle but the writers': the last one dropped closes
+    /// the queue, and the writers stop once it has drained.
+    _open: Option<Arc<Open>>,
+}
+
+/// Closes the queue when the last handle outside the writers drops.
+struct Open(Arc<Queue>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -144,9 +163,31 @@ impl PostgresStore {
         &self.target
     }
 
-    /// Close the pool: later calls fail; connections close as they come back.
+    /// Take no more changes (later ones fail, nothing changed), let the
+    /// writers answer what is placed, and close the pool: connections close
+    /// as they come back.
     pub fn close(&self) {
+        self.queue.close();
         self.pool.close();
+    }
+
+    /// A handle for a writer: it does not keep the store open.
+    fn for_writer(&self) -> Self {
+        Self {
+            _open: None,
+            ..self.clone()
+        }
+    }
+
+    /// Place `item` in `user`'s order.
+    fn place(&self, user: UserId, item: Item) -> Result<(), StoreError> {
+        self.queue.place(user, item).inspect_err(|e| {
+            if e.kind() == pointlock_core::StoreErrorKind::Overloaded {
+                self.counters
+                    .overloaded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
     }
 }
 
@@ -243,76 +284,62 @@ impl PointStore for PostgresStore {
         })
     }
 
+    /// Through the queue, checked against the change's condition in its
+    /// batch; the change (and its guard) kept until answered.
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
-        match &self.pipeline {
-            // Through the sequenced state, its guard kept until answered.
-            Some(pipeline) => {
-                Box::pin(async move { self.sequence_on_chain(pipeline, change)?.await })
-            }
-            None => self.commit_in_task(change),
-        }
-    }
-
-    fn pipelined(&self) -> Option<&dyn PipelinedStore> {
-        self.pipeline
-            .is_some()
-            .then_some(self as &dyn PipelinedStore)
-    }
-}
-
-impl PipelinedStore for PostgresStore {
-    fn sequence(&self, change: Unsequenced) -> BoxFuture<'_, Result<Pending<'_>, StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        let placed = self.place(change.user_id(), Item::Change(change, reply));
         Box::pin(async move {
-            match &self.pipeline {
-                Some(pipeline) => self.sequence_on_chain(pipeline, change),
-                None => Err(StoreError::new(
-                    "this PostgreSQL store is not pipelined: commit the change instead",
-                )),
-            }
+            placed?;
+            reply::received(answer, WRITER).await
         })
     }
 
-    fn sequenced_point(
+    fn deciding(&self) -> Option<&dyn DecidingStore> {
+        Some(self)
+    }
+}
+
+impl DecidingStore for PostgresStore {
+    fn submit(&self, mut request: Request) -> BoxFuture<'_, Result<Decision<'_>, StoreError>> {
+        let user = request.user_id();
+        if self.pipeline {
+            // The caller holds the user until this returns: the order is
+            // fixed by the placement below.
+            request.release_guard();
+        }
+        let (reply, answer) = oneshot::channel();
+        let placed = self.place(user, Item::Request(request, reply));
+        Box::pin(async move {
+            placed?;
+            let decision: Decision<'_> = Box::pin(reply::received(answer, WRITER));
+            Ok(decision)
+        })
+    }
+
+    fn barrier(
         &self,
         id: UserId,
-    ) -> BoxFuture<'_, Result<SequencedRead<'_, Option<UserPoint>>, StoreError>> {
-        let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
-        Box::pin(sequenced::read(
-            overlay,
-            move |o| o.point(id),
-            move || self.user_point(id),
-            move |mark| self.settle(id, mark),
-        ))
-    }
-
-    fn sequenced_idempotency_record<'a>(
-        &'a self,
-        id: UserId,
-        key: &'a IdempotencyKey,
-    ) -> BoxFuture<'a, Result<SequencedRead<'a, Option<IdempotencyRecord>>, StoreError>> {
-        let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
-        Box::pin(sequenced::read(
-            overlay,
-            move |o| o.key(id, key),
-            move || self.idempotency_record(id, key),
-            move |mark| self.settle(id, mark),
-        ))
+    ) -> BoxFuture<'_, Result<BoxFuture<'_, Result<(), StoreError>>, StoreError>> {
+        let placed = if self.queue.is_idle(id) {
+            // Nothing placed before it: passed at once.
+            Ok(None)
+        } else {
+            let (reply, answer) = oneshot::channel();
+            self.place(id, Item::Barrier(reply)).map(|()| Some(answer))
+        };
+        Box::pin(async move {
+            let passed: BoxFuture<'_, Result<(), StoreError>> = match placed? {
+                None => Box::pin(std::future::ready(Ok(()))),
+                Some(answer) => Box::pin(reply::received(answer, WRITER)),
+            };
+            Ok(passed)
+        })
     }
 }
 
-impl PostgresStore {
-    /// Resolve once everything a read of user `id` marked `mark` showed is
-    /// durable; fail if some of it failed (see the crate's `sequenced.rs`).
-    fn settle(&self, id: UserId, mark: ReadMark) -> BoxFuture<'_, Result<(), StoreError>> {
-        let overlay = self.pipeline.as_deref().map(|pipeline| &pipeline.overlay);
-        Box::pin(sequenced::settle(overlay, id, mark, move || async move {
-            match &self.pipeline {
-                Some(pipeline) => self.barrier(pipeline, id, mark).await,
-                None => Ok(()),
-            }
-        }))
-    }
-}
+/// Who answers placed work, in errors.
+const WRITER: &str = "the PostgreSQL writer";
 
 /// The store's name in errors about corrupt rows.
 const STORE: &str = "PostgreSQL";

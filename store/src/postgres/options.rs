@@ -14,12 +14,24 @@ pub struct PostgresOptions {
     pub statement_timeout: Duration,
     /// The longest to wait for a connection, new or from the pool.
     pub connect_timeout: Duration,
-    /// Pipelined commits (see the [store's docs](super)): a user is released
-    /// once its change is sequenced in this instance, and one user's
-    /// consecutive changes commit in one transaction. Off by default: another
-    /// instance writing the same user makes this instance's pipelined changes
-    /// of that user fail (503 `WRITE_CONFLICT`) instead of being retried.
+    /// Release a request's user once the request is placed in the store's
+    /// queue (see the [store's docs](super), "The guard, and pipelining"), so
+    /// one user's consecutive requests share a transaction. On by default;
+    /// off, the user stays locked in this instance until the answer.
     pub pipeline: bool,
+    /// The most requests placed and not yet answered, all users together;
+    /// past it a request is refused (503 `STORE_OVERLOADED`, nothing changed).
+    pub queue_max: usize,
+    /// The most requests of one user placed and not yet answered; past it the
+    /// same refusal.
+    pub user_queue_max: usize,
+    /// Writer tasks: batches in flight at once (each holds one connection of
+    /// the pool while it runs).
+    pub writers: usize,
+    /// The most users one batch transaction takes.
+    pub batch_users: usize,
+    /// The most requests of one user one batch transaction takes.
+    pub batch_per_user: usize,
 }
 
 impl Default for PostgresOptions {
@@ -28,7 +40,12 @@ impl Default for PostgresOptions {
             pool_size: 16,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
-            pipeline: false,
+            pipeline: true,
+            queue_max: 16_384,
+            user_queue_max: 1_024,
+            writers: 4,
+            batch_users: 256,
+            batch_per_user: 128,
         }
     }
 }

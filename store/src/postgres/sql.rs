@@ -1,80 +1,43 @@
-//! The statements: each change is one conditional statement (see the [store's
-//! docs](super)), chosen by [`statement_sql`]; the reads and the sweep.
+//! The statements: a batch's row locks, its reads and its multi-row writes
+//! over `unnest` arrays (see the [store's docs](super), "Batches"); the plain
+//! reads and the sweep.
 
-use pointlock_core::Change;
-
-/// The conditional balance write of a change computed from a positive balance:
-/// only if the row still holds it.
-macro_rules! update_if {
-    () => {
-        "UPDATE user_point SET point = $2, update_millis = $3
-        WHERE id = $1 AND point = $4
-        RETURNING id"
-    };
-}
-
-/// The conditional balance write of a first balance, or of one computed from 0:
-/// inserted, or updated only if the row still holds 0 (`$4` is the expected 0;
-/// NULL only in negative controls, with the `test-util` feature).
-macro_rules! upsert_if {
-    () => {
-        concat!(
-            "INSERT INTO user_point (id, point, update_millis) VALUES ($1, $2, $3)
-        ON CONFLICT (id) DO UPDATE
-            SET point = EXCLUDED.point, update_millis = EXCLUDED.update_millis
-            WHERE ",
-            null_expected_is_unconditional!("$4::bigint"),
-            "user_point.point = $4::bigint
-        RETURNING id"
-        )
-    };
-}
-
-/// A change: the conditional write, then its history row if it applied.
-macro_rules! change {
-    ($write:expr) => {
-        concat!(
-            "WITH changed AS (",
-            $write,
-            ")
-    INSERT INTO point_history (user_id, type, amount, time_millis)
-    SELECT id, $5, $6, $3 FROM changed
-    RETURNING id"
-        )
-    };
-}
-
-/// A change made with an idempotency key (`$7`), records made at or before
-/// `$8` being expired: if the change applied, the user's expired record of the
-/// key is deleted and the new one inserted. The insert reads `del` so that it
-/// runs after the delete; a live record makes it fail on the primary key
-/// (`idempotency_pkey`), which aborts the whole statement: nothing is written,
-/// and the service, told of a conflict, finds the record.
-macro_rules! keyed_change {
-    ($write:expr) => {
-        concat!(
-            "WITH changed AS (",
-            $write,
-            "),
-    del AS (
-        DELETE FROM idempotency
-        WHERE user_id = $1 AND key = $7 AND time_millis <= $8 AND EXISTS (SELECT 1 FROM changed)
-        RETURNING 1),
-    rec AS (
-        INSERT INTO idempotency (user_id, key, type, amount, point, time_millis)
-        SELECT id, $7, $5, $6, $2, $3 FROM changed WHERE (SELECT count(*) FROM del) >= 0
-        RETURNING 1)
-    INSERT INTO point_history (user_id, type, amount, time_millis)
-    SELECT id, $5, $6, $3 FROM changed
-    RETURNING id"
-        )
-    };
-}
-
-const UPDATE_IF: &str = change!(update_if!());
-const UPSERT_IF: &str = change!(upsert_if!());
-const UPDATE_IF_KEYED: &str = keyed_change!(update_if!());
-const UPSERT_IF_KEYED: &str = keyed_change!(upsert_if!());
+/// The batch's users' rows, locked in id order (one global order: no two
+/// batches deadlock on them). Absent users are not locked: their first row is
+/// a plain insert, which fails if another batch made it meanwhile.
+pub(super) const LOCK_USERS: &str = "SELECT id, point, update_millis FROM user_point
+    WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE";
+/// The records of the batch's keys (read after the rows are locked: a key's
+/// record is only written under its user's row lock).
+pub(super) const SELECT_KEYS: &str =
+    "SELECT user_id, key, type, amount, point, time_millis FROM idempotency
+    WHERE (user_id, key) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))";
+/// The new balances of users whose rows the batch holds.
+pub(super) const UPDATE_POINTS: &str = "UPDATE user_point
+    SET point = u.point, update_millis = u.update_millis
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, point, update_millis)
+    WHERE user_point.id = u.id";
+/// The first balances of users who had no row when the batch locked: a
+/// primary-key violation means another batch made the row meanwhile (retried).
+pub(super) const INSERT_POINTS: &str = "INSERT INTO user_point (id, point, update_millis)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])";
+/// The history rows, inserted in the order given (the ids ascend in it).
+pub(super) const INSERT_HISTORY: &str =
+    "INSERT INTO point_history (user_id, type, amount, time_millis)
+    SELECT user_id, type, amount, time_millis
+    FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
+        WITH ORDINALITY AS h(user_id, type, amount, time_millis, n)
+    ORDER BY n
+    RETURNING id";
+/// The records of applied keyed requests; an expired record of the key is
+/// replaced (a live one was an answer, never a write).
+pub(super) const UPSERT_KEYS: &str =
+    "INSERT INTO idempotency (user_id, key, type, amount, point, time_millis)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+    ON CONFLICT (user_id, key) DO UPDATE SET type = EXCLUDED.type, amount = EXCLUDED.amount,
+        point = EXCLUDED.point, time_millis = EXCLUDED.time_millis";
+/// The primary key of the balances: violated by a first row made meanwhile.
+pub(super) const POINT_CONSTRAINT: &str = "user_point_pkey";
 pub(super) const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
     WHERE user_id = $1 AND key = $2";
 /// One bounded step of the sweep (the outer condition again: a record replaced
@@ -87,14 +50,3 @@ pub(super) const KEY_CONSTRAINT: &str = "idempotency_pkey";
 pub(super) const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = $1";
 pub(super) const SELECT_HISTORIES: &str =
     "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = $1 ORDER BY id";
-
-/// The statement of a change: from a positive balance or not, keyed or not.
-pub(super) fn statement_sql(change: &Change) -> &'static str {
-    let from_positive = change.expected_point().is_some_and(|expected| expected > 0);
-    match (from_positive, change.idempotency_key().is_some()) {
-        (true, false) => UPDATE_IF,
-        (false, false) => UPSERT_IF,
-        (true, true) => UPDATE_IF_KEYED,
-        (false, true) => UPSERT_IF_KEYED,
-    }
-}
