@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use pointlock::core::{KeyedLock, Policy, PointStore};
+use pointlock::core::{KeyedLock, PointStore, Policy};
 use pointlock::server::AppOptions;
 use support::{patient, Backend, ProbeStore, TestServer};
 use tokio::io::AsyncWriteExt;

@@ -572,6 +572,7 @@ fn producible_errors() -> Vec<ApiError> {
         ApiError::Point(store(StoreErrorKind::Conflict)),
         ApiError::Point(store(StoreErrorKind::Unavailable)),
         ApiError::Point(store(StoreErrorKind::OutcomeUnknown)),
+        ApiError::Point(store(StoreErrorKind::Overloaded)),
         ApiError::InvalidJson("x".into()),
         ApiError::BadBody("x".into()),
         ApiError::NotFound {
@@ -1315,7 +1316,7 @@ async fn serve_store(store: Arc<dyn PointStore>, options: AppOptions) -> Served 
 /// statistics source that panics.
 async fn store_failures(contract: &Contract, http: &Http) {
     use Script::{Fail, Hang, Panic, Work};
-    use StoreErrorKind::{Conflict, Failed, OutcomeUnknown, Unavailable};
+    use StoreErrorKind::{Conflict, Failed, OutcomeUnknown, Overloaded, Unavailable};
     let store = Arc::new(ScriptedStore {
         inner: MemoryStore::new(),
         script: Mutex::new([Work; 3]),
@@ -1333,7 +1334,7 @@ async fn store_failures(contract: &Contract, http: &Http) {
         .send(addr, Method::PATCH, "/point/1/charge", &[], "50")
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let scripted: [([Script; 3], Case); 15] = [
+    let scripted: [([Script; 3], Case); 16] = [
         (
             [Fail(Failed), Work, Work],
             ("GET", "/point/1", "", 500, "STORE_ERROR"),
@@ -1373,6 +1374,10 @@ async fn store_failures(contract: &Contract, http: &Http) {
         (
             [Work, Fail(Unavailable), Work],
             ("PATCH", "/point/1/use", "1", 503, "STORE_UNAVAILABLE"),
+        ),
+        (
+            [Work, Fail(Overloaded), Work],
+            ("PATCH", "/point/1/charge", "1", 503, "STORE_OVERLOADED"),
         ),
         (
             [Work, Work, Fail(Unavailable)],

@@ -32,6 +32,13 @@ pub enum Backend {
     PostgresPipelined,
 }
 
+impl Backend {
+    /// Whether the store decides requests itself (a [`DecidingStore`]).
+    pub fn decides(self) -> bool {
+        matches!(self, Self::Postgres | Self::PostgresPipelined)
+    }
+}
+
 /// A fault injected into one commit of a [`ProbeStore`].
 #[derive(Clone, Debug)]
 pub enum Fault {

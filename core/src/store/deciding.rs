@@ -190,7 +190,11 @@ impl Request {
     ///
     /// A live record answers ([`Decided::Recorded`]); otherwise the policy
     /// decides, exactly as the service decides over any other store.
-    pub fn decide(&self, stored: Option<&UserPoint>, record: Option<&IdempotencyRecord>) -> Decided {
+    pub fn decide(
+        &self,
+        stored: Option<&UserPoint>,
+        record: Option<&IdempotencyRecord>,
+    ) -> Decided {
         if let Some((_, expired_before)) = &self.keyed {
             if let Some(record) = record.filter(|r| !r.is_expired(*expired_before)) {
                 return Decided::Recorded(record.clone());
@@ -263,7 +267,13 @@ mod tests {
         let lock = KeyedLock::new();
         let id = UserId::new(1).unwrap();
         let held = Arc::new(lock.try_lock(id).unwrap());
-        Request::new(held, kind, Amount::new(amount).unwrap(), 5, Policy::new(100))
+        Request::new(
+            held,
+            kind,
+            Amount::new(amount).unwrap(),
+            5,
+            Policy::new(100),
+        )
     }
 
     fn at(point: u64) -> UserPoint {
@@ -278,10 +288,14 @@ mod tests {
     fn the_policy_decides_on_the_state_at_its_place() {
         let charge = request(TransactionType::Charge, 30);
         match charge.decide(Some(&at(50)), None) {
-            Decided::Applied(c) => assert_eq!((c.user_point.point, c.user_point.update_millis), (80, 5)),
+            Decided::Applied(c) => {
+                assert_eq!((c.user_point.point, c.user_point.update_millis), (80, 5))
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(charge.decide(None, None), Decided::Applied(c) if c.user_point.point == 30));
+        assert!(
+            matches!(charge.decide(None, None), Decided::Applied(c) if c.user_point.point == 30)
+        );
         assert!(matches!(
             charge.decide(Some(&at(80)), None),
             Decided::Refused(PointError::MaxBalanceExceeded { .. })
@@ -289,7 +303,10 @@ mod tests {
         let use_ = request(TransactionType::Use, 30);
         assert!(matches!(
             use_.decide(Some(&at(20)), None),
-            Decided::Refused(PointError::InsufficientBalance { balance: 20, amount: 30 })
+            Decided::Refused(PointError::InsufficientBalance {
+                balance: 20,
+                amount: 30
+            })
         ));
     }
 
@@ -304,8 +321,14 @@ mod tests {
             point: 9,
             time_millis,
         };
-        assert_eq!(keyed.decide(Some(&at(0)), Some(&record(4))), Decided::Recorded(record(4)));
-        assert!(matches!(keyed.decide(Some(&at(0)), Some(&record(3))), Decided::Applied(_)));
+        assert_eq!(
+            keyed.decide(Some(&at(0)), Some(&record(4))),
+            Decided::Recorded(record(4))
+        );
+        assert!(matches!(
+            keyed.decide(Some(&at(0)), Some(&record(3))),
+            Decided::Applied(_)
+        ));
         assert_eq!(keyed.record(10).map(|r| r.point), Some(10));
         // Without a key a record means nothing.
         assert!(matches!(

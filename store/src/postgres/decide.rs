@@ -199,9 +199,8 @@ impl Plan {
             let user = to_i64(history.user_id.get());
             // One row per user and key in a statement: a key written twice in
             // one batch (its first record expired at once) keeps the last.
-            let at = (0..self.keys.users.len()).find(|&k| {
-                self.keys.users[k] == user && self.keys.keys[k] == record.key.as_str()
-            });
+            let at = (0..self.keys.users.len())
+                .find(|&k| self.keys.users[k] == user && self.keys.keys[k] == record.key.as_str());
             let at = at.unwrap_or_else(|| {
                 self.keys.users.push(user);
                 self.keys.keys.push(record.key.as_str().to_owned());
@@ -239,7 +238,8 @@ impl Plan {
             let id = u64::try_from(id)
                 .map_err(|_| StoreError::new("PostgreSQL assigned a negative history id"))?;
             match &mut self.answers[u][i] {
-                Answer::Request(Ok(Decided::Applied(committed))) | Answer::Change(Ok(committed)) => {
+                Answer::Request(Ok(Decided::Applied(committed)))
+                | Answer::Change(Ok(committed)) => {
                     committed.history.id = id;
                 }
                 _ => {}

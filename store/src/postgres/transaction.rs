@@ -231,7 +231,9 @@ impl PostgresStore {
             }
             tx.execute(
                 &keys,
-                &[&k.users, &k.keys, &k.kinds, &k.amounts, &k.points, &k.millis],
+                &[
+                    &k.users, &k.keys, &k.kinds, &k.amounts, &k.points, &k.millis,
+                ],
             )
             .await
         };
@@ -256,7 +258,8 @@ impl PostgresStore {
             let code = db.code();
             if *code == SqlState::T_R_DEADLOCK_DETECTED
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || (*code == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(POINT_CONSTRAINT))
+                || (*code == SqlState::UNIQUE_VIOLATION
+                    && db.constraint() == Some(POINT_CONSTRAINT))
             {
                 return Failure::Retry(StoreError::conflict(format!(
                     "{}: {}",
@@ -320,5 +323,9 @@ fn user_of(id: i64) -> Result<UserId, Failure> {
     u64::try_from(id)
         .ok()
         .and_then(|id| UserId::new(id).ok())
-        .ok_or_else(|| Failure::Stop(StoreError::new("corrupt row in the PostgreSQL store: user id")))
+        .ok_or_else(|| {
+            Failure::Stop(StoreError::new(
+                "corrupt row in the PostgreSQL store: user id",
+            ))
+        })
 }
