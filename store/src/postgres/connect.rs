@@ -168,3 +168,20 @@ fn pool_error(error: &PoolError) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(any(test, feature = "test-util"))]
+impl PostgresStore {
+    /// A setting as the store's sessions see it (`SHOW name`; `name` is
+    /// letters and underscores). Only with the `test-util` feature.
+    pub async fn session_setting(&self, name: &str) -> Result<String, StoreError> {
+        if !name.chars().all(|c| c.is_ascii_alphabetic() || c == '_') {
+            return Err(StoreError::new(format!("not a setting name: {name}")));
+        }
+        let client = self.client().await?;
+        let row = client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .map_err(|e| self.failed(&e, false))?;
+        Ok(row.get(0))
+    }
+}

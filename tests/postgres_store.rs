@@ -1,0 +1,280 @@
+//! The PostgreSQL store's own promises, on the test cluster (skipped without
+//! it, failing under `CI=true`):
+//!
+//! - its queue is bounded: a flood at one user, or at many, holds at most the
+//!   bound; past it requests are refused at once with `STORE_OVERLOADED`,
+//!   changing nothing, and every acknowledged request is applied;
+//! - its sessions commit with `synchronous_commit = on` even when the
+//!   database's default is off.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pointlock::core::{
+    Amount, Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
+};
+use pointlock::store::{PostgresOptions, PostgresStore};
+
+type Service = PointService<Arc<PostgresStore>>;
+
+fn user(id: u64) -> UserId {
+    UserId::new(id).unwrap()
+}
+
+/// A charge of `amount` to `id` in a task of its own, the guard handed over;
+/// returns once the user's lock is free again (the request was placed in the
+/// store's queue, or refused).
+async fn spawn_charge(
+    svc: &Arc<Service>,
+    id: u64,
+    amount: u64,
+) -> tokio::task::JoinHandle<Result<Applied, PointError>> {
+    let held = Arc::new(svc.lock().lock(user(id)).await);
+    let task = {
+        let svc = Arc::clone(svc);
+        tokio::spawn(async move {
+            svc.apply(
+                held,
+                TransactionType::Charge,
+                Amount::new(amount).unwrap(),
+                None,
+            )
+            .await
+        })
+    };
+    drop(svc.lock().lock(user(id)).await);
+    task
+}
+
+/// A store with one writer and the given bounds, and a service over it.
+async fn bounded(
+    url: &str,
+    queue_max: usize,
+    user_queue_max: usize,
+) -> (Arc<PostgresStore>, Arc<Service>) {
+    let options = PostgresOptions {
+        queue_max,
+        user_queue_max,
+        writers: 1,
+        ..PostgresOptions::default()
+    };
+    let store = Arc::new(PostgresStore::connect(url, options).await.unwrap());
+    let svc = Arc::new(PointService::new(
+        Arc::clone(&store),
+        Policy::new(1_000_000_000),
+        Arc::new(ManualClock::new(0)),
+    ));
+    (store, svc)
+}
+
+/// Hold user `id`'s row in another session until the returned transaction
+/// ends: the store's batch with that user waits for it.
+async fn hold_row(client: &mut tokio_postgres::Client, id: i64) -> tokio_postgres::Transaction<'_> {
+    let row = client.transaction().await.unwrap();
+    row.execute(
+        "SELECT point FROM user_point WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    row
+}
+
+/// Wait until a session of the database waits for a lock (the store's batch
+/// is blocked on the held row). Bounded.
+async fn until_blocked(url: &str) {
+    let watcher = support::pg::connect(url).await;
+    for _ in 0..2_000 {
+        let blocked: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the store's batch never waited for the held row");
+}
+
+/// The answers split into applied `(user, amount)` and refused ones; any
+/// other answer fails the test.
+async fn outcomes(
+    tasks: Vec<(
+        u64,
+        u64,
+        tokio::task::JoinHandle<Result<Applied, PointError>>,
+    )>,
+) -> (BTreeSet<(u64, u64)>, usize) {
+    let mut applied = BTreeSet::new();
+    let mut refused = 0;
+    for (id, amount, task) in tasks {
+        match task.await.unwrap() {
+            Ok(_) => {
+                applied.insert((id, amount));
+            }
+            Err(e) if e.code() == "STORE_OVERLOADED" => refused += 1,
+            Err(e) => panic!("user {id}, charge {amount}: unexpected {e}"),
+        }
+    }
+    (applied, refused)
+}
+
+/// Every applied charge is in the user's history once, and nothing else is.
+async fn assert_exactly_applied(
+    svc: &Service,
+    users: &[u64],
+    applied: &BTreeSet<(u64, u64)>,
+    opening: u64,
+) {
+    for &id in users {
+        let rows: BTreeSet<(u64, u64)> = svc
+            .histories(user(id))
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| (id, h.amount.get()))
+            .filter(|&(_, amount)| amount != opening)
+            .collect();
+        let expected: BTreeSet<(u64, u64)> =
+            applied.iter().copied().filter(|&(u, _)| u == id).collect();
+        assert_eq!(rows, expected, "user {id}: history != acknowledged charges");
+        let sum: u64 = expected.iter().map(|&(_, a)| a).sum();
+        assert_eq!(svc.point(user(id)).await.unwrap().point, opening + sum);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_at_one_user_holds_at_most_its_bound_and_refuses_the_rest_unchanged() {
+    if support::postgres_skipped() {
+        return;
+    }
+    let db = support::pg::TestDatabase::create().await;
+    let (store, svc) = bounded(db.url(), 1_000, 8).await;
+    // Amounts: 1 opens the row; the flood charges 1_000 + i, each unique.
+    spawn_charge(&svc, 1, 1).await.await.unwrap().unwrap();
+    let mut holder = support::pg::connect(db.url()).await;
+    let row = hold_row(&mut holder, 1).await;
+    let mut tasks = vec![(1, 1_000, spawn_charge(&svc, 1, 1_000).await)];
+    until_blocked(db.url()).await;
+    for i in 1..50 {
+        tasks.push((1, 1_000 + i, spawn_charge(&svc, 1, 1_000 + i).await));
+        assert!(store.stats().queued <= 8, "{:?}", store.stats());
+    }
+    assert_eq!(store.stats().queued, 8, "the user's bound is full");
+    row.commit().await.unwrap();
+    let (applied, refused) = outcomes(tasks).await;
+    assert_eq!(applied.len(), 8, "exactly the bound was placed");
+    assert_eq!(refused, 42);
+    // The first ones placed are the ones applied, in order.
+    assert_eq!(
+        applied.iter().map(|&(_, a)| a).collect::<Vec<_>>(),
+        (1_000..1_008).collect::<Vec<_>>()
+    );
+    assert_exactly_applied(&svc, &[1], &applied, 1).await;
+    assert_eq!(store.stats().overloaded, 42);
+    assert_eq!(store.stats().queued, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_at_many_users_holds_at_most_the_total_bound_and_refuses_the_rest_unchanged() {
+    if support::postgres_skipped() {
+        return;
+    }
+    let db = support::pg::TestDatabase::create().await;
+    let (store, svc) = bounded(db.url(), 32, 1_000).await;
+    spawn_charge(&svc, 1, 1).await.await.unwrap().unwrap();
+    let mut holder = support::pg::connect(db.url()).await;
+    let row = hold_row(&mut holder, 1).await;
+    // The one writer is held by user 1's batch; everything else queues.
+    let mut tasks = vec![(1, 1_000, spawn_charge(&svc, 1, 1_000).await)];
+    until_blocked(db.url()).await;
+    for id in 2..=100 {
+        tasks.push((id, 2_000 + id, spawn_charge(&svc, id, 2_000 + id).await));
+        assert!(store.stats().queued <= 32, "{:?}", store.stats());
+    }
+    assert_eq!(store.stats().queued, 32, "the total bound is full");
+    row.commit().await.unwrap();
+    let (applied, refused) = outcomes(tasks).await;
+    assert_eq!(applied.len(), 32);
+    assert_eq!(refused, 100 - 32);
+    // User 1 and the first 31 users of the flood.
+    let users: Vec<u64> = applied.iter().map(|&(u, _)| u).collect();
+    assert_eq!(users, (1..=32).collect::<Vec<_>>());
+    for id in 1..=100 {
+        let opening = if id == 1 { 1 } else { 0 };
+        let mine: BTreeSet<_> = applied.iter().copied().filter(|&(u, _)| u == id).collect();
+        assert_exactly_applied(&svc, &[id], &mine, opening).await;
+    }
+    // Room again once answered.
+    assert_eq!(store.stats().queued, 0);
+    spawn_charge(&svc, 100, 5).await.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_commit_synchronously_whatever_the_database_default() {
+    if support::postgres_skipped() {
+        return;
+    }
+    let db = support::pg::TestDatabase::create().await;
+    let admin = support::pg::connect(db.url()).await;
+    let name: String = admin
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" SET synchronous_commit = off"
+        ))
+        .await
+        .unwrap();
+    // The control: a plain new session of this database does not commit
+    // synchronously.
+    let plain = support::pg::connect(db.url()).await;
+    let setting: String = plain
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "off", "the database's default took effect");
+    let store = PostgresStore::connect(db.url(), PostgresOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session_setting("synchronous_commit").await.unwrap(),
+        "on"
+    );
+}
+
+/// The control of the flood tests: with bounds too large to reach, the same
+/// flood queues everything, which the tests' gauge sees (so a store that did
+/// not bound its queue would fail them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_without_a_reachable_bound_the_flood_queues_everything() {
+    if support::postgres_skipped() {
+        return;
+    }
+    let db = support::pg::TestDatabase::create().await;
+    let (store, svc) = bounded(db.url(), usize::MAX, usize::MAX).await;
+    spawn_charge(&svc, 1, 1).await.await.unwrap().unwrap();
+    let mut holder = support::pg::connect(db.url()).await;
+    let row = hold_row(&mut holder, 1).await;
+    let mut tasks = vec![(1, 1_000, spawn_charge(&svc, 1, 1_000).await)];
+    until_blocked(db.url()).await;
+    for i in 1..50 {
+        tasks.push((1, 1_000 + i, spawn_charge(&svc, 1, 1_000 + i).await));
+    }
+    assert_eq!(store.stats().queued, 50, "past the tests' bound of 8");
+    row.commit().await.unwrap();
+    let (applied, refused) = outcomes(tasks).await;
+    assert_eq!((applied.len(), refused), (50, 0));
+}
