@@ -12,30 +12,41 @@ pub(super) const LOCK_USERS: &str = "SELECT id, point, update_millis FROM user_p
 pub(super) const SELECT_KEYS: &str =
     "SELECT user_id, key, type, amount, point, time_millis FROM idempotency
     WHERE (user_id, key) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))";
-/// The new balances of users whose rows the batch holds.
-pub(super) const UPDATE_POINTS: &str = "UPDATE user_point
-    SET point = u.point, update_millis = u.update_millis
-    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, point, update_millis)
-    WHERE user_point.id = u.id";
-/// The first balances of users who had no row when the batch locked: a
-/// primary-key violation means another batch made the row meanwhile (retried).
-pub(super) const INSERT_POINTS: &str = "INSERT INTO user_point (id, point, update_millis)
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])";
-/// The history rows, inserted in the order given (the ids ascend in it).
-pub(super) const INSERT_HISTORY: &str =
-    "INSERT INTO point_history (user_id, type, amount, time_millis)
-    SELECT user_id, type, amount, time_millis
-    FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
-        WITH ORDINALITY AS h(user_id, type, amount, time_millis, n)
-    ORDER BY n
-    RETURNING id";
-/// The records of applied keyed requests; an expired record of the key is
-/// replaced (a live one was an answer, never a write).
-pub(super) const UPSERT_KEYS: &str =
-    "INSERT INTO idempotency (user_id, key, type, amount, point, time_millis)
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
-    ON CONFLICT (user_id, key) DO UPDATE SET type = EXCLUDED.type, amount = EXCLUDED.amount,
-        point = EXCLUDED.point, time_millis = EXCLUDED.time_millis";
+/// Everything a batch writes, in one statement: the new balances of users
+/// whose rows it holds (`$1`-`$3`), the first balances of users who had no row
+/// (`$4`-`$6`: a primary-key violation means another batch made the row
+/// meanwhile, and the batch runs again), the records of applied keyed requests
+/// (`$7`-`$12`; an expired record of the key is replaced: a live one was an
+/// answer, never a write) and the history rows in order (`$13`-`$16`). It
+/// answers the history ids (ascending in the given order) and how many
+/// balances it updated.
+pub(super) const WRITE: &str = "WITH updated AS (
+        UPDATE user_point SET point = u.point, update_millis = u.update_millis
+        FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, point, update_millis)
+        WHERE user_point.id = u.id
+        RETURNING 1),
+    inserted AS (
+        INSERT INTO user_point (id, point, update_millis)
+        SELECT * FROM unnest($4::bigint[], $5::bigint[], $6::bigint[])
+        RETURNING 1),
+    recorded AS (
+        INSERT INTO idempotency (user_id, key, type, amount, point, time_millis)
+        SELECT * FROM unnest($7::bigint[], $8::text[], $9::text[], $10::bigint[],
+            $11::bigint[], $12::bigint[])
+        ON CONFLICT (user_id, key) DO UPDATE SET type = EXCLUDED.type,
+            amount = EXCLUDED.amount, point = EXCLUDED.point,
+            time_millis = EXCLUDED.time_millis
+        RETURNING 1),
+    history AS (
+        INSERT INTO point_history (user_id, type, amount, time_millis)
+        SELECT user_id, type, amount, time_millis
+        FROM unnest($13::bigint[], $14::text[], $15::bigint[], $16::bigint[])
+            WITH ORDINALITY AS h(user_id, type, amount, time_millis, n)
+        ORDER BY n
+        RETURNING id)
+    SELECT id, (SELECT count(*) FROM updated), (SELECT count(*) FROM inserted),
+        (SELECT count(*) FROM recorded)
+    FROM history";
 /// The primary key of the balances: violated by a first row made meanwhile.
 pub(super) const POINT_CONSTRAINT: &str = "user_point_pkey";
 pub(super) const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency

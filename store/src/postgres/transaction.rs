@@ -13,10 +13,7 @@ use tokio_postgres::error::SqlState;
 
 use super::decide::{self, Answer, Found, Plan};
 use super::queue::{Item, Taken};
-use super::sql::{
-    INSERT_HISTORY, INSERT_POINTS, LOCK_USERS, POINT_CONSTRAINT, SELECT_KEYS, UPDATE_POINTS,
-    UPSERT_KEYS,
-};
+use super::sql::{LOCK_USERS, POINT_CONSTRAINT, SELECT_KEYS, WRITE};
 use super::{PostgresStore, STORE};
 use crate::rows::{corrupt_row, idempotency_row, to_i64};
 
@@ -75,9 +72,16 @@ impl PostgresStore {
     }
 
     async fn with_retries(&self, batch: &[Taken]) -> Result<Plan, Failure> {
-        let mut client = self.client().await.map_err(Failure::Stop)?;
+        let mut client = Some(self.client().await.map_err(Failure::Stop)?);
         for attempt in 1..=ATTEMPTS_MAX {
-            match self.attempt(&mut client, batch).await {
+            let session = match client.take() {
+                Some(session) => session,
+                // The last connection was discarded: a new one.
+                None => self.client().await.map_err(Failure::Stop)?,
+            };
+            let (session, outcome) = self.attempt(session, batch).await;
+            client = session;
+            match outcome {
                 Err(Failure::Retry(_)) if attempt < ATTEMPTS_MAX => {
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     // Let the transaction that won finish first.
@@ -92,164 +96,137 @@ impl PostgresStore {
                     ))));
                 }
                 // A connection the database closed (a restart) fails at
-                // once with nothing sent: try again on a new one.
-                Err(Failure::Stop(_)) if client.is_closed() && attempt < ATTEMPTS_MAX => {
-                    drop(client);
-                    client = self.client().await.map_err(Failure::Stop)?;
-                }
+                // once: try again on a new one.
+                Err(Failure::Stop(error))
+                    if client.is_none()
+                        && error.kind() == StoreErrorKind::Unavailable
+                        && attempt < ATTEMPTS_MAX => {}
                 other => return other,
             }
         }
         unreachable!("the last attempt returns")
     }
 
-    /// One attempt: BEGIN, lock and read, decide, write, COMMIT.
+    /// One attempt on `client`: BEGIN with the row locks and the reads in
+    /// one flight; the decisions; the writes with the COMMIT in a second.
+    /// Hands the connection back unless it was discarded (its transaction's
+    /// end unknown).
     async fn attempt(
         &self,
-        client: &mut deadpool_postgres::Object,
+        client: deadpool_postgres::Object,
         batch: &[Taken],
-    ) -> Result<Plan, Failure> {
+    ) -> (Option<deadpool_postgres::Object>, Result<Plan, Failure>) {
         let started = Instant::now();
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| self.failure(&e, false))?;
-        let found = self.lock_and_read(&tx, batch).await?;
-        let mut plan = decide::plan(batch, &found);
-        if plan.writes() {
-            let ids = self.write(&tx, &plan).await?;
-            plan.assign(ids).map_err(Failure::Split)?;
+        let mut session = Session {
+            client: Some(client),
+            state: State::default(),
+        };
+        let outcome = match session.client.as_ref() {
+            Some(client) => self.transaction(client, &mut session.state, batch).await,
+            None => unreachable!("the session was made with its connection"),
+        };
+        session.roll_back().await;
+        if let Ok(plan) = &outcome {
+            self.counters.commit_duration.observe(started.elapsed());
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .commits
+                .fetch_add(plan.history.users.len() as u64, Ordering::Relaxed);
+            self.counters
+                .conflicts
+                .fetch_add(plan.conflicts, Ordering::Relaxed);
         }
-        tx.commit().await.map_err(|e| self.failure(&e, true))?;
-        self.counters.commit_duration.observe(started.elapsed());
-        self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .commits
-            .fetch_add(plan.history.users.len() as u64, Ordering::Relaxed);
-        self.counters
-            .conflicts
-            .fetch_add(plan.conflicts, Ordering::Relaxed);
-        Ok(plan)
+        (session.release(), outcome)
     }
 
-    /// The batch's rows, locked in id order, and the records of its keys.
-    async fn lock_and_read(
+    async fn transaction(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        client: &deadpool_postgres::Object,
+        session: &mut State,
         batch: &[Taken],
-    ) -> Result<Found, Failure> {
+    ) -> Result<Plan, Failure> {
         let ids: Vec<i64> = batch.iter().map(|t| to_i64(t.user.get())).collect();
-        let lock = tx
+        let (users, keys) = keys_of(batch);
+        let lock = client
             .prepare_cached(LOCK_USERS)
             .await
             .map_err(|e| self.failure(&e, false))?;
-        let rows = tx
-            .query(&lock, &[&ids])
+        let select_keys = match users.is_empty() {
+            true => None,
+            false => Some(
+                client
+                    .prepare_cached(SELECT_KEYS)
+                    .await
+                    .map_err(|e| self.failure(&e, false))?,
+            ),
+        };
+        let write = client
+            .prepare_cached(WRITE)
             .await
             .map_err(|e| self.failure(&e, false))?;
-        let mut found = Found::default();
-        for row in rows {
-            let (id, point, millis): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            let user = user_of(id)?;
-            let point = u64::try_from(point)
-                .map_err(|_| Failure::Stop(corrupt_row(STORE, "negative balance", user)))?;
-            found.points.insert(
-                user,
-                UserPoint {
-                    id: user,
-                    point,
-                    update_millis: millis,
-                },
-            );
-        }
-        let (users, keys) = keys_of(batch);
-        if !users.is_empty() {
-            let select = tx
-                .prepare_cached(SELECT_KEYS)
-                .await
-                .map_err(|e| self.failure(&e, false))?;
-            let rows = tx
-                .query(&select, &[&users, &keys])
-                .await
-                .map_err(|e| self.failure(&e, false))?;
-            for row in rows {
-                let user = user_of(row.get(0))?;
-                let key: &str = row.get(1);
-                let key = IdempotencyKey::new(key)
-                    .map_err(|_| Failure::Stop(corrupt_row(STORE, "idempotency key", user)))?;
-                let record = idempotency_row(
-                    STORE,
-                    user,
-                    &key,
-                    (row.get(2), row.get(3), row.get(4), row.get(5)),
-                )
-                .map_err(Failure::Stop)?;
-                found.records.insert((user, key), record);
+        session.begun = true;
+        let (begun, rows, records) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            async { client.query(&lock, &[&ids]).await },
+            async {
+                match &select_keys {
+                    Some(select) => client.query(select, &[&users, &keys]).await.map(Some),
+                    None => Ok(None),
+                }
             }
-        }
-        Ok(found)
-    }
-
-    /// The plan's writes, sent together (pipelined on the connection, run in
-    /// order); the history ids.
-    async fn write(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        plan: &Plan,
-    ) -> Result<Vec<i64>, Failure> {
-        let prepare = |sql| async move {
-            tx.prepare_cached(sql)
-                .await
-                .map_err(|e| self.failure(&e, false))
-        };
-        let (update, insert, history, keys) = tokio::try_join!(
-            prepare(UPDATE_POINTS),
-            prepare(INSERT_POINTS),
-            prepare(INSERT_HISTORY),
-            prepare(UPSERT_KEYS)
-        )?;
-        let (u, i, h, k) = (&plan.updates, &plan.inserts, &plan.history, &plan.keys);
-        let updated = async {
-            if u.ids.is_empty() {
-                return Ok(0);
-            }
-            tx.execute(&update, &[&u.ids, &u.points, &u.millis]).await
-        };
-        let inserted = async {
-            if i.ids.is_empty() {
-                return Ok(0);
-            }
-            tx.execute(&insert, &[&i.ids, &i.points, &i.millis]).await
-        };
-        let rows = async {
-            tx.query(&history, &[&h.users, &h.kinds, &h.amounts, &h.millis])
-                .await
-        };
-        let recorded = async {
-            if k.users.is_empty() {
-                return Ok(0);
-            }
-            tx.execute(
-                &keys,
-                &[
-                    &k.users, &k.keys, &k.kinds, &k.amounts, &k.points, &k.millis,
-                ],
-            )
-            .await
-        };
-        let (updated, inserted, rows, recorded) = tokio::join!(updated, inserted, rows, recorded);
-        let updated = updated.map_err(|e| self.failure(&e, false))?;
-        inserted.map_err(|e| self.failure(&e, false))?;
+        );
+        begun.map_err(|e| self.failure(&e, false))?;
         let rows = rows.map_err(|e| self.failure(&e, false))?;
-        recorded.map_err(|e| self.failure(&e, false))?;
-        if updated != u.ids.len() as u64 {
-            // A locked row cannot vanish: only a bug or a hand-made change.
-            return Err(Failure::Split(StoreError::new(format!(
-                "PostgreSQL updated {updated} of {} locked balances; nothing was changed",
-                u.ids.len()
-            ))));
+        let records = records.map_err(|e| self.failure(&e, false))?;
+        let found = found(rows, records.unwrap_or_default())?;
+        let mut plan = decide::plan(batch, &found);
+        if !plan.writes() {
+            // Nothing to write (refusals, answers from records): the locks
+            // go; nothing to flush.
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| self.failure(&e, true))?;
+            session.ended = true;
+            return Ok(plan);
         }
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        let (u, i, k, h) = (&plan.updates, &plan.inserts, &plan.keys, &plan.history);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 16] = [
+            &u.ids, &u.points, &u.millis, &i.ids, &i.points, &i.millis, &k.users, &k.keys,
+            &k.kinds, &k.amounts, &k.points, &k.millis, &h.users, &h.kinds, &h.amounts, &h.millis,
+        ];
+        let (written, committed) = tokio::join!(
+            client.query(&write, &params),
+            client.batch_execute("COMMIT")
+        );
+        match (written, committed) {
+            (Ok(rows), Ok(())) => {
+                session.ended = true;
+                let updated: i64 = rows.first().map_or(0, |row| row.get(1));
+                if updated != u.ids.len() as i64 {
+                    // Committed, yet a locked row was not updated: only a
+                    // bug or a hand-made change; nothing can be taken back.
+                    return Err(Failure::Stop(StoreError::with_kind(
+                        StoreErrorKind::OutcomeUnknown,
+                        format!(
+                            "PostgreSQL updated {updated} of {} locked balances; the outcome is \
+                             unknown (read the history)",
+                            u.ids.len()
+                        ),
+                    )));
+                }
+                let ids = rows.iter().map(|row| row.get(0)).collect();
+                plan.assign(ids).map_err(Failure::Stop)?;
+                Ok(plan)
+            }
+            // The write failed, so the transaction was aborted and its COMMIT
+            // answered as a ROLLBACK: nothing of it counts.
+            (Err(e), Ok(())) => {
+                session.ended = true;
+                Err(self.failure(&e, false))
+            }
+            (_, Err(e)) => Err(self.failure(&e, true)),
+        }
     }
 
     /// What a failed statement (`committing`: the COMMIT) means for the batch.
@@ -274,6 +251,100 @@ impl PostgresStore {
             _ => Failure::Stop(error),
         }
     }
+}
+
+/// A pooled connection in use by an attempt. Once a transaction was begun on
+/// it and its end is not known, it never goes back to the pool: dropped, it
+/// is discarded (a panic halfway cannot leave an open transaction for the
+/// next user of the connection).
+struct Session {
+    client: Option<deadpool_postgres::Object>,
+    state: State,
+}
+
+/// Where the attempt's transaction stands.
+#[derive(Default)]
+struct State {
+    /// BEGIN was sent.
+    begun: bool,
+    /// Its COMMIT or ROLLBACK was answered.
+    ended: bool,
+}
+
+impl Session {
+    fn is_clean(&self) -> bool {
+        !self.state.begun || self.state.ended
+    }
+
+    /// End a transaction left open (a failed read): ROLLBACK, if the
+    /// connection still answers.
+    async fn roll_back(&mut self) {
+        if self.is_clean() {
+            return;
+        }
+        if let Some(client) = &self.client {
+            if !client.is_closed() && client.batch_execute("ROLLBACK").await.is_ok() {
+                self.state.ended = true;
+            }
+        }
+    }
+
+    /// The connection, if it may be used again.
+    fn release(mut self) -> Option<deadpool_postgres::Object> {
+        if self.is_clean() {
+            self.client.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if !self.is_clean() || client.is_closed() {
+                // Out of the pool: the connection closes with it.
+                drop(deadpool_postgres::Object::take(client));
+            }
+        }
+    }
+}
+
+/// The rows a batch locked and read.
+fn found(
+    rows: Vec<tokio_postgres::Row>,
+    records: Vec<tokio_postgres::Row>,
+) -> Result<Found, Failure> {
+    let mut found = Found::default();
+    for row in rows {
+        let (id, point, millis): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let user = user_of(id)?;
+        let point = u64::try_from(point)
+            .map_err(|_| Failure::Stop(corrupt_row(STORE, "negative balance", user)))?;
+        found.points.insert(
+            user,
+            UserPoint {
+                id: user,
+                point,
+                update_millis: millis,
+            },
+        );
+    }
+    for row in records {
+        let user = user_of(row.get(0))?;
+        let key: &str = row.get(1);
+        let key = IdempotencyKey::new(key)
+            .map_err(|_| Failure::Stop(corrupt_row(STORE, "idempotency key", user)))?;
+        let record = idempotency_row(
+            STORE,
+            user,
+            &key,
+            (row.get(2), row.get(3), row.get(4), row.get(5)),
+        )
+        .map_err(Failure::Stop)?;
+        found.records.insert((user, key), record);
+    }
+    Ok(found)
 }
 
 impl Failure {
