@@ -21,6 +21,14 @@
 //!    [`PointError::WriteConflict`] (retryable; nothing changed). With the lock in
 //!    front the condition never fails.
 //!
+//! Over a [`DecidingStore`](crate::store::DecidingStore) (chosen by
+//! [`PointStore::deciding`]: the PostgreSQL store) the second line is the
+//! store's own decision instead: under the lock the service only places the
+//! mutation in the store's order, as a [`Request`](crate::store::Request), and
+//! the store decides it with the same policy on the user's state at that
+//! place, inside the database, whatever other processes wrote before. Nothing
+//! is refused for contention there, so nothing is retried.
+//!
 //! # The guard
 //!
 //! A mutation takes the caller's guard (an `Arc`), and a clone of it
