@@ -35,8 +35,8 @@
 //! # Failures inside a batch
 //!
 //! - A deadlock, a serialization failure, or a user's first row made by
-//!   another instance meanwhile: rolled back and run again, up to
-//!   [`ATTEMPTS_MAX`](transaction::ATTEMPTS_MAX) times; only past that are the
+//!   another instance meanwhile: rolled back and run again, up to 16 times
+//!   (`ATTEMPTS_MAX` in `transaction.rs`); only past that are the
 //!   items answered 503 `WRITE_CONFLICT` (nothing changed), counted in
 //!   [`PgStats::fallbacks`].
 //! - A statement refused (nothing of the batch committed): each user is run
