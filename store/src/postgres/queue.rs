@@ -215,3 +215,7 @@ fn overloaded(message: String) -> StoreError {
         format!("{message}; nothing was changed; retry later"),
     )
 }
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod tests;
