@@ -258,3 +258,7 @@ fn fits(point: u64) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;
