@@ -19,6 +19,12 @@ use pointlock::core::{
 use pointlock::store::{PostgresOptions, PostgresStore};
 
 type Service = PointService<Arc<PostgresStore>>;
+/// A charge on its way: user, amount, its answer.
+type Charge = (
+    u64,
+    u64,
+    tokio::task::JoinHandle<Result<Applied, PointError>>,
+);
 
 fn user(id: u64) -> UserId {
     UserId::new(id).unwrap()
@@ -107,13 +113,7 @@ async fn until_blocked(url: &str) {
 
 /// The answers split into applied `(user, amount)` and refused ones; any
 /// other answer fails the test.
-async fn outcomes(
-    tasks: Vec<(
-        u64,
-        u64,
-        tokio::task::JoinHandle<Result<Applied, PointError>>,
-    )>,
-) -> (BTreeSet<(u64, u64)>, usize) {
+async fn outcomes(tasks: Vec<Charge>) -> (BTreeSet<(u64, u64)>, usize) {
     let mut applied = BTreeSet::new();
     let mut refused = 0;
     for (id, amount, task) in tasks {
