@@ -66,6 +66,24 @@ fn bad_settings_fail_fast_with_a_message() {
     let out = output(&["--store", "nosuch"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown store"));
+    let pg = "postgres://pointlock@127.0.0.1:1/wallet";
+    for (flags, expect) in [
+        (
+            &["--pg-writers", "17"][..],
+            "--pg-writers (17) must be between 1 and --pg-pool-size (16)",
+        ),
+        (
+            &["--pg-queue-max", "0"][..],
+            "--pg-queue-max and --pg-user-queue-max must be at least 1",
+        ),
+    ] {
+        let mut args = vec!["--store", pg];
+        args.extend_from_slice(flags);
+        let out = output(&args);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{flags:?}: {stderr}");
+    }
 }
 
 #[test]

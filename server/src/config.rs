@@ -143,6 +143,11 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_PG_USER_QUEUE_MAX", default_value_t = 1_024, help_heading = POSTGRES, hide_short_help = true)]
     pub pg_user_queue_max: usize,
 
+    /// PostgreSQL store: batch transactions in flight at once (each holds one
+    /// of the pool's connections while it runs; at most --pg-pool-size).
+    #[arg(long, env = "POINTLOCK_PG_WRITERS", default_value_t = 4, help_heading = POSTGRES, hide_short_help = true)]
+    pub pg_writers: usize,
+
     /// How long a request may wait for its user's lock before a 503 LOCK_TIMEOUT.
     #[arg(long, env = "POINTLOCK_LOCK_TIMEOUT_MS", default_value_t = 3_000, help_heading = LIMITS)]
     pub lock_timeout_ms: u64,

@@ -102,6 +102,7 @@ impl Config {
             pipeline: self.pg_pipeline == Switch::On,
             queue_max: self.pg_queue_max,
             user_queue_max: self.pg_user_queue_max,
+            writers: self.pg_writers,
             ..PostgresOptions::default()
         }
     }

@@ -153,13 +153,16 @@ fn help(flag: &str) -> String {
 }
 
 /// The tuning and benchmark knobs: in `--help-all` only.
-const HIDDEN: [&str; 10] = [
+const HIDDEN: [&str; 13] = [
     "--idempotency-sweep-interval-ms",
     "--simulate-latency-ms",
     "--sqlite-batch-ops-max",
     "--sqlite-batch-wait-us",
     "--sqlite-pipeline",
     "--pg-pipeline",
+    "--pg-queue-max",
+    "--pg-user-queue-max",
+    "--pg-writers",
     "--h2-max-streams",
     "--jwt-cache-max",
     "POINTLOCK_SQLITE_BATCH_OPS_MAX",
@@ -204,7 +207,13 @@ fn help_groups_the_flags_and_help_all_adds_the_tuning_ones() {
         "--sqlite-pipeline",
         "off",
         "--pg-pipeline",
-        "on",
+        "off",
+        "--pg-queue-max",
+        "100",
+        "--pg-user-queue-max",
+        "10",
+        "--pg-writers",
+        "2",
         "--jwt-cache-max",
         "0",
         "--h2-max-streams",
@@ -218,7 +227,12 @@ fn help_groups_the_flags_and_help_all_adds_the_tuning_ones() {
     ])
     .unwrap();
     assert_eq!((tuned.sqlite_batch_ops_max, tuned.h2_max_streams), (8, 7));
-    assert!(!tuned.sqlite_options().pipeline && tuned.postgres_options().pipeline);
+    assert!(!tuned.sqlite_options().pipeline && !tuned.postgres_options().pipeline);
+    let pg = tuned.postgres_options();
+    assert_eq!((pg.queue_max, pg.user_queue_max, pg.writers), (100, 10, 2));
+    // Both stores pipeline by default.
+    let default = parse(&[]).unwrap();
+    assert!(default.sqlite_options().pipeline && default.postgres_options().pipeline);
 }
 
 #[test]

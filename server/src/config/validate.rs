@@ -53,6 +53,12 @@ impl Config {
             if self.pg_queue_max == 0 || self.pg_user_queue_max == 0 {
                 return Err("--pg-queue-max and --pg-user-queue-max must be at least 1".into());
             }
+            if self.pg_writers == 0 || self.pg_writers > self.pg_pool_size {
+                return Err(format!(
+                    "--pg-writers ({}) must be between 1 and --pg-pool-size ({})",
+                    self.pg_writers, self.pg_pool_size
+                ));
+            }
             if self.pg_statement_timeout_ms == 0 || self.pg_connect_timeout_ms == 0 {
                 return Err(
                     "--pg-statement-timeout-ms and --pg-connect-timeout-ms must be at least 1"
