@@ -265,6 +265,14 @@ fn state_violations(addrs: &[String], users: u64, attempts: &[Attempt]) -> Vec<S
     for user in 1..=users {
         let rows = get_json(&addrs[0], &format!("/point/{user}/histories"));
         let mut running: u64 = 0;
+        let ids = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["id"].as_u64());
+        if !ids.is_sorted_by(|a, b| a < b) {
+            found.push(format!("user {user}: the history is not in id order"));
+        }
         for row in rows.as_array().unwrap() {
             let (id, amount) = (row["id"].as_u64().unwrap(), row["amount"].as_u64().unwrap());
             if row["type"] != "CHARGE" {

@@ -338,6 +338,11 @@ fn check(addrs: &[String], users: u64, sent: &[Sent]) -> Violations {
         let mut state: i128 = 0;
         let mut states: HashSet<i128> = HashSet::from([0]);
         let mut in_history = HashSet::new();
+        if !view.rows.is_sorted_by(|a, b| a.0 < b.0) {
+            found
+                .state
+                .push(format!("user {user}: the history is not in id order"));
+        }
         for &(id, kind, amount) in &view.rows {
             state += match kind {
                 Kind::Charge => i128::from(amount),
