@@ -77,8 +77,9 @@ use writes::{Basis, Outcome, Writes};
 /// The most commits one mutation attempts before it answers
 /// [`PointError::WriteConflict`]: the first, and re-reads after refused ones.
 /// Bounded so that a user whose balance changes without pause (a lock bypassed on
-/// purpose, many processes on one hot row) costs each request a few round trips,
-/// never an unbounded loop.
+/// purpose, processes sharing a store that checks conditions) costs each request
+/// a few round trips, never an unbounded loop. (A deciding store refuses
+/// nothing for contention: nothing to retry.)
 pub const COMMIT_ATTEMPTS_MAX: u32 = 8;
 
 /// The answer to a mutation made with [`PointService::apply`].

@@ -253,8 +253,10 @@ pub struct Config {
     #[arg(short = 'V', long = "version", action = ArgAction::Version, help_heading = HELP)]
     version: Option<bool>,
 
-    /// Negative controls only (a `test-util` build): commit unconditionally, so
-    /// that several instances lose updates, as the tests must show they would.
+    /// Negative controls only (a `test-util` build): commit unconditionally
+    /// (on PostgreSQL: decide each request on a balance read before its turn),
+    /// so that several instances lose updates, as the tests must show they
+    /// would.
     #[cfg(feature = "test-util")]
     #[arg(long, hide = true)]
     pub test_unconditional_commits: bool,

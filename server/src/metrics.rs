@@ -20,8 +20,8 @@
 //!   relaxed atomic adds (see docs/performance.md for what it costs);
 //! - **store errors by kind**, by the same layer, from the error code of a
 //!   wallet route's 5xx answer (nothing on a 2xx);
-//! - **commit durations**, by the stores (one observation per SQLite batch or
-//!   PostgreSQL commit statement: off the request path);
+//! - **commit durations**, by the stores (one observation per batch
+//!   transaction: off the request path);
 //! - **idempotency**: the service's own counters of replayed answers and swept
 //!   records, read at scrape time like the lock's.
 //!
@@ -63,7 +63,7 @@
 //! Labels are bounded by construction: `route` is one of
 //! `routes::ROUTE_TEMPLATES` (`/point/{id}/charge`,
 //! never the id; `other` for unknown paths), `method` one of the nine standard
-//! methods or `OTHER`, `kind` one of four. Only `status` is open, and only
+//! methods or `OTHER`, `kind` one of five. Only `status` is open, and only
 //! to the codes the server answers.
 //!
 //! # Why prometheus-client

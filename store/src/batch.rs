@@ -1,22 +1,20 @@
-//! Batch, then each alone: the commit plan both stores follow when they write
-//! several changes in one transaction (the SQLite writer's batch, a PostgreSQL
-//! chain).
+//! Batch, then each alone: the commit plan the SQLite writer follows when it
+//! writes several changes in one transaction.
 //!
 //! All the changes are written in one transaction first. A statement that
-//! fails rolls the whole transaction back (PostgreSQL aborts it; SQLite's
-//! writer rolls it back), so nothing of it counts, and each change is then
+//! fails rolls the whole transaction back (the writer rolls it back), so
+//! nothing of it counts, and each change is then
 //! written again alone, in order: one bad change does not fail the innocent
 //! ones. A COMMIT that fails ends the plan: the changes it carried get its
 //! error, and the changes not written yet get the error the store gives after
 //! a failed COMMIT.
 //!
-//! [`BatchPlan`] is the decision logic without the I/O, so the synchronous
-//! SQLite writer and the asynchronous PostgreSQL chain run the same plan:
+//! [`BatchPlan`] is the decision logic without the I/O, testable alone:
 //!
 //! ```text
 //! let mut plan = BatchPlan::new(changes.len());
 //! while let Some(next) = plan.next() {
-//!     let written = write(&changes[next]);   // (.await on PostgreSQL)
+//!     let written = write(&changes[next]);
 //!     plan.written(written);
 //!     // answer plan.decided() now, or all at the end with plan.finish()
 //! }

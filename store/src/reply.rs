@@ -1,5 +1,5 @@
 //! The answer a store's writer (the SQLite writer thread, a PostgreSQL
-//! chain's task) sends back to the caller it works for.
+//! writer task) sends back to the caller it works for.
 //!
 //! A writer that stops before answering (it panicked, or the runtime is
 //! shutting down) drops the reply channel. What it had been asked to do may
@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 pub(crate) type Reply<T> = oneshot::Receiver<Result<T, StoreError>>;
 
 /// Wait for `reply` from `writer` ("the SQLite writer", "the PostgreSQL
-/// chain"); the outcome is unknown if the writer stopped before answering.
+/// writer"); the outcome is unknown if the writer stopped before answering.
 pub(crate) async fn received<T>(reply: Reply<T>, writer: &str) -> Result<T, StoreError> {
     reply.await.map_err(|_| stopped_before_answering(writer))?
 }
@@ -48,12 +48,12 @@ mod tests {
     async fn an_answer_is_passed_on_as_it_is() {
         let (sender, reply) = oneshot::channel();
         sender.send(Err(StoreError::conflict("refused"))).unwrap();
-        let error = received::<u32>(reply, "the PostgreSQL chain")
+        let error = received::<u32>(reply, "the PostgreSQL writer")
             .await
             .unwrap_err();
         assert!(error.is_conflict());
         let (sender, reply) = oneshot::channel();
         sender.send(Ok(7)).unwrap();
-        assert_eq!(received(reply, "the PostgreSQL chain").await, Ok(7));
+        assert_eq!(received(reply, "the PostgreSQL writer").await, Ok(7));
     }
 }

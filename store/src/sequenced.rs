@@ -1,8 +1,7 @@
-//! The sequenced state of a pipelined store (SQLite; PostgreSQL with
-//! `--pg-pipeline on`): each user's balance and idempotency records as of every
-//! change handed to the writer, durable or not, for the users that have such
-//! changes. "The writer" is the SQLite writer thread, or the PostgreSQL store's
-//! per-user chain (`postgres/chain.rs`).
+//! The sequenced state of the pipelined SQLite store: each user's balance and
+//! idempotency records as of every change handed to the writer, durable or
+//! not, for the users that have such changes. "The writer" is the SQLite
+//! writer thread.
 //!
 //! # The protocol
 //!

@@ -3,8 +3,8 @@
 //! for all: users of different shards never wait for each other, and a
 //! critical section stays one hash-map operation or a few.
 //!
-//! Used by the sequenced state (`sequenced.rs`), the PostgreSQL store's chains
-//! and the SQLite store's balance cache.
+//! Used by the sequenced state (`sequenced.rs`) and the SQLite store's balance
+//! cache.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

@@ -1,7 +1,7 @@
 //! [`PostgresStore`]: the shared store. Several `pointlock` processes on one
 //! database serve the same users, in order, without errors from contention.
 //!
-//! # Decided in the database, at each request's place
+//! # Batches: decided in the database, at each request's place
 //!
 //! The store is a [`DecidingStore`]: the service hands it each mutation as a
 //! [`Request`] (what the client asked for, and the policy), under the user's
@@ -17,9 +17,11 @@
 //! 2. each user's items in order, decided by the core
 //!    ([`Request::decide`]: a live key record answers, else the policy) on the
 //!    balance the row holds and the items before left;
-//! 3. the new balances, history rows and key records in a few multi-row
-//!    statements over `unnest` arrays, sent together;
-//! 4. `COMMIT` (one WAL flush for the whole batch), then every item answered.
+//! 3. the new balances, first rows, key records and history rows in one
+//!    data-modifying statement over `unnest` arrays, sent together with
+//! 4. `COMMIT` (one WAL flush for the whole batch); then every item is
+//!    answered. Two round trips per batch: step 1 with its BEGIN, steps 3
+//!    and 4.
 //!
 //! Another instance writing the same user only waits for the row lock, and
 //! this batch is decided on what it committed: contention orders, it never
@@ -32,7 +34,7 @@
 //! across instances their requests interleave in the order the row lock
 //! grants them.
 //!
-//! # Failures inside a batch
+//! # Failures
 //!
 //! - A deadlock, a serialization failure, or a user's first row made by
 //!   another instance meanwhile: rolled back and run again, up to 16 times

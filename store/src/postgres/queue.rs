@@ -87,14 +87,14 @@ impl Queue {
         }
         if state.placed >= self.bounds.total {
             return Err(overloaded(format!(
-                "{} changes are queued for PostgreSQL, the most this instance holds",
+                "{} requests are queued for PostgreSQL, the most this instance holds",
                 self.bounds.total
             )));
         }
         let queue = state.users.entry(user).or_default();
         if queue.items.len() + queue.in_flight >= self.bounds.per_user {
             return Err(overloaded(format!(
-                "{} changes of user {user} are queued for PostgreSQL, the most one user may have",
+                "{} requests of user {user} are queued for PostgreSQL, the most one user may have",
                 self.bounds.per_user
             )));
         }

@@ -1,7 +1,7 @@
 //! One batch's transaction (see the [store's docs](super), "Batches"): lock
 //! the users' rows in id order, read them and the keys' records, decide
-//! ([`decide`](super::decide)), write everything in multi-row statements,
-//! COMMIT; retried when the database reports a deadlock, a serialization
+//! ([`decide`](super::decide)), write everything in one multi-row
+//! statement sent with the COMMIT; retried when the database reports a deadlock, a serialization
 //! failure or a first row made meanwhile; each user alone after a failed
 //! statement.
 
