@@ -144,8 +144,10 @@ pub struct Config {
     pub pg_user_queue_max: usize,
 
     /// PostgreSQL store: batch transactions in flight at once (each holds one
-    /// of the pool's connections while it runs; at most --pg-pool-size).
-    #[arg(long, env = "POINTLOCK_PG_WRITERS", default_value_t = 4, help_heading = POSTGRES, hide_short_help = true)]
+    /// of the pool's connections while it runs; at most --pg-pool-size). One
+    /// makes the largest batches; more let one batch that waits for a row
+    /// held elsewhere not hold up the other users.
+    #[arg(long, env = "POINTLOCK_PG_WRITERS", default_value_t = 1, help_heading = POSTGRES, hide_short_help = true)]
     pub pg_writers: usize,
 
     /// How long a request may wait for its user's lock before a 503 LOCK_TIMEOUT.

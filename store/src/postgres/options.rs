@@ -26,7 +26,12 @@ pub struct PostgresOptions {
     /// same refusal.
     pub user_queue_max: usize,
     /// Writer tasks: batches in flight at once (each holds one connection of
-    /// the pool while it runs).
+    /// the pool while it runs). One by default: every ready user joins the
+    /// next batch, so batches are as large as the load makes them and the
+    /// database sees one transaction per instance at a time (measured the
+    /// fastest, with one instance and with four: docs/perf-postgres.md). More
+    /// writers let the users of one batch that waits (a row held elsewhere,
+    /// up to the statement timeout) not hold up the others.
     pub writers: usize,
     /// The most users one batch transaction takes.
     pub batch_users: usize,
@@ -43,7 +48,7 @@ impl Default for PostgresOptions {
             pipeline: true,
             queue_max: 16_384,
             user_queue_max: 1_024,
-            writers: 4,
+            writers: 1,
             batch_users: 256,
             batch_per_user: 128,
         }
