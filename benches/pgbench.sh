@@ -73,10 +73,10 @@ for load in $LOADS; do
     *) echo "unknown load in LOADS: $load (spread, hot)" >&2; exit 2 ;;
   esac
 done
-[ "$HOT_START" -ge 1 ] && [ "$HOT_START" -lt "$MAX_BALANCE" ] || {
+if [ "$HOT_START" -lt 1 ] || [ "$HOT_START" -ge "$MAX_BALANCE" ]; then
   echo "HOT_START must be within 1..MAX_BALANCE-1" >&2
   exit 2
-}
+fi
 
 pg_started=0
 server_pid=""

@@ -266,11 +266,10 @@ fn strategies(args: &Args) -> Vec<Strategy> {
 
 #[tokio::main]
 async fn main() {
-    let mut args = Args::parse();
+    let args = Args::parse();
     assert!(args.users >= 1 && args.requests >= 1 && args.pool_size >= 1);
     assert!(args.redis_backoff_ms >= 1 && args.redis_backoff_max_ms >= args.redis_backoff_ms);
     let chosen = strategies(&args);
-    args.strategies = Some(chosen.clone());
     let probe = CpuProbe::new(args.pg_data.clone(), args.redis_pid);
     if probe.postgres().is_none() {
         eprintln!("note: no PostgreSQL CPU figures (pass --pg-data DIR or POINTLOCK_TEST_PG_DATA)");
