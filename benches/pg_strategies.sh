@@ -5,7 +5,7 @@
 # redis-server for strategy (e) unless POINTLOCK_BENCH_REDIS_URL is set, run it,
 # stop both.
 #
-#   ./benches/pg_strategies.sh                      # every cell, 3 rounds (~5 min)
+#   ./benches/pg_strategies.sh                      # every cell, 3 rounds (~1.5 min)
 #   ./benches/pg_strategies.sh --rounds 1 --loads hot --instances 4
 #   ./benches/pg_strategies.sh --strategies pointlock,unconditional --loads hot --instances 4 --rounds 1
 #                                                   # negative control: must report lost updates
