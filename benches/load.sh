@@ -14,6 +14,10 @@
 # users; one hot user alternating charge/use of 1. For each: req/s (and 2xx/s),
 # p50, p99, non-2xx, CPU per request of the server(s), of wrk and (PostgreSQL) of
 # the database, and (pointlock) the lock table size and RSS after the run.
+# Also (pointlock): the non-2xx answers broken down by status (the difference
+# of pointlock_http_requests_total in the instances' GET /metrics before and
+# after the run; none with --metrics off) and, for charge and hot, the
+# database's CPU per change (per 2xx answer): the last table.
 #
 # STORES (default "memory"): which pointlock configurations run, each started
 # fresh per round: `memory`; `memory-metrics-off` (the memory store with
@@ -198,6 +202,31 @@ print(int(total / 1000))
 PY
 }
 
+# Answers of pointlock instances by HTTP status, summed over PORT...: the
+# counter pointlock_http_requests_total of GET /metrics (every route but
+# /metrics itself), as JSON {"200": n, "503": n, ...}; null when an instance
+# has no metrics (--metrics off). The difference before/after a wrk run breaks
+# wrk's non-2xx count down by status.
+http_statuses() { # PORT...
+  local port text=""
+  for port in "$@"; do
+    if ! text+=$(curl -fsS --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null); then
+      echo null
+      return
+    fi
+    text+=$'\n'
+  done
+  python3 -c '
+import json, re, sys
+total = {}
+for m in re.finditer(r"^pointlock_http_requests_total\{(.*)\} (\d+)$", sys.stdin.read(), re.M):
+    labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", m.group(1)))
+    if labels.get("route") != "/metrics":
+        status = labels.get("status", "?")
+        total[status] = total.get(status, 0) + int(m.group(2))
+print(json.dumps(total))' <<<"$text"
+}
+
 # run_wrk NAME PORTS SCENARIO ROUND -> appends one JSON line to $results
 # Besides wrk's own figures it records the CPU time per request of the server(s)
 # and of wrk (user + system, from /proc and bash's `time`), and of the database:
@@ -213,7 +242,8 @@ run_wrk() {
     for port in "${port_list[@]}"; do addrs="$addrs${addrs:+,}127.0.0.1:$port"; done
     threads=${#port_list[@]}
   fi
-  local TIMEFORMAT='%U %S'
+  local TIMEFORMAT='%U %S' status_before=null status_after=null
+  if [ "$name" != baseline ]; then status_before=$(http_statuses "${port_list[@]}"); fi
   cpu_before=$(cpu_ticks "${server_pids[@]}")
   pg_before=$(pg_cpu_us)
   { time SCENARIO=$scenario USERS=$USERS HOT_USER=$HOT_USER ADDRS=$addrs \
@@ -221,6 +251,7 @@ run_wrk() {
     --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:${port_list[0]}" >"$OUT/wrk.out" 2>"$OUT/wrk.err"; } 2>"$OUT/wrk.time"
   cpu_after=$(cpu_ticks "${server_pids[@]}")
   pg_after=$(pg_cpu_us)
+  if [ "$name" != baseline ]; then status_after=$(http_statuses "${port_list[@]}"); fi
   line=$(grep '^RESULT ' "$OUT/wrk.out" | cut -c8-)
   wrk_cpu=$(awk '{print $1 + $2}' "$OUT/wrk.time")
   if [ "$name" != baseline ]; then
@@ -235,9 +266,10 @@ run_wrk() {
   for pid in "${server_pids[@]}"; do rss=$((rss + $(rss_kib "$pid"))); done
   python3 - "$line" "$name" "$round" "$keys" "$rss" "$CONNECTIONS" \
     "$((cpu_after - cpu_before))" "$(getconf CLK_TCK)" "$wrk_cpu" "${#port_list[@]}" \
-    "$((pg_after - pg_before))" "$threads" >>"$results" <<'PY'
+    "$((pg_after - pg_before))" "$threads" "$status_before" "$status_after" >>"$results" <<'PY'
 import json, sys
-line, name, round_, keys, rss, conns, ticks, hz, wrk_cpu, instances, pg_us, threads = sys.argv[1:]
+line, name, round_, keys, rss, conns, ticks, hz, wrk_cpu, instances, pg_us, threads = sys.argv[1:13]
+status_before, status_after = (json.loads(x) for x in sys.argv[13:15])
 r = json.loads(line)
 n = max(r["requests"], 1)
 r.update(server=name, round=int(round_), connections=int(conns), instances=int(instances),
@@ -247,6 +279,18 @@ r.update(server=name, round=int(round_), connections=int(conns), instances=int(i
          server_cpu_us_per_req=round(int(ticks) / int(hz) * 1e6 / n, 2),
          wrk_cpu_us_per_req=round(float(wrk_cpu) * 1e6 / n, 2),
          db_cpu_us_per_req=round(int(pg_us) / n, 2) if name.startswith("pointlock-pg") else None)
+# Added fields: the non-2xx answers by status (from the servers' /metrics; null
+# without metrics) and, for the scenarios that change balances, the database
+# CPU per change (per 2xx answer: a refused change changed nothing).
+if status_before is not None and status_after is not None:
+    diff = {s: status_after.get(s, 0) - status_before.get(s, 0) for s in status_after}
+    r["non2xx_by_status"] = {s: c for s, c in sorted(diff.items()) if c > 0 and not s.startswith("2")}
+else:
+    r["non2xx_by_status"] = None
+changes = r["requests"] - r["non2xx"]
+r["db_cpu_us_per_change"] = (round(int(pg_us) / changes, 2)
+                             if name.startswith("pointlock-pg") and r["scenario"] in ("charge", "hot") and changes > 0
+                             else None)
 print(json.dumps(r))
 PY
   tail -n 1 "$results"
@@ -416,4 +460,23 @@ if len(stores) > 1 or stores != ["pointlock"]:
             db = med(server, s, "db_cpu_us_per_req")
             print(f'| {s} | {label(server)} | {ok:,.0f} | {n} | {ratio} | {med(server, s, "p50_us") / 1000:.2f} / {med(server, s, "p99_us") / 1000:.2f} | {non2xx} '
                   f'| {med(server, s, "server_cpu_us_per_req"):.1f} | {"-" if db is None else f"{db:.1f}"} | {med(server, s, "wrk_cpu_us_per_req"):.1f} |')
+
+    # Errors by kind and the database's CPU per change (2xx answer of a change).
+    print()
+    print("| scenario | store | non-2xx by status (all rounds) | socket errors | database CPU us/change |")
+    print("|---|---|---|---|---|")
+    for s in scenarios:
+        for server in stores:
+            of = [r for r in rows if r["server"] == server and r["scenario"] == s]
+            if not of:
+                continue
+            by_status = {}
+            for r in of:
+                for code, count in (r.get("non2xx_by_status") or {}).items():
+                    by_status[code] = by_status.get(code, 0) + count
+            known = all(r.get("non2xx_by_status") is not None for r in of)
+            statuses = ", ".join(f"{code}: {count:,}" for code, count in sorted(by_status.items())) or ("none" if known else "-")
+            sockets = sum(r["socket_errors"] for r in of)
+            per_change = med(server, s, "db_cpu_us_per_change")
+            print(f'| {s} | {label(server)} | {statuses} | {sockets} | {"-" if per_change is None else f"{per_change:.1f}"} |')
 PY
