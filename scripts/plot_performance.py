@@ -79,6 +79,7 @@ STRATEGIES = [
     ("pessimistic-cte", "(b') FOR UPDATE, CTE write", "#e8b86a"),
     ("optimistic", "(c) version + retry", "#8c8c8c"),
     ("sql", "(d) one UPDATE, policy in SQL", "#5a9e5a"),
+    ("redis-lock", "(e) Redis lock per user", "#b05a5a"),
 ]
 
 
