@@ -24,8 +24,9 @@
 //! unless `--no-seed-rows`):
 //!
 //! - `pointlock` (a): the product: `service.charge(Arc::new(service.lock().lock(user).await), 1)`
-//!   over a `PostgresStore` (a read, then one conditional statement; a conflict
-//!   between instances is re-read and retried by the service, at most 8 attempts).
+//!   over a `PostgresStore` (each charge placed in the store's queue and decided
+//!   in a batch transaction that locks the users' rows in id order; the
+//!   charges in flight at once share transactions).
 //! - `pessimistic` (b): `BEGIN; SELECT point … FOR UPDATE; (policy in Rust) UPDATE …;
 //!   INSERT history; COMMIT` (the brief's shape: five round trips).
 //! - `pessimistic-cte` (b'): the same with the UPDATE and the history INSERT in one
@@ -44,7 +45,8 @@
 //!   `--redis-url`; left out of the default set without it. Its retries are the
 //!   refused `SET NX`s; its Redis server's CPU is measured with `--redis-pid`.
 //! - `unconditional` (negative control, not in the default set; built with the
-//!   `test-util` feature): pointlock with its store's condition switched off,
+//!   `test-util` feature): pointlock deciding each charge on a balance read
+//!   before its turn (the store's decision on the locked row switched off),
 //!   which must lose updates with several instances: it shows that the checker
 //!   below has teeth (its cells do not fail the run; any other cell with a lost
 //!   or phantom update, or a history that does not replay, makes the benchmark
