@@ -1,6 +1,6 @@
 //! The wallet rules, exactly as the course's analysis states them.
 //!
-//! - An unknown user has balance 0 (the store's job; see [`crate::store`]).
+//! - An unknown user has balance 0 (a store with no row for the user answers 0).
 //! - Amounts are positive integers ([`crate::Amount`] enforces it at parse time).
 //! - A charge fails when the new balance would exceed `max_balance`; reaching it
 //!   exactly is allowed.
