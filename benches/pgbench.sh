@@ -26,10 +26,9 @@
 # with PG_DATA (its data directory, for its CPU time) and PG_BIN (where pgbench
 # and psql are) if given, else a throwaway one started by scripts/pg-cluster.sh
 # in PG_DIR and stopped on exit. The schema: the release binary
-# ($CARGO_TARGET_DIR/release/pointlock, else target/release/pointlock), started
-# once against the database on loopback, migrates it and is stopped
-# (SCHEMA=binary; the default when the binary exists), or
-# benches/pgbench/schema.sql (SCHEMA=sql; the default otherwise). Autovacuum
+# ($CARGO_TARGET_DIR/release/pointlock, else target/release/pointlock; built
+# when missing), started once against the database on loopback, migrates it
+# and is stopped: pointlock's own migrations, never a copy. Autovacuum
 # is off on the two tables; each run starts from truncated, re-seeded, VACUUM
 # ANALYZEd tables after a CHECKPOINT (as in the strategy benchmark).
 #
@@ -139,39 +138,32 @@ echo "==> PostgreSQL: $PG_URL ($pg_version); $("$PGBENCH" --version)" >&2
 psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 
 # The schema.
-SCHEMA=${SCHEMA:-$([ -x "$POINTLOCK_BIN" ] && echo binary || echo sql)}
 mkdir -p "$OUT"
-case $SCHEMA in
-  binary)
-    [ -x "$POINTLOCK_BIN" ] || { echo "SCHEMA=binary: no $POINTLOCK_BIN (cargo build --release -p pointlock)" >&2; exit 1; }
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-    RUST_LOG=warn "$POINTLOCK_BIN" --store "$DB_URL" --addr "127.0.0.1:$port" 2>"$OUT/migrate.log" &
-    server_pid=$!
-    ready=0
-    for _ in $(seq 300); do # at most 30 s
-      if curl -fsS -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null; then
-        ready=1
-        break
-      fi
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -INT "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-    if [ "$ready" != 1 ]; then
-      tail -n 20 "$OUT/migrate.log" >&2 || true
-      echo "$POINTLOCK_BIN did not become healthy within 30 s" >&2
-      exit 1
-    fi
-    schema_source="migrated by $POINTLOCK_BIN"
-    ;;
-  sql)
-    psql_db -f benches/pgbench/schema.sql >/dev/null
-    schema_source="benches/pgbench/schema.sql"
-    ;;
-  *) echo "SCHEMA must be binary or sql" >&2; exit 2 ;;
-esac
+if [ ! -x "$POINTLOCK_BIN" ]; then
+  cargo build --release --locked --bin pointlock
+fi
+[ -x "$POINTLOCK_BIN" ] || { echo "no $POINTLOCK_BIN after cargo build" >&2; exit 1; }
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+RUST_LOG=warn "$POINTLOCK_BIN" --store "$DB_URL" --addr "127.0.0.1:$port" 2>"$OUT/migrate.log" &
+server_pid=$!
+ready=0
+for _ in $(seq 300); do # at most 30 s
+  if curl -fsS -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null; then
+    ready=1
+    break
+  fi
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.1
+done
+kill -INT "$server_pid" 2>/dev/null || true
+wait "$server_pid" 2>/dev/null || true
+server_pid=""
+if [ "$ready" != 1 ]; then
+  tail -n 20 "$OUT/migrate.log" >&2 || true
+  echo "$POINTLOCK_BIN did not become healthy within 30 s" >&2
+  exit 1
+fi
+schema_source="migrated by $POINTLOCK_BIN"
 psql_db -c "ALTER TABLE user_point SET (autovacuum_enabled = false)" \
   -c "ALTER TABLE point_history SET (autovacuum_enabled = false)" >/dev/null
 echo "==> schema: $schema_source" >&2
