@@ -13,7 +13,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pointlock::core::{
     Amount, Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
@@ -73,22 +72,7 @@ async fn a_request_placed_behind_a_failed_one_is_decided_on_the_state_it_left() 
         .await
         .unwrap();
     let waiting = spawn_apply(&svc, TransactionType::Charge, 1).await;
-    let watcher = support::pg::connect(db.url()).await;
-    for _ in 0..1_000 {
-        let blocked: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if blocked > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::pg::until_a_session_waits_for_a_lock(db.url()).await;
     // Placed behind it.
     let huge = u64::try_from(i64::MAX).unwrap();
     let failing = spawn_apply(&svc, TransactionType::Charge, huge).await;

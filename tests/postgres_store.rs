@@ -11,7 +11,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pointlock::core::{
     Amount, Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
@@ -55,12 +54,21 @@ async fn spawn_charge(
     task
 }
 
-/// A store with one writer and the given bounds, and a service over it.
-async fn bounded(
+/// A store with one writer and the given bounds, a service over it, and the
+/// writer blocked: user 1 (balance 1) has its row held by another session
+/// (the returned client, in a transaction until it sends `COMMIT`) and a
+/// charge of 1,000 placed, whose batch waits for the row. Everything placed
+/// next stays queued.
+async fn blocked(
     url: &str,
     queue_max: usize,
     user_queue_max: usize,
-) -> (Arc<PostgresStore>, Arc<Service>) {
+) -> (
+    Arc<PostgresStore>,
+    Arc<Service>,
+    tokio_postgres::Client,
+    Vec<Charge>,
+) {
     let options = PostgresOptions {
         queue_max,
         user_queue_max,
@@ -73,42 +81,15 @@ async fn bounded(
         Policy::new(1_000_000_000),
         Arc::new(ManualClock::new(0)),
     ));
-    (store, svc)
-}
-
-/// Hold user `id`'s row in another session until the returned transaction
-/// ends: the store's batch with that user waits for it.
-async fn hold_row(client: &mut tokio_postgres::Client, id: i64) -> tokio_postgres::Transaction<'_> {
-    let row = client.transaction().await.unwrap();
-    row.execute(
-        "SELECT point FROM user_point WHERE id = $1 FOR UPDATE",
-        &[&id],
-    )
-    .await
-    .unwrap();
-    row
-}
-
-/// Wait until a session of the database waits for a lock (the store's batch
-/// is blocked on the held row). Bounded.
-async fn until_blocked(url: &str) {
-    let watcher = support::pg::connect(url).await;
-    for _ in 0..2_000 {
-        let blocked: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if blocked > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("the store's batch never waited for the held row");
+    spawn_charge(&svc, 1, 1).await.await.unwrap().unwrap();
+    let holder = support::pg::connect(url).await;
+    holder
+        .batch_execute("BEGIN; SELECT point FROM user_point WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let tasks = vec![(1, 1_000, spawn_charge(&svc, 1, 1_000).await)];
+    support::pg::until_a_session_waits_for_a_lock(url).await;
+    (store, svc, holder, tasks)
 }
 
 /// The answers split into applied `(user, amount)` and refused ones; any
@@ -158,19 +139,14 @@ async fn a_flood_at_one_user_holds_at_most_its_bound_and_refuses_the_rest_unchan
         return;
     }
     let db = support::pg::TestDatabase::create().await;
-    let (store, svc) = bounded(db.url(), 1_000, 8).await;
-    // Amounts: 1 opens the row; the flood charges 1_000 + i, each unique.
-    spawn_charge(&svc, 1, 1).await.await.unwrap().unwrap();
-    let mut holder = support::pg::connect(db.url()).await;
-    let row = hold_row(&mut holder, 1).await;
-    let mut tasks = vec![(1, 1_000, spawn_charge(&svc, 1, 1_000).await)];
-    until_blocked(db.url()).await;
+    // Amounts: 1 opened the row; the flood charges 1_000 + i, each unique.
+    let (store, svc, holder, mut tasks) = blocked(db.url(), 1_000, 8).await;
     for i in 1..50 {
         tasks.push((1, 1_000 + i, spawn_charge(&svc, 1, 1_000 + i).await));
         assert!(store.stats().queued <= 8, "{:?}", store.stats());
     }
     assert_eq!(store.stats().queued, 8, "the user's bound is full");
-    row.commit().await.unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
     let (applied, refused) = outcomes(tasks).await;
     assert_eq!(applied.len(), 8, "exactly the bound was placed");
     assert_eq!(refused, 42);
@@ -190,19 +166,14 @@ async fn a_flood_at_many_users_holds_at_most_the_total_bound_and_refuses_the_res
         return;
     }
     let db = support::pg::TestDatabase::create().await;
-    let (store, svc) = bounded(db.url(), 32, 1_000).await;
-    spawn_charge(&svc, 1, 1).await.await.unwrap().unwrap();
-    let mut holder = support::pg::connect(db.url()).await;
-    let row = hold_row(&mut holder, 1).await;
     // The one writer is held by user 1's batch; everything else queues.
-    let mut tasks = vec![(1, 1_000, spawn_charge(&svc, 1, 1_000).await)];
-    until_blocked(db.url()).await;
+    let (store, svc, holder, mut tasks) = blocked(db.url(), 32, 1_000).await;
     for id in 2..=100 {
         tasks.push((id, 2_000 + id, spawn_charge(&svc, id, 2_000 + id).await));
         assert!(store.stats().queued <= 32, "{:?}", store.stats());
     }
     assert_eq!(store.stats().queued, 32, "the total bound is full");
-    row.commit().await.unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
     let (applied, refused) = outcomes(tasks).await;
     assert_eq!(applied.len(), 32);
     assert_eq!(refused, 100 - 32);
@@ -264,17 +235,12 @@ async fn negative_control_without_a_reachable_bound_the_flood_queues_everything(
         return;
     }
     let db = support::pg::TestDatabase::create().await;
-    let (store, svc) = bounded(db.url(), usize::MAX, usize::MAX).await;
-    spawn_charge(&svc, 1, 1).await.await.unwrap().unwrap();
-    let mut holder = support::pg::connect(db.url()).await;
-    let row = hold_row(&mut holder, 1).await;
-    let mut tasks = vec![(1, 1_000, spawn_charge(&svc, 1, 1_000).await)];
-    until_blocked(db.url()).await;
+    let (store, svc, holder, mut tasks) = blocked(db.url(), usize::MAX, usize::MAX).await;
     for i in 1..50 {
         tasks.push((1, 1_000 + i, spawn_charge(&svc, 1, 1_000 + i).await));
     }
     assert_eq!(store.stats().queued, 50, "past the tests' bound of 8");
-    row.commit().await.unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
     let (applied, refused) = outcomes(tasks).await;
     assert_eq!((applied.len(), refused), (50, 0));
 }

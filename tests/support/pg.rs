@@ -145,6 +145,29 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Wait until a session of `url`'s database waits for a lock (another
+/// session holds a row the store's next statement needs). Bounded: fails the
+/// test after ~10 s.
+pub async fn until_a_session_waits_for_a_lock(url: &str) {
+    let watcher = connect(url).await;
+    for _ in 0..2_000 {
+        let blocked: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("no session of {url} ever waited for a lock");
+}
+
 /// `url` with its database replaced by `name` (query parameters kept).
 pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {

@@ -218,21 +218,13 @@ impl Change {
 
     /// The rows this change writes, with the history id the store assigned.
     pub fn committed(&self, history_id: u64) -> Committed {
-        let user_id = self.user_id();
-        Committed {
-            user_point: UserPoint {
-                id: user_id,
-                point: self.point,
-                update_millis: self.time_millis,
-            },
-            history: PointHistory {
-                id: history_id,
-                user_id,
-                kind: self.kind,
-                amount: self.amount,
-                time_millis: self.time_millis,
-            },
-        }
+        Committed::of(
+            self.user_id(),
+            self.point,
+            (self.kind, self.amount),
+            self.time_millis,
+            history_id,
+        )
     }
 }
 
@@ -258,4 +250,31 @@ pub struct Committed {
     pub user_point: UserPoint,
     /// The new history row, with its store-assigned id.
     pub history: PointHistory,
+}
+
+impl Committed {
+    /// User `user`'s balance `point` and history row `history_id` after a
+    /// change of `kind` and `amount` made at `time_millis`.
+    pub(crate) fn of(
+        user: UserId,
+        point: u64,
+        (kind, amount): (TransactionType, Amount),
+        time_millis: i64,
+        history_id: u64,
+    ) -> Self {
+        Self {
+            user_point: UserPoint {
+                id: user,
+                point,
+                update_millis: time_millis,
+            },
+            history: PointHistory {
+                id: history_id,
+                user_id: user,
+                kind,
+                amount,
+                time_millis,
+            },
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
+use crate::domain::{Amount, TransactionType, UserId, UserPoint};
 use crate::error::{PointError, StoreError};
 use crate::idempotency::{IdempotencyKey, IdempotencyRecord};
 use crate::lock::KeyGuard;
@@ -216,20 +216,13 @@ impl Request {
 
     /// The rows an applied request writes: balance `point`, history id `history_id`.
     pub fn committed(&self, point: u64, history_id: u64) -> Committed {
-        Committed {
-            user_point: UserPoint {
-                id: self.user,
-                point,
-                update_millis: self.time_millis,
-            },
-            history: PointHistory {
-                id: history_id,
-                user_id: self.user,
-                kind: self.kind,
-                amount: self.amount,
-                time_millis: self.time_millis,
-            },
-        }
+        Committed::of(
+            self.user,
+            point,
+            (self.kind, self.amount),
+            self.time_millis,
+            history_id,
+        )
     }
 
     /// The record an applied request writes, leaving balance `point`, if it
