@@ -59,12 +59,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 if [ "$QUIET" = 1 ]; then
-  for _ in $(seq 120); do
-    busy=$(ps -eo comm= | grep -cxE 'rustc|cargo|cc1|ld|clippy-driver|rustdoc' || true)
-    [ "$busy" = 0 ] && break
-    echo "waiting for $busy compiler process(es) to finish..." >&2
-    sleep 5
-  done
+  scripts/wait-quiet.sh
 fi
 
 if [ -z "${POINTLOCK_TEST_PG_URL:-}" ]; then
