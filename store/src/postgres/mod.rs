@@ -6,8 +6,9 @@
 //! The store is a [`DecidingStore`]: the service hands it each mutation as a
 //! [`Request`] (what the client asked for, and the policy), under the user's
 //! lock, and the store decides it. Each user's placed work waits in the
-//! store's queue in the order it was placed; a few **writers** each take the
-//! next batch of ready users (up to [`PostgresOptions::batch_users`], each with
+//! store's queue in the order it was placed; the **writers**
+//! ([`PostgresOptions::writers`], one by default) each take the next batch of
+//! ready users (up to [`PostgresOptions::batch_users`], each with
 //! up to [`PostgresOptions::batch_per_user`] of its items) and run one
 //! transaction for all of them:
 //!
