@@ -5,7 +5,10 @@
 //!   bound; past it requests are refused at once with `STORE_OVERLOADED`,
 //!   changing nothing, and every acknowledged request is applied;
 //! - its sessions commit with `synchronous_commit = on` even when the
-//!   database's default is off.
+//!   database's default is off;
+//! - inside a batch: a failing statement fails only its own user's request,
+//!   and a first row another instance made meanwhile is retried in the store,
+//!   never answered.
 
 mod support;
 
@@ -54,21 +57,12 @@ async fn spawn_charge(
     task
 }
 
-/// A store with one writer and the given bounds, a service over it, and the
-/// writer blocked: user 1 (balance 1) has its row held by another session
-/// (the returned client, in a transaction until it sends `COMMIT`) and a
-/// charge of 1,000 placed, whose batch waits for the row. Everything placed
-/// next stays queued.
-async fn blocked(
+/// A store with one writer and the given bounds, and a service over it.
+async fn service(
     url: &str,
     queue_max: usize,
     user_queue_max: usize,
-) -> (
-    Arc<PostgresStore>,
-    Arc<Service>,
-    tokio_postgres::Client,
-    Vec<Charge>,
-) {
+) -> (Arc<PostgresStore>, Arc<Service>) {
     let options = PostgresOptions {
         queue_max,
         user_queue_max,
@@ -81,6 +75,24 @@ async fn blocked(
         Policy::new(1_000_000_000),
         Arc::new(ManualClock::new(0)),
     ));
+    (store, svc)
+}
+
+/// [`service`], with its writer blocked: user 1 (balance 1) has its row held
+/// by another session (the returned client, in a transaction until it sends
+/// `COMMIT`) and a charge of 1,000 placed, whose batch waits for the row.
+/// Everything placed next stays queued.
+async fn blocked(
+    url: &str,
+    queue_max: usize,
+    user_queue_max: usize,
+) -> (
+    Arc<PostgresStore>,
+    Arc<Service>,
+    tokio_postgres::Client,
+    Vec<Charge>,
+) {
+    let (store, svc) = service(url, queue_max, user_queue_max).await;
     spawn_charge(&svc, 1, 1).await.await.unwrap().unwrap();
     let holder = support::pg::connect(url).await;
     holder
@@ -243,4 +255,80 @@ async fn negative_control_without_a_reachable_bound_the_flood_queues_everything(
     holder.batch_execute("COMMIT").await.unwrap();
     let (applied, refused) = outcomes(tasks).await;
     assert_eq!((applied.len(), refused), (50, 0));
+}
+
+/// A statement that fails in a batch of several users fails only its own
+/// user's request: the batch is rolled back and each user is run alone. A
+/// CHECK constraint added to this test's database refuses a history row of
+/// 666; the charges of users 2 (666), 3 and 4 are placed while the one writer
+/// is blocked, so they meet in one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_fails_only_its_users_request_in_a_shared_batch() {
+    if support::postgres_skipped() {
+        return;
+    }
+    let db = support::pg::TestDatabase::create().await;
+    let (store, svc, holder, mut tasks) = blocked(db.url(), 1_000, 1_000).await;
+    let admin = support::pg::connect(db.url()).await;
+    admin
+        .batch_execute(
+            "ALTER TABLE point_history ADD CONSTRAINT no_666 CHECK (amount <> 666) NOT VALID",
+        )
+        .await
+        .unwrap();
+    for (id, amount) in [(2, 666), (3, 30), (4, 40)] {
+        tasks.push((id, amount, spawn_charge(&svc, id, amount).await));
+    }
+    assert_eq!(store.stats().queued, 4, "user 1's charge and the three");
+    let errors_before = store.stats().errors;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut answers = Vec::new();
+    for (id, amount, task) in tasks {
+        answers.push((id, amount, task.await.unwrap().map(|a| a.point.point)));
+    }
+    assert_eq!(answers[0], (1, 1_000, Ok(1_001)));
+    let (_, _, failed) = &answers[1];
+    assert_eq!(
+        failed.as_ref().unwrap_err().code(),
+        "STORE_ERROR",
+        "{answers:?}"
+    );
+    assert_eq!(answers[2], (3, 30, Ok(30)));
+    assert_eq!(answers[3], (4, 40, Ok(40)));
+    assert!(
+        store.stats().errors > errors_before,
+        "the batch's statement failed"
+    );
+    // User 2: nothing changed.
+    assert_eq!(svc.point(user(2)).await.unwrap().point, 0);
+    assert!(svc.histories(user(2)).await.unwrap().is_empty());
+}
+
+/// Another instance making a user's first row while this store's batch
+/// inserts it too: the batch's INSERT waits for the other's, fails on the
+/// primary key once it commits, and is run again inside the store, where the
+/// charge is decided on the row the other made. The client sees a 200, never
+/// the conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_row_made_meanwhile_is_retried_inside_the_store_and_decided_on_it() {
+    if support::postgres_skipped() {
+        return;
+    }
+    let db = support::pg::TestDatabase::create().await;
+    let (store, svc) = service(db.url(), 1_000, 1_000).await;
+    // The other instance: user 5's first row, not committed yet.
+    let other = support::pg::connect(db.url()).await;
+    other
+        .batch_execute("BEGIN; INSERT INTO user_point (id, point, update_millis) VALUES (5, 7, 0)")
+        .await
+        .unwrap();
+    let charge = spawn_charge(&svc, 5, 10).await;
+    support::pg::until_a_session_waits_for_a_lock(db.url()).await;
+    let retries = store.stats().retries;
+    other.batch_execute("COMMIT").await.unwrap();
+    let answer = charge.await.unwrap().unwrap();
+    assert_eq!(answer.point.point, 17, "decided on the row the other made");
+    assert!(store.stats().retries > retries, "{:?}", store.stats());
+    assert_eq!(store.stats().fallbacks, 0);
+    assert_eq!(svc.histories(user(5)).await.unwrap().len(), 1);
 }
