@@ -476,9 +476,8 @@ impl<S: PointStore> PointService<S> {
     }
 }
 
-/// The answer a live record of `key` gives: the first answer again when it
-/// recorded this request, [`PointError::IdempotencyKeyReused`] when another;
-/// `None` without a live record.
+/// The answer a live record of `key` gives ([`answer_from`]); `None` without
+/// a live record.
 fn recorded(
     found: Option<IdempotencyRecord>,
     id: UserId,
@@ -487,16 +486,28 @@ fn recorded(
     expired_before: i64,
 ) -> Option<Result<Applied, PointError>> {
     let record = found.filter(|r| !r.is_expired(expired_before))?;
+    Some(answer_from(record, id, kind, amount))
+}
+
+/// The answer a live `record` of the request's key gives: the first answer
+/// again when it recorded this request, [`PointError::IdempotencyKeyReused`]
+/// when another.
+fn answer_from(
+    record: IdempotencyRecord,
+    id: UserId,
+    kind: TransactionType,
+    amount: Amount,
+) -> Result<Applied, PointError> {
     if !record.matches(kind, amount) {
-        return Some(Err(PointError::IdempotencyKeyReused {
+        return Err(PointError::IdempotencyKeyReused {
             kind: record.kind.as_str(),
             amount: record.amount.get(),
-        }));
+        });
     }
-    Some(Ok(Applied {
+    Ok(Applied {
         point: record.user_point(id),
         replayed: true,
-    }))
+    })
 }
 
 /// `ttl` in whole milliseconds, saturating.

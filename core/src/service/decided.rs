@@ -10,7 +10,7 @@ use crate::idempotency::IdempotencyKey;
 use crate::lock::KeyGuard;
 use crate::store::{Decided, DecidingStore, PointStore, Request};
 
-use super::{recorded, Applied, PointService};
+use super::{answer_from, Applied, PointService};
 
 impl<S: PointStore> PointService<S> {
     /// [`apply`](Self::apply) over a deciding store: the request is placed in
@@ -57,8 +57,8 @@ impl<S: PointStore> PointService<S> {
             }
             Decided::Refused(refused) => Err(refused),
             Decided::Recorded(record) => {
-                let answer = recorded(Some(record), id, kind, amount, i64::MIN)
-                    .unwrap_or(Err(PointError::WriteConflict { attempts: 1 }));
+                // Live: the store decided so at the request's place.
+                let answer = answer_from(record, id, kind, amount);
                 if matches!(answer, Ok(Applied { replayed: true, .. })) {
                     self.replays.fetch_add(1, Ordering::Relaxed);
                 }
