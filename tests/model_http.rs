@@ -41,13 +41,19 @@
 //! each can be placed on its own: these checks are the whole linearizability
 //! question, not an approximation of it.
 //!
+//! With every defence on no change may be answered 503, and the store's
+//! condition may refuse no commit: nothing bypasses the lock (a control
+//! injects one 503 and must fail). The run's tally must show every kind of
+//! answer the check judges (applied, replayed, 409, 422, reads).
+//!
 //! The same property runs with the second line of defence alone (no lock
-//! layer, a lock that excludes nothing, the store's condition on: how several
-//! instances on one database meet), where 503 `WRITE_CONFLICT` (nothing
-//! changed) is also allowed, and 503 `STORE_UNAVAILABLE` (the pipelined
-//! SQLite store withholding a refusal or replay computed from sequenced state
-//! while a racing change failed: nothing changed either); it found a real bug, fixed since (a 409 for a
-//! keyed request that its duplicate had applied). The negative control runs
+//! layer, a lock that excludes nothing, the store's condition on), where 503
+//! `WRITE_CONFLICT` (nothing changed) is also allowed, and 503
+//! `STORE_UNAVAILABLE` (the pipelined SQLite store withholding a refusal or
+//! replay computed from sequenced state while a racing change failed: nothing
+//! changed either), except on a store that decides each request itself
+//! (PostgreSQL), which refuses nothing for contention; it found a real bug,
+//! fixed since (a 409 for a keyed request that its duplicate had applied). The negative control runs
 //! it with both lines off (the condition switched off too) and must find a
 //! violation.
 
@@ -61,12 +67,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use pointlock::core::policy::MAX_BALANCE_DEFAULT;
-use pointlock::core::{KeyedLock, PointError, Policy, TransactionType};
+use pointlock::core::{KeyedLock, PointError, Policy, StoreErrorKind, TransactionType};
 use pointlock::server::AppOptions;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use support::{patient, Backend, ProbeStore, TestServer};
+use support::{patient, Backend, Fault, ProbeStore, TestServer};
 
 const MAX_BALANCE: u64 = MAX_BALANCE_DEFAULT;
 /// Each store call waits 0..=LATENCY_MS ms: the window the lock must close.
@@ -284,6 +290,9 @@ enum Defences {
 /// One store for all the cases of a run (each case has users of its own).
 struct World {
     store: Arc<ProbeStore>,
+    /// The store decides each request itself (PostgreSQL): nothing is ever
+    /// refused for contention, whatever the defences.
+    decides: bool,
     users_taken: AtomicU64,
     cases: AtomicU64,
     /// Answers seen, by outcome (what the generator reached).
@@ -305,8 +314,14 @@ fn outcome(sent: &Sent) -> &'static str {
 
 impl World {
     async fn new(backend: Backend) -> Self {
+        Self::over(ProbeStore::on(backend, LATENCY_MS).await, backend)
+    }
+
+    /// A world over `store`, a store of `backend`.
+    fn over(store: ProbeStore, backend: Backend) -> Self {
         Self {
-            store: Arc::new(ProbeStore::on(backend, LATENCY_MS).await),
+            store: Arc::new(store),
+            decides: backend.decides(),
             users_taken: AtomicU64::new(0),
             cases: AtomicU64::new(0),
             tally: Mutex::new(BTreeMap::new()),
@@ -379,6 +394,26 @@ impl World {
             let mut tally = self.tally.lock().unwrap();
             for s in &sent {
                 *tally.entry(outcome(s)).or_default() += 1;
+            }
+        }
+        if defences == Defences::All || self.decides {
+            // Nothing bypasses the lock, or the store decides at each
+            // request's place: no answer may be a refusal for contention.
+            if conflicts > 0 {
+                return Err(format!(
+                    "{conflicts} commits refused by the store's condition with nothing bypassing \
+                     the lock"
+                ));
+            }
+            if let Some(s) = sent
+                .iter()
+                .find(|s| s.status == StatusCode::SERVICE_UNAVAILABLE)
+            {
+                return Err(format!(
+                    "a 503 with nothing bypassing the lock: {:?} -> {}",
+                    s.request,
+                    String::from_utf8_lossy(&s.body)
+                ));
             }
         }
         for (user, id) in ids.iter().enumerate() {
@@ -706,6 +741,19 @@ async fn linearizable(backend: Backend, defences: Defences) {
         "{} cases, answers by outcome: {tally:?}",
         world.cases.load(Ordering::Relaxed)
     );
+    // The generator reached every kind of answer the check judges.
+    for reached in [
+        "applied",
+        "replayed",
+        "refused (409)",
+        "key reused (422)",
+        "read",
+    ] {
+        assert!(
+            tally.get(reached).copied().unwrap_or(0) > 0,
+            "no {reached} answer in the whole run: {tally:?}"
+        );
+    }
 }
 
 async fn concurrent_answers_are_linearizable_per_user_on(backend: Backend) {
@@ -756,6 +804,30 @@ async fn negative_control_without_the_lock_and_the_condition_the_check_fails() {
         world.cases.load(Ordering::Relaxed),
         batch.requests.len()
     );
+}
+
+/// A server that answers one change 503 with every defence on (an injected
+/// store failure that changed nothing) must fail the property: a 503 is not
+/// an answer the check accepts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_a_503_with_every_defence_on_fails_the_check() {
+    let store = ProbeStore::on(Backend::Memory, LATENCY_MS)
+        .await
+        .with_fault(3, Fault::Fail(StoreErrorKind::Unavailable));
+    let world = World::over(store, Backend::Memory);
+    let config = support::model::Config {
+        cases: 16,
+        max_shrink_iters: 0,
+        ..support::model::config()
+    };
+    let found = tokio::task::block_in_place(|| {
+        let runtime = tokio::runtime::Handle::current();
+        support::model::find_failure(config, batch(), |batch| {
+            runtime.block_on(world.run(&batch, Defences::All))
+        })
+    });
+    let (violation, _) = found.expect("a 503 with every defence on must fail the check");
+    assert!(violation.contains("a 503"), "{violation}");
 }
 
 /// The check itself can fail: a hand-made run that it accepts, and one
