@@ -85,12 +85,64 @@ impl Readers {
                 None => readers.connect()?,
             };
             let result = query(&conn);
-            readers.idle().push(conn);
+            // Checked under the pool's mutex, which `close` takes after
+            // closing: a connection that was mid-read then is dropped, never
+            // pushed into a closed pool.
+            let mut idle = readers.idle();
+            if !readers.is_closed() {
+                idle.push(conn);
+            }
             result
         });
         match task.await {
             Ok(result) => result.map_err(|e| StoreError::new(format!("SQLite read failed: {e}"))),
             Err(e) => Err(StoreError::new(format!("SQLite read task failed: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read in progress while the readers close: its connection is closed
+    /// with it, not pushed back into the closed pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_mid_read_at_close_is_not_pushed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let readers = Arc::new(Readers::open(path, Duration::from_secs(1), 2).unwrap());
+        let (reading, is_reading) = std::sync::mpsc::channel();
+        let (finish, may_finish) = std::sync::mpsc::channel::<()>();
+        let read = {
+            let readers = Arc::clone(&readers);
+            tokio::spawn(async move {
+                readers
+                    .read(move |conn| {
+                        reading.send(()).unwrap();
+                        may_finish.recv().unwrap();
+                        conn.query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0))
+                    })
+                    .await
+            })
+        };
+        tokio::task::spawn_blocking(move || is_reading.recv().unwrap())
+            .await
+            .unwrap();
+        readers.close();
+        finish.send(()).unwrap();
+        assert_eq!(
+            read.await.unwrap().unwrap(),
+            0,
+            "the read in progress finishes"
+        );
+        assert!(
+            readers.idle().is_empty(),
+            "a connection went back into the closed pool"
+        );
     }
 }
