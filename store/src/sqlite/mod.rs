@@ -33,8 +33,12 @@
 //! failed fsync) is never retried: the store **fails stop** until restart
 //! ([`SqliteStore::is_stopped`]); the batch's callers get
 //! `STORE_OUTCOME_UNKNOWN`, every later change `STORE_UNAVAILABLE`; reads go on
-//! (why: `writer.rs`). A caller whose writer stopped before answering (it
-//! panicked) gets `STORE_OUTCOME_UNKNOWN` too.
+//! (why: `writer.rs`). A panic in the writer while it writes a batch (a
+//! bug) is a fail-stop too: the callers it had not answered get
+//! `STORE_OUTCOME_UNKNOWN`, the sequenced state counts their changes as
+//! failed (no user's entry stays pending), and the thread goes on refusing
+//! changes as a stopped store does. A caller whose writer stopped before
+//! answering otherwise (shutdown) gets `STORE_OUTCOME_UNKNOWN` too.
 //!
 //! # Pipelining (the default; [`SqliteOptions::pipeline`])
 //!
@@ -194,6 +198,7 @@ impl SqliteStore {
             cache: cache.clone(),
             overlay: overlay.clone(),
             stop: Arc::clone(&stop),
+            answered: Default::default(),
             #[cfg(any(test, feature = "test-util"))]
             faults: planted::WriterFaults::new(options),
         };

@@ -56,6 +56,10 @@ pub struct SqliteOptions {
     /// on a full disk), without failing stop.
     #[cfg(any(test, feature = "test-util"))]
     pub fail_amount: Option<Arc<AtomicU64>>,
+    /// Fault injection: the writer thread panics on a change of this amount
+    /// (a bug in the writer), before writing its batch.
+    #[cfg(any(test, feature = "test-util"))]
+    pub panic_amount: Option<u64>,
     /// Fault injection: while set, every COMMIT fails.
     #[cfg(any(test, feature = "test-util"))]
     pub fail_commits: Option<Arc<AtomicBool>>,
@@ -83,6 +87,8 @@ impl Default for SqliteOptions {
             gate: None,
             #[cfg(any(test, feature = "test-util"))]
             fail_amount: None,
+            #[cfg(any(test, feature = "test-util"))]
+            panic_amount: None,
             #[cfg(any(test, feature = "test-util"))]
             fail_commits: None,
             #[cfg(any(test, feature = "test-util"))]

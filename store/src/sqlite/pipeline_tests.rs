@@ -417,3 +417,45 @@ async fn negative_control_answering_at_sequencing_acknowledges_what_is_not_durab
         "acknowledged, lost"
     );
 }
+
+/// A panic in the writer thread (a bug) while it writes a batch: every
+/// caller of that batch and after learns a coded 5xx (the outcome unknown, or
+/// the store stopped), the store fails stop (`ready` refuses, later changes
+/// are refused at once), no user's sequenced entry is left pending, and
+/// reads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_panics_mid_batch_answers_its_callers_and_fails_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let options = SqliteOptions {
+        gate: Some(Arc::clone(&gate)),
+        panic_amount: Some(13),
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(SqliteStore::open(dir.path().join("p.db"), options).unwrap());
+    let svc = Arc::new(PointService::new(
+        Arc::clone(&store),
+        Policy::default(),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
+    ));
+    gate.close();
+    let panicking = spawn_apply(&svc, TransactionType::Charge, 13, None).await;
+    let after = spawn_apply(&svc, TransactionType::Charge, 7, Some("k")).await;
+    released(&svc).await;
+    gate.open();
+    let code = |answer: Result<Applied, PointError>| answer.unwrap_err().code();
+    assert_eq!(code(panicking.await.unwrap()), "STORE_OUTCOME_UNKNOWN");
+    let after = code(after.await.unwrap());
+    assert!(
+        ["STORE_OUTCOME_UNKNOWN", "STORE_UNAVAILABLE"].contains(&after),
+        "{after}"
+    );
+    assert!(store.is_stopped(), "the store failed stop");
+    assert!(store.ready().await.is_err());
+    assert_eq!(store.sequenced_users(), 0, "no entry left pending");
+    let next = spawn_apply(&svc, TransactionType::Charge, 1, None).await;
+    assert_eq!(code(next.await.unwrap()), "STORE_UNAVAILABLE");
+    // Reads go on: nothing of the panicked batch was written.
+    assert_eq!(svc.point(id(1)).await.unwrap().point, 0);
+    assert!(svc.histories(id(1)).await.unwrap().is_empty());
+}

@@ -66,6 +66,7 @@ impl Gate {
 pub(super) struct WriterFaults {
     gate: Option<Arc<Gate>>,
     fail_amount: Option<Arc<AtomicU64>>,
+    panic_amount: Option<u64>,
     page_limit: Option<Arc<AtomicU64>>,
 }
 
@@ -74,6 +75,7 @@ impl WriterFaults {
         Self {
             gate: options.gate.clone(),
             fail_amount: options.fail_amount.clone(),
+            panic_amount: options.panic_amount,
             page_limit: options.page_limit.clone(),
         }
     }
@@ -94,6 +96,12 @@ impl WriterFaults {
     /// the failing amount: it fails as a statement would, before anything is
     /// written.
     pub(super) fn failed_statement(&self, changes: &[&Change]) -> Option<StoreError> {
+        if let Some(amount) = self.panic_amount {
+            assert!(
+                changes.iter().all(|change| change.amount().get() != amount),
+                "the SQLite writer panics on a change of {amount} (a planted fault)"
+            );
+        }
         let amount = self.fail_amount.as_deref()?.load(Ordering::SeqCst);
         changes
             .iter()

@@ -32,12 +32,12 @@
 //!   checkpoint). Reads go on.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pointlock_core::{Change, Committed, StoreError, StoreErrorKind};
+use pointlock_core::{Change, Committed, IdempotencyKey, StoreError, StoreErrorKind, UserId};
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -119,6 +119,8 @@ pub(super) struct Writer {
     /// The sequenced state, when pipelined: told of every answer.
     pub(super) overlay: Option<Arc<Overlay>>,
     pub(super) stop: Arc<FailStop>,
+    /// Jobs answered so far (a batch's jobs are answered in order).
+    pub(super) answered: AtomicU64,
     /// What tests plant in the writer.
     #[cfg(any(test, feature = "test-util"))]
     pub(super) faults: super::planted::WriterFaults,
@@ -139,7 +141,7 @@ impl Writer {
             }
             collect(jobs, &mut batch, &mut sweeps, &mut barriers, batching);
             if !batch.is_empty() {
-                self.commit_batch(&mut conn, &mut batch);
+                self.commit_batch_or_stop(&mut conn, &mut batch);
             }
             // Every change sent before these barriers has been answered.
             for barrier in barriers.drain(..) {
@@ -153,6 +155,40 @@ impl Writer {
             // Closing would checkpoint the log into the database file: after a
             // failed COMMIT, leave the file for SQLite's recovery at the next start.
             std::mem::forget(conn);
+        }
+    }
+
+    /// [`commit_batch`](Self::commit_batch), surviving a panic in it (a bug):
+    /// the store fails stop (whatever the batch wrote is unknown), the jobs
+    /// it had not answered are dropped, so their callers learn the outcome
+    /// is unknown, and the sequenced state counts them as failed, so no
+    /// user's entry stays pending. The thread goes on answering what comes
+    /// next as a stopped store does.
+    fn commit_batch_or_stop(&self, conn: &mut Connection, batch: &mut Vec<Job>) {
+        let sent: Vec<(UserId, Option<IdempotencyKey>)> = batch
+            .iter()
+            .map(|job| (job.change.user_id(), job.change.idempotency_key().cloned()))
+            .collect();
+        let answered_before = self.answered.load(Ordering::Relaxed);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.commit_batch(conn, batch)
+        }));
+        if outcome.is_ok() {
+            return;
+        }
+        batch.clear();
+        self.fail_stop(&StoreError::new(
+            "the SQLite writer panicked while writing a batch",
+        ));
+        let answered = self.answered.load(Ordering::Relaxed) - answered_before;
+        let answered = usize::try_from(answered).unwrap_or(usize::MAX);
+        for (user, key) in sent.iter().skip(answered) {
+            if let Some(cache) = &self.cache {
+                cache.forget(*user);
+            }
+            if let Some(overlay) = &self.overlay {
+                overlay.answered(*user, key.as_ref(), false);
+            }
         }
     }
 
@@ -331,6 +367,7 @@ impl Writer {
             _queued,
         } = job;
         drop(change);
+        self.answered.fetch_add(1, Ordering::Relaxed);
         let _ = reply.send(result);
     }
 }
