@@ -56,7 +56,13 @@ fn millis() -> impl Strategy<Value = u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // No regressions file: a failure prints its shrunk input (keep it as a
+    // named test, as the model tests do).
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_pg_timeouts_are_accepted_exactly_when_a_stuck_database_is_a_503(
