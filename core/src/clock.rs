@@ -28,6 +28,13 @@ impl ManualClock {
         }
     }
 
+    /// Step the wall-clock reading alone by `millis` (negative: back), as an
+    /// operator or NTP stepping the system clock would; the monotonic reading
+    /// does not move.
+    pub fn step_wall_millis(&self, millis: i64) {
+        self.millis.fetch_add(millis, Ordering::Relaxed);
+    }
+
     /// Move both readings forward by `millis` milliseconds.
     pub fn advance_millis(&self, millis: i64) {
         self.millis.fetch_add(millis, Ordering::Relaxed);

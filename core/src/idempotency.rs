@@ -25,6 +25,13 @@
 //!   [`IDEMPOTENCY_TTL_DEFAULT`]); after it the key is free again, and
 //!   `PointService::sweep_idempotency`
 //!   removes expired records in bounded steps.
+//! - A record's age is its wall-clock stamp against "now", where "now" never
+//!   runs ahead of the wall time at the service's start plus the monotonic
+//!   time since: a wall clock stepped forward while the process runs cannot
+//!   free a live key early (stepped back, records live longer). A step made
+//!   while no process ran, or between two instances whose clocks disagree,
+//!   counts as time passed: keep the clocks in sync (NTP slewing, not
+//!   stepping) where that matters.
 //!
 
 use std::fmt;

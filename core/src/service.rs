@@ -107,6 +107,10 @@ pub struct PointService<S> {
     swept: AtomicU64,
     /// How long an idempotency record is kept, in milliseconds.
     idempotency_ttl_millis: i64,
+    /// Wall and monotonic readings when the service was made: the age of an
+    /// idempotency record is measured on the monotonic clock from here
+    /// ([`PointService::ttl_now`]).
+    started: (i64, u64),
     /// Test-util negative controls only: make unconditional changes.
     #[cfg(any(test, feature = "test-util"))]
     unconditional: bool,
@@ -126,6 +130,7 @@ impl<S: PointStore> PointService<S> {
         clock: Arc<dyn Clock>,
         lock: KeyedLock<UserId>,
     ) -> Self {
+        let started = (clock.now_millis(), clock.monotonic_nanos());
         Self {
             store,
             lock,
@@ -135,6 +140,7 @@ impl<S: PointStore> PointService<S> {
             replays: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             idempotency_ttl_millis: ttl_millis(IDEMPOTENCY_TTL_DEFAULT),
+            started,
             #[cfg(any(test, feature = "test-util"))]
             unconditional: false,
         }
@@ -450,9 +456,22 @@ impl<S: PointStore> PointService<S> {
 
     /// Records made at or before this moment have expired.
     fn key_expired_before(&self) -> i64 {
+        self.ttl_now().saturating_sub(self.idempotency_ttl_millis)
+    }
+
+    /// "Now" for idempotency expiry: the wall clock, but never ahead of the
+    /// wall time at start plus the monotonic time elapsed since. A wall clock
+    /// stepped forward (by hand, by NTP) cannot age a record faster than real
+    /// time, so it cannot free a live key; stepped back, records live longer,
+    /// never shorter. A step while the process was not running is seen as
+    /// time that passed (documented in the idempotency module).
+    fn ttl_now(&self) -> i64 {
+        let (wall_at_start, mono_at_start) = self.started;
+        let elapsed_nanos = self.clock.monotonic_nanos().saturating_sub(mono_at_start);
+        let elapsed = i64::try_from(elapsed_nanos / 1_000_000).unwrap_or(i64::MAX);
         self.clock
             .now_millis()
-            .saturating_sub(self.idempotency_ttl_millis)
+            .min(wall_at_start.saturating_add(elapsed))
     }
 
     /// The key condition of a change: records made at or before this may be

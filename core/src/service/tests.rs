@@ -686,3 +686,37 @@ fn a_duplicate_applied_between_the_key_lookup_and_the_balance_read_is_replayed_n
         assert_eq!(now(svc.point(id(1))).unwrap().point, twin_point);
     }
 }
+
+#[test]
+fn a_wall_clock_stepped_forward_does_not_free_a_live_key() {
+    let (svc, clock) = service();
+    let svc = svc.with_idempotency_ttl(std::time::Duration::from_millis(1_000));
+    let held = Arc::new(now(svc.lock().lock(id(1))));
+    let k = key("k");
+    let charge = |held: &Arc<KeyGuard<UserId>>| {
+        now(svc.apply(
+            Arc::clone(held),
+            TransactionType::Charge,
+            amount(10),
+            Some(&k),
+        ))
+        .unwrap()
+    };
+    assert!(!charge(&held).replayed);
+    // The system clock jumps an hour ahead; only 10 ms really passed.
+    clock.step_wall_millis(3_600_000);
+    clock.advance_millis(10);
+    let retry = charge(&held);
+    assert!(retry.replayed, "a live key was freed by a clock step");
+    assert_eq!(retry.point.point, 10);
+    // Stepped back, it lives on too; once the TTL has really passed, it is free.
+    clock.step_wall_millis(-7_200_000);
+    assert!(charge(&held).replayed);
+    clock.step_wall_millis(3_600_000);
+    clock.advance_millis(1_000);
+    assert!(
+        !charge(&held).replayed,
+        "expired after the TTL of real time"
+    );
+    assert_eq!(now(svc.point(id(1))).unwrap().point, 20);
+}
