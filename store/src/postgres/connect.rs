@@ -113,6 +113,8 @@ impl PostgresStore {
             _open: Some(Arc::new(Open(Arc::clone(&queue)))),
             queue,
             pipeline: options.pipeline,
+            #[cfg(any(test, feature = "test-util"))]
+            panic_amount: options.panic_amount,
         };
         writer::spawn(&store, options.writers);
         Ok(store)

@@ -138,6 +138,9 @@ pub struct PostgresStore {
     queue: Arc<Queue>,
     /// Release a request's user once it is placed.
     pipeline: bool,
+    /// Test-util fault: a batch with this amount panics.
+    #[cfg(any(test, feature = "test-util"))]
+    panic_amount: Option<u64>,
     /// Held by every handle but the writers': the last one dropped closes
     /// the queue, and the writers stop once it has drained.
     _open: Option<Arc<Open>>,

@@ -37,6 +37,11 @@ pub struct PostgresOptions {
     pub batch_users: usize,
     /// The most requests of one user one batch transaction takes.
     pub batch_per_user: usize,
+    /// Fault injection: a batch holding a request or change of this amount
+    /// panics before it is written (a bug in the writer). Only with the
+    /// `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
+    pub panic_amount: Option<u64>,
 }
 
 impl Default for PostgresOptions {
@@ -51,6 +56,8 @@ impl Default for PostgresOptions {
             writers: 1,
             batch_users: 256,
             batch_per_user: 128,
+            #[cfg(any(test, feature = "test-util"))]
+            panic_amount: None,
         }
     }
 }

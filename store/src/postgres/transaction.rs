@@ -37,6 +37,8 @@ enum Failure {
 impl PostgresStore {
     /// Decide and commit `batch`: every item's answer, per user, in order.
     pub(super) async fn write_batch(&self, batch: &[Taken]) -> Vec<Vec<Answer>> {
+        #[cfg(any(test, feature = "test-util"))]
+        self.planted_panic(batch);
         let only_barriers = batch
             .iter()
             .all(|t| t.items.iter().all(|item| matches!(item, Item::Barrier(_))));
@@ -345,6 +347,25 @@ fn found(
         found.records.insert((user, key), record);
     }
     Ok(found)
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl PostgresStore {
+    /// The planted fault: panic on a batch holding the panicking amount.
+    fn planted_panic(&self, batch: &[Taken]) {
+        let Some(amount) = self.panic_amount else {
+            return;
+        };
+        let planted = batch.iter().flat_map(|t| &t.items).any(|item| match item {
+            Item::Request(request, _) => request.amount().get() == amount,
+            Item::Change(change, _) => change.amount().get() == amount,
+            Item::Barrier(_) => false,
+        });
+        assert!(
+            !planted,
+            "the PostgreSQL writer panics on {amount} (a planted fault)"
+        );
+    }
 }
 
 impl Failure {
