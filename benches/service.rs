@@ -14,6 +14,8 @@
 // criterion_group! and criterion_main! make public functions without docs.
 #![allow(missing_docs)]
 
+// The criterion settings every bench shares, kept once with the lock's benches.
+#[path = "../keylock/benches/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
