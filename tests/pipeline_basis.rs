@@ -15,7 +15,7 @@ mod support;
 use std::sync::Arc;
 
 use pointlock::core::{
-    Amount, Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
+    Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
 };
 use pointlock::store::{PostgresOptions, PostgresStore};
 
@@ -25,24 +25,13 @@ fn user() -> UserId {
     UserId::new(1).unwrap()
 }
 
-/// Apply a change of user 1 in a task of its own, the guard handed over;
-/// returns once the user's lock is free again (the change was sequenced, or
-/// answered).
+/// A change of user 1 (see [`support::service::spawn_apply`]).
 async fn spawn_apply(
     svc: &Arc<Service>,
     kind: TransactionType,
     amount: u64,
 ) -> tokio::task::JoinHandle<Result<Applied, PointError>> {
-    let held = Arc::new(svc.lock().lock(user()).await);
-    let task = {
-        let svc = Arc::clone(svc);
-        tokio::spawn(async move {
-            svc.apply(held, kind, Amount::new(amount).unwrap(), None)
-                .await
-        })
-    };
-    drop(svc.lock().lock(user()).await);
-    task
+    support::service::spawn_apply(svc, 1, kind, amount).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use pointlock::core::{
-    Amount, Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
+    Applied, ManualClock, PointError, PointService, Policy, TransactionType, UserId,
 };
 use pointlock::store::{PostgresOptions, PostgresStore};
 
@@ -32,29 +32,13 @@ fn user(id: u64) -> UserId {
     UserId::new(id).unwrap()
 }
 
-/// A charge of `amount` to `id` in a task of its own, the guard handed over;
-/// returns once the user's lock is free again (the request was placed in the
-/// store's queue, or refused).
+/// A charge of `amount` to `id` (see [`support::service::spawn_apply`]).
 async fn spawn_charge(
     svc: &Arc<Service>,
     id: u64,
     amount: u64,
 ) -> tokio::task::JoinHandle<Result<Applied, PointError>> {
-    let held = Arc::new(svc.lock().lock(user(id)).await);
-    let task = {
-        let svc = Arc::clone(svc);
-        tokio::spawn(async move {
-            svc.apply(
-                held,
-                TransactionType::Charge,
-                Amount::new(amount).unwrap(),
-                None,
-            )
-            .await
-        })
-    };
-    drop(svc.lock().lock(user(id)).await);
-    task
+    support::service::spawn_apply(svc, id, TransactionType::Charge, amount).await
 }
 
 /// A store with one writer and the given bounds, and a service over it.

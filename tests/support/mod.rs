@@ -23,6 +23,7 @@ pub mod model;
 pub mod openmetrics;
 pub mod pg;
 pub mod probe;
+pub mod service;
 
 // The names most test files use; a file that uses none of them is no error.
 #[allow(unused_imports)]
