@@ -84,6 +84,7 @@ pub(super) fn plan(batch: &[Taken], found: &Found) -> Plan {
         let mut state = UserState {
             point: stored,
             records: HashMap::new(),
+            key_rows: HashMap::new(),
         };
         let mut answers = Vec::with_capacity(taken.items.len());
         for (i, item) in taken.items.iter().enumerate() {
@@ -118,6 +119,10 @@ struct UserState {
     point: Option<UserPoint>,
     /// Records made earlier in this batch.
     records: HashMap<IdempotencyKey, IdempotencyRecord>,
+    /// Where each of those is in the batch's key columns: one row per user
+    /// and key in a statement, so a key written twice in one batch (its
+    /// first record expired at once) keeps the last.
+    key_rows: HashMap<IdempotencyKey, usize>,
 }
 
 impl UserState {
@@ -197,18 +202,15 @@ impl Plan {
         self.slots.push(slot);
         if let Some(record) = record {
             let user = to_i64(history.user_id.get());
-            // One row per user and key in a statement: a key written twice in
-            // one batch (its first record expired at once) keeps the last.
-            let at = (0..self.keys.users.len())
-                .find(|&k| self.keys.users[k] == user && self.keys.keys[k] == record.key.as_str());
-            let at = at.unwrap_or_else(|| {
-                self.keys.users.push(user);
-                self.keys.keys.push(record.key.as_str().to_owned());
-                self.keys.kinds.push("");
-                self.keys.amounts.push(0);
-                self.keys.points.push(0);
-                self.keys.millis.push(0);
-                self.keys.users.len() - 1
+            let keys = &mut self.keys;
+            let at = *state.key_rows.entry(record.key.clone()).or_insert_with(|| {
+                keys.users.push(user);
+                keys.keys.push(record.key.as_str().to_owned());
+                keys.kinds.push("");
+                keys.amounts.push(0);
+                keys.points.push(0);
+                keys.millis.push(0);
+                keys.users.len() - 1
             });
             self.keys.kinds[at] = record.kind.as_str();
             self.keys.amounts[at] = to_i64(record.amount.get());
