@@ -529,6 +529,7 @@ fn producible_errors() -> Vec<ApiError> {
             | ApiError::RequestTimeout
             | ApiError::BodyTimeout { .. }
             | ApiError::LockQueueFull { .. }
+            | ApiError::Overloaded { .. }
             | ApiError::NotReady(_)
             | ApiError::Internal(_) => {}
         }
@@ -587,6 +588,7 @@ fn producible_errors() -> Vec<ApiError> {
         ApiError::RequestTimeout,
         ApiError::BodyTimeout { timeout_ms: 1 },
         ApiError::LockQueueFull { waiters_max: 1 },
+        ApiError::Overloaded { in_flight_max: 1 },
         // What `GET /ready` can say: the stores' `ready` fail with these kinds.
         ApiError::NotReady(store(StoreErrorKind::Unavailable)),
         ApiError::NotReady(store(StoreErrorKind::Failed)),
@@ -1208,6 +1210,30 @@ async fn the_deadlines_and_the_lock(contract: &Contract, http: &Http) {
     gate.add_permits(1_000);
     assert_eq!(holder.await.unwrap().status, StatusCode::OK);
     assert_eq!(waiter.await.unwrap().status, StatusCode::OK);
+
+    // --max-in-flight 1: a change at the gate fills the stack; every route
+    // but /health and /metrics is refused at once.
+    let options = AppOptions {
+        max_in_flight: 1,
+        ..support::patient()
+    };
+    let (s, gate) = gated(options).await;
+    let holder = s.spawn_charge(1, 1);
+    s.wait_for_lock("the holder", |l| l.len() == 1).await;
+    let mut overloaded: Vec<Case> = answering(503, "SERVER_OVERLOADED").to_vec();
+    overloaded.extend([
+        ("GET", "/ready", "", 503, "SERVER_OVERLOADED"),
+        ("GET", "/stats", "", 503, "SERVER_OVERLOADED"),
+        ("GET", "/openapi.json", "", 503, "SERVER_OVERLOADED"),
+    ]);
+    run_cases(contract, http, s.addr, &overloaded).await;
+    for exempt in ["/health", "/metrics"] {
+        let answer = http.send(s.addr, Method::GET, exempt, &[], "").await;
+        assert_eq!(contract.check(&Method::GET, exempt, &answer), None);
+        assert_eq!(answer.status, StatusCode::OK, "{exempt} is exempt");
+    }
+    gate.add_permits(1_000);
+    assert_eq!(holder.await.unwrap().status, StatusCode::OK);
 
     // The whole-request deadline: a change at the gate, then the requests
     // queued behind it (the started change keeps the user's lock).

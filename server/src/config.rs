@@ -161,6 +161,12 @@ pub struct Config {
     #[arg(long, env = "POINTLOCK_LOCK_QUEUE_MAX", value_name = "N|unbounded", default_value_t = LockQueueMax(Some(crate::app::LOCK_QUEUE_MAX_DEFAULT)), help_heading = LIMITS)]
     pub lock_queue_max: LockQueueMax,
 
+    /// The most requests the process works on at once, all connections and
+    /// users together; beyond it a request is refused at once with 503
+    /// SERVER_OVERLOADED, before authentication, its body or any lock.
+    #[arg(long, env = "POINTLOCK_MAX_IN_FLIGHT", default_value_t = crate::middleware::in_flight::MAX_IN_FLIGHT_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000_000), help_heading = LIMITS)]
+    pub max_in_flight: usize,
+
     /// How long a whole request may take before a 408 (must exceed the lock timeout).
     #[arg(long, env = "POINTLOCK_REQUEST_TIMEOUT_MS", default_value_t = 10_000, help_heading = LIMITS)]
     pub request_timeout_ms: u64,

@@ -90,6 +90,15 @@ pub enum ApiError {
         waiters_max: usize,
     },
 
+    /// The process already works on its most requests at once
+    /// (`--max-in-flight`, [`InFlightLimitLayer`](crate::middleware::in_flight::InFlightLimitLayer)).
+    /// Refused before anything else: nothing was queued or changed.
+    #[error("the server already has {in_flight_max} requests in progress; retry later")]
+    Overloaded {
+        /// The configured bound.
+        in_flight_max: usize,
+    },
+
     /// Bearer authentication is on (`auth.rs`) and the request carries no
     /// token this server accepts (the wrapped rejection says why). Answered
     /// with `WWW-Authenticate: Bearer` (RFC 6750) before the user's lock:
@@ -244,7 +253,9 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RequestTimeout | Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::LockQueueFull { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LockQueueFull { .. } | Self::Overloaded { .. } | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -265,6 +276,7 @@ impl ApiError {
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::BodyTimeout { .. } => "BODY_TIMEOUT",
             Self::LockQueueFull { .. } => "LOCK_QUEUE_FULL",
+            Self::Overloaded { .. } => "SERVER_OVERLOADED",
             // The reason's own code: STORE_UNAVAILABLE, STORE_ERROR, …
             Self::NotReady(reason) => reason.code(),
             Self::Internal(_) => "INTERNAL",
@@ -311,7 +323,8 @@ impl ApiError {
             }
             // Retryable at once: the next attempt normally succeeds.
             Self::Point(PointError::LockTimeout | PointError::WriteConflict { .. })
-            | Self::LockQueueFull { .. } => {
+            | Self::LockQueueFull { .. }
+            | Self::Overloaded { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             // The database is unreachable, the store's queue is full, or a

@@ -34,6 +34,8 @@
 //! |---|---|---|---|
 //! | `pointlock_http_requests_total` | counter | `method`, `route`, `status` | answered requests |
 //! | `pointlock_http_request_duration_seconds` | histogram | `method`, `route` | from the request entering the stack to its response head |
+//! | `pointlock_http_in_flight` | gauge | | requests in the stack now (at most `--max-in-flight`) |
+//! | `pointlock_http_in_flight_refused_total` | counter | | requests refused at once, the stack full (503 `SERVER_OVERLOADED`) |
 //! | `pointlock_lock_keys_held` | gauge | | users whose lock is held now |
 //! | `pointlock_lock_waiters` | gauge | | requests queued behind a holder now |
 //! | `pointlock_lock_acquisitions_total` | counter | | locks granted |
@@ -102,6 +104,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use self::requests::HttpTable;
 pub use self::requests::{HttpMetricsLayer, HttpMetricsService, ResponseFuture};
+use crate::middleware::in_flight::InFlight;
 use pointlock_store::histogram::{HistogramSnapshot, DURATION_BOUNDS_NANOS};
 use pointlock_store::{CommitStats, PgStats, PostgresStore, SqliteStore};
 
@@ -185,6 +188,16 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner) = Some(service);
     }
 
+    /// Read the stack's in-flight count and refusals at each scrape (replacing
+    /// any before). `app::build_stack` calls it with its bound.
+    pub fn watch_in_flight(&self, in_flight: InFlight) {
+        *self
+            .sources
+            .in_flight
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(in_flight);
+    }
+
     /// The request-counting layer. `routes` are the route templates (the
     /// `route` labels) and `route_of` gives a path's position among them (the
     /// router's: `routes::ROUTE_TEMPLATES` and
@@ -216,6 +229,7 @@ struct Sources {
     http: OnceLock<Arc<HttpTable>>,
     service: RwLock<Option<Service>>,
     store: RwLock<Option<StoreSource>>,
+    in_flight: RwLock<Option<InFlight>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -228,6 +242,26 @@ impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         if let Some(http) = self.http.get() {
             http.encode(&mut encoder)?;
+        }
+        let in_flight = self
+            .in_flight
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(in_flight) = in_flight {
+            gauge(
+                &mut encoder,
+                "http_in_flight",
+                "Requests in the stack now (at most --max-in-flight)",
+                in_flight.current() as u64,
+            )?;
+            counter(
+                &mut encoder,
+                "http_in_flight_refused",
+                "Requests refused at once because --max-in-flight were already in the stack \
+                 (503 SERVER_OVERLOADED)",
+                in_flight.refused(),
+            )?;
         }
         let service = self
             .service

@@ -4,11 +4,13 @@
 //!   every log line of a failed request.
 //! - [`limits`]: 431 for a request head over the limit, 411 for a body framed
 //!   by `Transfer-Encoding`, before any lock.
+//! - [`in_flight`]: a bound on the requests in the stack at once, 503 beyond it.
 //! - [`deadline`]: a deadline that makes no timer when the work is done in its
 //!   first poll (the whole request's and the body's).
 //!
 //! Where each sits in the stack: the `app` module.
 
 pub mod deadline;
+pub mod in_flight;
 pub mod limits;
 pub mod request_id;

@@ -23,6 +23,7 @@ use crate::auth::BearerAuth;
 use crate::body::AppBody;
 use crate::error::refusal_response;
 use crate::metrics::Metrics;
+use crate::middleware::in_flight::{InFlight, InFlightLimitLayer, MAX_IN_FLIGHT_DEFAULT};
 use crate::middleware::limits::{HeaderLimitLayer, HEADER_LIMIT_BYTES_DEFAULT};
 use crate::middleware::request_id::RequestIdLayer;
 use crate::routes::{
@@ -52,6 +53,10 @@ pub struct AppOptions {
     /// bound but time). The lock layer's
     /// [`queue_max`](KeyedLockLayer::queue_max).
     pub lock_queue_max: Option<usize>,
+    /// The most requests in the stack at once, all users and connections
+    /// together; beyond it 503 `SERVER_OVERLOADED` at once
+    /// ([`InFlightLimitLayer`]; at least 1).
+    pub max_in_flight: usize,
     /// Whether to install the lock layer (negative controls turn it off; the
     /// router then takes each mutation's lock itself, reads take none).
     #[cfg(any(test, feature = "test-util"))]
@@ -78,6 +83,7 @@ impl Default for AppOptions {
             body_limit_bytes: 4 * 1024,
             body_timeout: Duration::from_millis(2_000),
             lock_queue_max: Some(LOCK_QUEUE_MAX_DEFAULT),
+            max_in_flight: MAX_IN_FLIGHT_DEFAULT,
             #[cfg(any(test, feature = "test-util"))]
             lock_layer: true,
             header_limit_bytes: HEADER_LIMIT_BYTES_DEFAULT,
@@ -118,47 +124,54 @@ pub fn build_app(service: SharedService, options: &AppOptions) -> App {
 ///    process-wide counter; outermost, so every answer below carries it; the id
 ///    is also in the request's extensions, on the log line of a failed (5xx)
 ///    request, and, at DEBUG, on every event of the request)
-/// 2. [`HeaderLimitLayer`] (431 `HEADERS_TOO_LARGE` for a head over the limit,
+/// 2. [`InFlightLimitLayer`]: at most [`AppOptions::max_in_flight`] requests
+///    in the stack at once; beyond it 503 `SERVER_OVERLOADED` with
+///    `Retry-After` at once, before any other work (authentication, the body,
+///    a lock). `GET /health` and `GET /metrics` are exempt (they wait for
+///    nothing, and must answer an overloaded process's probes). Inside the
+///    metrics and the request id, so the refusal is counted and carries an
+///    id; above everything that costs more than an atomic.
+/// 3. [`HeaderLimitLayer`] (431 `HEADERS_TOO_LARGE` for a head over the limit,
 ///    411 `LENGTH_REQUIRED` for a body framed by `Transfer-Encoding`; both close
 ///    the connection; before any lock, inside the request id so the answer
 ///    carries one). Connection-level limits (header timeout, connection cap,
 ///    HTTP/2 streams) are [`ServeOptions`](super::ServeOptions), applied by
 ///    [`serve_with`](super::serve_with).
-/// 3. [`BearerAuth`], only with [`AppOptions::auth`] (bearer JWT: 401
-///    `UNAUTHORIZED`, 403 `FORBIDDEN`). Far above the lock layer (9): a
+/// 4. [`BearerAuth`], only with [`AppOptions::auth`] (bearer JWT: 401
+///    `UNAUTHORIZED`, 403 `FORBIDDEN`). Far above the lock layer (10): a
 ///    refused request is answered here and never waits for, takes or holds a
 ///    user's lock, nor has its body read. Inside the request id (its answers
 ///    carry one) and the header limit (which bounds the token's size); above
 ///    everything that looks at the request's content, so an anonymous client
 ///    learns nothing but "authenticate". Off, there is no layer: the stack
 ///    costs what it did without authentication.
-/// 4. error normalisation (`map_response` with `normalize_error`): turns the
+/// 5. error normalisation (`map_response` with `normalize_error`): turns the
 ///    non-JSON 408 and 413 of the request deadline and the body limit into
 ///    JSON errors, copying the response's headers (not its content type or
 ///    length). Outermost but one, so `Trace`, inside it, logs the raw 408/413
 ///    (the same status code).
-/// 5. `Trace` (a span and events per request, at DEBUG). Installed only when the
+/// 6. `Trace` (a span and events per request, at DEBUG). Installed only when the
 ///    process's log filter lets DEBUG through: at the default INFO it would emit
 ///    nothing yet cost ~1,400 instructions per request (5% of a charge; measured
 ///    with `benches/instructions.sh`). Server errors are logged either way, with
 ///    the request's id, by the request-id layer (from the report
 ///    [`ApiError::into_response`](crate::error::ApiError::into_response)
 ///    attaches to every 5xx).
-/// 6. `CatchPanic` (a panic becomes a 500 JSON answer, `panic_response`). A
+/// 7. `CatchPanic` (a panic becomes a 500 JSON answer, `panic_response`). A
 ///    panic unwinds through the lock layer's future, whose `polling` flag marks
 ///    it as panicked: it is never resumed, and when `CatchPanic`'s future is
 ///    dropped (right after the 500 is ready) it drops the handler's future and
 ///    releases the user's lock. It boxes the response body into [`AppBody`],
 ///    the one box a response body gets.
-/// 7. the request deadline (`map_future` with `within_request_timeout`: a
+/// 8. the request deadline (`map_future` with `within_request_timeout`: a
 ///    bare 408 for the whole request, default 10 s; longer than the lock
 ///    timeout). Its timer is only made if the request is not done in its
 ///    first poll.
-/// 8. `RequestBodyLimit` (413, default 4 KiB)
-/// 9. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
-///    lock for the life of the request, a bounded queue per user). Its body
-///    type has an empty `Default`, which the deadline needs for its 408.
-/// 10. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
+/// 9. `RequestBodyLimit` (413, default 4 KiB)
+/// 10. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
+///     lock for the life of the request, a bounded queue per user). Its body
+///     type has an empty `Default`, which the deadline needs for its 408.
+/// 11. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
 ///     counted from when the user's lock is held: a slow uploader holds its user no
 ///     longer than this)
 pub fn build_stack(
@@ -175,8 +188,10 @@ pub fn build_stack(
        + 'static {
     let limit = options.body_limit_bytes;
     let request_timeout = options.request_timeout;
+    let in_flight = InFlight::new(options.max_in_flight);
     if let Some(metrics) = &options.metrics {
         metrics.watch_service(Arc::clone(&service));
+        metrics.watch_in_flight(in_flight.clone());
     }
     let metrics = options
         .metrics
@@ -209,15 +224,16 @@ pub fn build_stack(
     ServiceBuilder::new()
         .option_layer(metrics) // 0
         .layer(RequestIdLayer::new()) // 1
-        .layer(HeaderLimitLayer::new(options.header_limit_bytes)) // 2
-        .option_layer(options.auth.clone()) // 3
-        .map_response(move |res| normalize_error(res, limit)) // 4
-        .option_layer(trace) // 5
-        .layer(CatchPanicLayer::custom(panic_response)) // 6
-        .map_future(move |future| within_request_timeout(future, request_timeout)) // 7
-        .layer(RequestBodyLimitLayer::new(limit)) // 8
-        .layer(lock) // 9
-        .service(router) // 10
+        .layer(InFlightLimitLayer::new(in_flight).exempt(&["/health", "/metrics"])) // 2
+        .layer(HeaderLimitLayer::new(options.header_limit_bytes)) // 3
+        .option_layer(options.auth.clone()) // 4
+        .map_response(move |res| normalize_error(res, limit)) // 5
+        .option_layer(trace) // 6
+        .layer(CatchPanicLayer::custom(panic_response)) // 7
+        .map_future(move |future| within_request_timeout(future, request_timeout)) // 8
+        .layer(RequestBodyLimitLayer::new(limit)) // 9
+        .layer(lock) // 10
+        .service(router) // 11
 }
 
 /// Whether the trace layer's DEBUG spans and events could be recorded at all.

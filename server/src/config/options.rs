@@ -25,6 +25,7 @@ impl Config {
             body_limit_bytes: self.body_limit_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             lock_queue_max: self.lock_queue_max.0,
+            max_in_flight: self.max_in_flight,
             header_limit_bytes: self.header_limit_bytes,
             metrics: (self.metrics == Switch::On).then(Metrics::new),
             // The store's statistics come with the store; the authentication

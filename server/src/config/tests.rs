@@ -117,6 +117,22 @@ fn lock_queue_max_counts_waiters_and_spells_no_bound_unbounded() {
 }
 
 #[test]
+fn max_in_flight_is_the_stacks_bound_and_refuses_zero() {
+    assert_eq!(
+        parse(&[]).unwrap().app_options().max_in_flight,
+        crate::middleware::in_flight::MAX_IN_FLIGHT_DEFAULT
+    );
+    let two = parse(&["--max-in-flight", "2"]).unwrap();
+    assert_eq!(two.app_options().max_in_flight, 2);
+    for bad in ["0", "-1", "many", "1000000001"] {
+        assert!(
+            parse(&[&format!("--max-in-flight={bad}")]).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+}
+
+#[test]
 fn postgres_timeouts_never_overflow_and_absurd_ones_stop_the_start() {
     let pg = |connect: &str, statement: &str, request: &str| {
         parse(&[
