@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use support::binary::{command, Server};
-use support::http::{get_json, request};
+use support::http::{get_history, get_json, request};
 
 const THREADS: u64 = 8;
 const USERS: u64 = 40;
@@ -86,7 +86,7 @@ fn verify(addr: &str, acked: &[Ack], id_floor: u64) -> u64 {
     }
     let mut id_max = id_floor;
     for user in 1..=USERS {
-        let history = get_json(addr, &format!("/point/{user}/histories"));
+        let history = get_history(addr, user);
         let rows = history.as_array().unwrap();
         let mut sum = 0_u64;
         let mut amounts = BTreeSet::new();
@@ -134,7 +134,7 @@ fn rounds(start: impl Fn() -> Command, rounds: u64) {
     // History ids stay above every id seen before the restart.
     let (status, body) = request(&server.addr, "PATCH", "/point/1/charge", "1").unwrap();
     assert_eq!(status, 200, "{body}");
-    let last = get_json(&server.addr, "/point/1/histories");
+    let last = get_history(&server.addr, 1);
     let last_id = last.as_array().unwrap().last().unwrap()["id"]
         .as_u64()
         .unwrap();

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use support::binary::{command, Server};
-use support::http::{get_json, request};
+use support::http::{get_history, get_json, request};
 use support::pg::{cluster_url, TestDatabase};
 
 const WRITERS: u64 = 8;
@@ -150,7 +150,7 @@ fn burst_and_kill(server: Server, round: u64) -> Seen {
 
 /// Every acknowledged balance and every read balance against the durable history.
 fn verify(addr: &str, seen: &Seen) {
-    let history = get_json(addr, &format!("/point/{HOT}/histories"));
+    let history = get_history(addr, HOT);
     let mut running = 0_u64;
     let mut durable = BTreeSet::from([0_u64]);
     let mut at_row = HashMap::new();

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use support::binary::{command, Server};
-use support::http::{get_json, request, send};
+use support::http::{get_history, get_json, request, send};
 use support::pg::{cluster_url, TestDatabase};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -263,7 +263,7 @@ fn state_violations(addrs: &[String], users: u64, attempts: &[Attempt]) -> Vec<S
     let mut found = Vec::new();
     let mut in_history = HashMap::new();
     for user in 1..=users {
-        let rows = get_json(&addrs[0], &format!("/point/{user}/histories"));
+        let rows = get_history(&addrs[0], user);
         let mut running: u64 = 0;
         let ids = rows
             .as_array()
@@ -534,7 +534,7 @@ fn a_database_down_answers_503_with_retry_after_releases_the_user_and_recovers()
     );
     // The refused charge changed nothing: the history is the two acknowledged
     // charges, and the balance their sum.
-    let history = get_json(&server.addr, "/point/1/histories");
+    let history = get_history(&server.addr, 1);
     let amounts: Vec<u64> = history
         .as_array()
         .unwrap()

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::binary::{command, Server};
-use support::http::request;
+use support::http::{get_history, request};
 use support::pg::{cluster_url, TestDatabase};
 
 /// One test at a time: each wants the machine and the cluster to itself.
@@ -203,7 +203,7 @@ fn read_all(addr: &str, users: u64) -> BTreeMap<u64, View> {
                 scope.spawn(move || {
                     let mine = (1..=users).filter(|user| user % READERS == reader);
                     mine.map(|user| {
-                        let history = get(addr, &format!("/point/{user}/histories"));
+                        let history = get_history(addr, user);
                         let rows = history.as_array().unwrap().iter().map(|row| {
                             let amount = row["amount"].as_u64().unwrap();
                             let kind = Kind::from_wire(row["type"].as_str().unwrap());

@@ -160,6 +160,7 @@ impl Contract {
     /// The documented template `path` is an instance of (any `{param}` segment
     /// matches any segment).
     fn template_of(&self, path: &str) -> Option<String> {
+        let path = path.split_once('?').map_or(path, |(path, _query)| path);
         let segments: Vec<_> = path.split('/').collect();
         self.doc["paths"]
             .as_object()
@@ -523,6 +524,7 @@ fn producible_errors() -> Vec<ApiError> {
             | ApiError::HeadersTooLarge { .. }
             | ApiError::LengthRequired
             | ApiError::BadBody(_)
+            | ApiError::InvalidQuery(_)
             | ApiError::NotFound { .. }
             | ApiError::MethodNotAllowed { .. }
             | ApiError::PayloadTooLarge { .. }
@@ -576,6 +578,7 @@ fn producible_errors() -> Vec<ApiError> {
         ApiError::Point(store(StoreErrorKind::Overloaded)),
         ApiError::InvalidJson("x".into()),
         ApiError::BadBody("x".into()),
+        ApiError::InvalidQuery("x"),
         ApiError::NotFound {
             method: "GET".into(),
             path: "/x".into(),
@@ -1035,6 +1038,22 @@ async fn the_contract(contract: &Contract, http: &Http) {
     assert_eq!(ok("PATCH", "/point/1/use", "40").await["point"], 60);
     let rows = ok("GET", "/point/1/histories", "").await;
     assert_eq!(rows.as_array().map(Vec::len), Some(2), "both rows checked");
+    // A page with rows after it: the Link header checked against its schema.
+    let r = http
+        .send(s.addr, Method::GET, "/point/1/histories?limit=1", &[], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    contract.check(&Method::GET, "/point/1/histories?limit=1", &r);
+    let link = r.header("link").expect("a next link");
+    assert!(link.ends_with("rel=\"next\""), "{link}");
+    let first_id = rows[0]["id"].as_u64().expect("id");
+    let last = ok(
+        "GET",
+        &format!("/point/1/histories?limit=1&after={first_id}"),
+        "",
+    )
+    .await;
+    assert_eq!(last.as_array().map(Vec::len), Some(1));
     for path in ["/health", "/ready", "/stats", "/openapi.json"] {
         ok("GET", path, "").await;
     }
@@ -1065,6 +1084,20 @@ async fn the_contract(contract: &Contract, http: &Http) {
         &[
             ("GET", "/point/abc", "", 400, "INVALID_USER_ID"),
             ("GET", "/point/0/histories", "", 400, "INVALID_USER_ID"),
+            (
+                "GET",
+                "/point/1/histories?limit=0",
+                "",
+                400,
+                "INVALID_QUERY",
+            ),
+            (
+                "GET",
+                "/point/1/histories?after=x",
+                "",
+                400,
+                "INVALID_QUERY",
+            ),
             (
                 "PATCH",
                 "/point/9223372036854775808/charge",

@@ -48,7 +48,7 @@ pub use idempotency::{
 };
 pub use lock::{Acquire, KeyGuard, KeyedLock, LockMetrics, LockTimedOut, QueueFull};
 pub use policy::Policy;
-pub use service::{Applied, PointService};
+pub use service::{Applied, HistoriesPage, HistoryPage, PointService};
 pub use store::{
     memory::MemoryStore, BoxFuture, Change, Committed, Decided, DecidingStore, Decision, Pending,
     PipelinedStore, PointStore, ReadMark, Request, SequencedRead, Unsequenced,

@@ -70,8 +70,10 @@ use crate::policy::Policy;
 use crate::store::{Change, PointStore};
 
 mod decided;
+mod history;
 mod writes;
 
+pub use history::{HistoriesPage, HistoryPage};
 use writes::{Basis, Outcome, Writes};
 
 /// The most commits one mutation attempts before it answers

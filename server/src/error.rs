@@ -99,6 +99,12 @@ pub enum ApiError {
         in_flight_max: usize,
     },
 
+    /// The query of `GET /point/{id}/histories` is malformed (`routes::page`
+    /// says what it takes). Answered before any lock: nothing was read or
+    /// changed.
+    #[error("{0}")]
+    InvalidQuery(&'static str),
+
     /// Bearer authentication is on (`auth.rs`) and the request carries no
     /// token this server accepts (the wrapped rejection says why). Answered
     /// with `WWW-Authenticate: Bearer` (RFC 6750) before the user's lock:
@@ -244,7 +250,9 @@ impl ApiError {
                 },
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            Self::InvalidJson(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidJson(_) | Self::BadBody(_) | Self::InvalidQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -266,6 +274,7 @@ impl ApiError {
             Self::Point(e) => e.code(),
             Self::InvalidJson(_) => "INVALID_JSON",
             Self::BadBody(_) => "BAD_BODY",
+            Self::InvalidQuery(_) => "INVALID_QUERY",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",

@@ -3,7 +3,7 @@
 //! | route                      | body                                  |
 //! |----------------------------|---------------------------------------|
 //! | `GET /point/{id}`          | –                                     |
-//! | `GET /point/{id}/histories`| –                                     |
+//! | `GET /point/{id}/histories`| – (`?limit=&after=`: pages, `page.rs`) |
 //! | `PATCH /point/{id}/charge` | `{"amount": 100}` or a bare `100`     |
 //! | `PATCH /point/{id}/use`    | same                                  |
 //! | `GET /health`, `GET /stats`| – (liveness; lock and store metrics)  |
@@ -17,6 +17,7 @@
 //! | `path.rs` | the wallet's path grammar: [`user_key`] (the lock layer's key), [`path_user`] (the authentication's owner check) |
 //! | `router.rs` | [`Router`], the tower service: dispatch by the table |
 //! | `wallet.rs` | the handlers of the four wallet routes, and the user's guard handed to the service |
+//! | `page.rs` | the history's paging: `limit`, `after`, the `Link` to the next page, [`HISTORY_PAGE_MAX`] |
 //! | `amount.rs` | the charge's or use's body: read within limit and deadline, then parsed |
 //! | `idempotency_key.rs` | the `Idempotency-Key` and `Idempotent-Replayed` headers |
 //! | `stats.rs` | `GET /stats` |
@@ -28,6 +29,7 @@
 mod amount;
 mod idempotency_key;
 mod ops;
+mod page;
 mod path;
 mod router;
 mod stats;
@@ -36,6 +38,7 @@ mod wallet;
 
 pub use amount::{parse_amount, read_amount};
 pub use idempotency_key::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+pub use page::{page_query, PageQuery, HISTORY_PAGE_MAX};
 pub use path::{path_user, user_key, user_segment};
 pub use router::{Router, RouterOptions, SharedService};
 pub use stats::StoreStats;

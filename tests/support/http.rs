@@ -73,6 +73,40 @@ pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// A user's whole history, oldest first, following the `Link: <...>;
+/// rel="next"` of each page (an answer holds at most
+/// `HISTORY_PAGE_MAX` rows), as one JSON array; each page must answer 200.
+pub fn get_history(addr: &str, user: u64) -> serde_json::Value {
+    let mut rows = Vec::new();
+    let mut path = format!("/point/{user}/histories");
+    // Bounded: a hundred pages are a million rows, more than any test writes.
+    for _ in 0..100 {
+        let response = send(addr, "GET", &path, "", "");
+        let (status, head, body) = split(&response).expect("an HTTP answer");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        let page: Vec<serde_json::Value> = serde_json::from_str(body).expect("a JSON array");
+        rows.extend(page);
+        let next = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let value = value.trim();
+            (name.eq_ignore_ascii_case("link") && value.ends_with("rel=\"next\""))
+                .then(|| {
+                    value
+                        .trim_start_matches('<')
+                        .split('>')
+                        .next()
+                        .map(str::to_owned)
+                })
+                .flatten()
+        });
+        match next {
+            Some(next) => path = next,
+            None => return serde_json::Value::Array(rows),
+        }
+    }
+    panic!("user {user}: more than 100 history pages")
+}
+
 /// Read from a raw connection until `needle` shows up or the peer closes; bounded
 /// to 10 s so a test can never hang on a connection the server keeps open.
 pub async fn read_until(raw: &mut tokio::net::TcpStream, needle: &str) -> String {

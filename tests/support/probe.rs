@@ -244,6 +244,18 @@ impl PointStore for ProbeStore {
         })
     }
 
+    fn histories_page(
+        &self,
+        id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        Box::pin(async move {
+            self.delay().await;
+            self.inner.histories_page(id, after, limit).await
+        })
+    }
+
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         Box::pin(async move {
             let (user, amount) = (change.user_id(), change.amount().get());

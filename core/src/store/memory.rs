@@ -224,6 +224,28 @@ impl PointStore for MemoryStore {
         })
     }
 
+    fn histories_page(
+        &self,
+        id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        let delay = self.delay();
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                delay.await;
+            }
+            let tables = self.tables(id);
+            let Some(account) = tables.accounts.get(&id) else {
+                return Ok(Vec::new());
+            };
+            // A user's rows are in id order: find the page, copy only it.
+            let start = account.history.partition_point(|row| row.id <= after);
+            let rest = &account.history[start..];
+            Ok(rest[..limit.min(rest.len())].to_vec())
+        })
+    }
+
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         let delay = self.delay();
         Box::pin(async move {

@@ -96,6 +96,28 @@ pub trait PointStore: MaybeSend + MaybeSync {
     /// The user's history, oldest first.
     fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>>;
 
+    /// One page of the user's history, oldest first: at most `limit` rows
+    /// whose id is above `after` (0: from the first row). What it costs is
+    /// the page, in the stores of this workspace; the provided method reads
+    /// the whole [`histories`](Self::histories) and keeps the page, so a
+    /// store of your own should override it.
+    fn histories_page(
+        &self,
+        id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        let all = self.histories(id);
+        Box::pin(async move {
+            Ok(all
+                .await?
+                .into_iter()
+                .filter(|row| row.id > after)
+                .take(limit)
+                .collect())
+        })
+    }
+
     /// Commit `change` under its [condition](Self#the-condition) (and its
     /// [key condition](Self#idempotency-records)), keeping the change until it
     /// has answered ([the guard](Self#the-guard-travels-with-the-change)).
@@ -154,6 +176,15 @@ macro_rules! forward_point_store {
 
             fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
                 (**self).histories(id)
+            }
+
+            fn histories_page(
+                &self,
+                id: UserId,
+                after: u64,
+                limit: usize,
+            ) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+                (**self).histories_page(id, after, limit)
             }
 
             fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {

@@ -11,6 +11,7 @@
 use http::Request;
 use pointlock_core::{PointError, UserId};
 
+use super::page::page_query;
 use crate::error::ApiError;
 use keylock::layer::KeyDecision;
 
@@ -76,12 +77,26 @@ pub fn path_user(path: &str) -> Option<Result<UserId, PointError>> {
 /// The wallet's key extractor for [`KeyedLockLayer`](keylock::layer::KeyedLockLayer):
 /// a wallet path locks its user (reads included: a user's requests are
 /// admitted one at a time, in arrival order); an invalid id is rejected at
-/// once with 400 `INVALID_USER_ID`, taking no lock; every other path passes
-/// unlocked.
+/// once with 400 `INVALID_USER_ID`, and a malformed history query
+/// ([`page`](super::page)) with 400 `INVALID_QUERY`, taking no lock; every
+/// other path passes unlocked.
 pub fn user_key<B>(req: &Request<B>) -> KeyDecision<UserId> {
-    match path_user(req.uri().path()) {
-        None => KeyDecision::Pass,
-        Some(Ok(id)) => KeyDecision::Lock(id),
-        Some(Err(error)) => KeyDecision::Reject(ApiError::from(error).into_response()),
+    let path = req.uri().path();
+    let Some((raw_id, tail)) = split_wallet_path(path) else {
+        return KeyDecision::Pass;
+    };
+    match raw_id.parse::<UserId>() {
+        Err(error) => KeyDecision::Reject(ApiError::from(error).into_response()),
+        Ok(id) => {
+            if tail == Some(HISTORIES_TAIL) {
+                if let Err(error) = page_query(req.uri().query()) {
+                    return KeyDecision::Reject(error.into_response());
+                }
+            }
+            KeyDecision::Lock(id)
+        }
     }
 }
+
+/// The tail of `/point/{id}/histories`, whose query is checked before its lock.
+const HISTORIES_TAIL: &str = "histories";

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::header::LINK;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
@@ -20,6 +21,7 @@ use pointlock_core::{KeyGuard, PointError, TransactionType, UserId};
 
 use super::amount::read_amount;
 use super::idempotency_key::{idempotency_key, IDEMPOTENT_REPLAYED};
+use super::page::page_query;
 use super::router::{RouterOptions, SharedService};
 use crate::error::{json_response, ApiError};
 use keylock::layer::HeldLock;
@@ -41,17 +43,25 @@ pub(super) async fn point(
     Ok(json_response(StatusCode::OK, &point))
 }
 
-/// `GET /point/{id}/histories`, in order like [`point`].
+/// `GET /point/{id}/histories`, in order like [`point`], one bounded page
+/// (see [`page`](super::page)); the user is released before the body is built.
 pub(super) async fn histories(
     service: &SharedService,
     id: UserId,
     parts: &Parts,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let histories = match lent(service, parts.extensions.get(), id) {
-        Some(held) => service.histories_in_order(held).await?,
-        None => service.histories(id).await?,
+    let query = page_query(parts.uri.query())?;
+    let read = match lent(service, parts.extensions.get(), id) {
+        Some(held) => service.histories_page_in_order(held, query.page()).await?,
+        None => service.histories_page(id, query.page()).await?,
     };
-    Ok(json_response(StatusCode::OK, &histories))
+    let mut response = json_response(StatusCode::OK, &read.rows);
+    if let Some(next_after) = read.next_after {
+        response
+            .headers_mut()
+            .insert(LINK, query.next_link(id, next_after));
+    }
+    Ok(response)
 }
 
 /// `PATCH /point/{id}/charge` and `PATCH /point/{id}/use`: the key header

@@ -234,6 +234,17 @@ impl PointStore for PostgresStore {
     }
 
     fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        self.histories_page(id, 0, usize::MAX)
+    }
+
+    fn histories_page(
+        &self,
+        id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Box::pin(async move {
             let client = self.client().await?;
             let statement = client
@@ -241,7 +252,7 @@ impl PointStore for PostgresStore {
                 .await
                 .map_err(|e| self.failed(&e, false))?;
             let rows = client
-                .query(&statement, &[&to_i64(id.get())])
+                .query(&statement, &[&to_i64(id.get()), &after, &limit])
                 .await
                 .map_err(|e| self.failed(&e, false))?;
             rows.iter()

@@ -59,5 +59,8 @@ pub(super) const SWEEP_KEYS: &str =
 /// The primary key whose violation means "this key has a live record".
 pub(super) const KEY_CONSTRAINT: &str = "idempotency_pkey";
 pub(super) const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = $1";
+/// One page of a user's history: rows after id `$2`, at most `$3` (the
+/// `(user_id, id)` index gives them in order, reading only the page).
 pub(super) const SELECT_HISTORIES: &str =
-    "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = $1 ORDER BY id";
+    "SELECT id, type, amount, time_millis FROM point_history \
+     WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3";

@@ -124,8 +124,10 @@ use writer::{Barrier, Batching, FailStop, Job, Sweep, Work, Writer};
 const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = ?1";
 const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
      WHERE user_id = ?1 AND key = ?2";
-const SELECT_HISTORIES: &str =
-    "SELECT id, type, amount, time_millis FROM point_history WHERE user_id = ?1 ORDER BY id";
+/// One page of a user's history: rows after id `?2`, at most `?3` (the
+/// `(user_id, id)` index gives them in order, reading only the page).
+const SELECT_HISTORIES: &str = "SELECT id, type, amount, time_millis FROM point_history \
+     WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
 
 /// The durable SQLite store. See the [module docs](self).
 pub struct SqliteStore {
@@ -360,12 +362,23 @@ impl PointStore for SqliteStore {
     }
 
     fn histories(&self, id: UserId) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        self.histories_page(id, 0, usize::MAX)
+    }
+
+    fn histories_page(
+        &self,
+        id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Box::pin(async move {
             let rows = self
                 .readers
                 .read(move |conn| {
                     let mut stmt = conn.prepare_cached(SELECT_HISTORIES)?;
-                    let rows = stmt.query_map(params![to_i64(id.get())], |row| {
+                    let rows = stmt.query_map(params![to_i64(id.get()), after, limit], |row| {
                         Ok((
                             row.get::<_, i64>(0)?,
                             row.get::<_, String>(1)?,
