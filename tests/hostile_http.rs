@@ -6,6 +6,8 @@
 //!   timeout, and so is an idle kept-alive connection;
 //! - a head over the limit gets 431 JSON and a closed connection; one too large
 //!   for hyper's buffer gets hyper's bare 431 and a closed connection;
+//! - a client still sending a body over the limit reads its 413 (a lingering
+//!   close), not a reset;
 //! - past `max_connections` new connections wait until one closes;
 //! - HTTP/2: the stream limit is advertised and enforced, a rapid-reset flood
 //!   and a CONTINUATION flood end their connection, not the server;
@@ -174,6 +176,40 @@ async fn a_head_over_the_limit_gets_431_json_and_a_closed_connection() {
         200
     );
     assert_eq!(balance(server.addr, 1).await, (7, 1));
+}
+
+/// A client that sends a body over the limit and goes on sending it while the
+/// server answers: it reads the 413, not a reset (the server reads and drops
+/// what is still coming before it closes: a lingering close). The client
+/// writes the whole body before it reads, as a simple client does.
+#[tokio::test]
+async fn a_client_still_sending_an_oversized_body_reads_its_413() {
+    let served = start(quick()).await;
+    for round in 0..5 {
+        let mut stream = TcpStream::connect(served.addr).await.unwrap();
+        let body = vec![b'1'; 16 << 20];
+        let head = format!(
+            "PATCH /point/1/charge HTTP/1.1\r\nhost: x\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The 413 is sent as soon as the head is read; the body follows it.
+        let sent = stream.write_all(&body).await;
+        assert!(sent.is_ok(), "round {round}: writing the body: {sent:?}");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+        )
+        .await
+        .expect("the server closes after its answer");
+        assert!(read.is_ok(), "round {round}: reading the answer: {read:?}");
+        let (status, body) = status_and_body(&answer);
+        assert_eq!(status, 413, "round {round}: {body}");
+        assert!(body.contains("PAYLOAD_TOO_LARGE"), "{body}");
+    }
+    assert_eq!(balance(served.addr, 1).await, (0, 0), "nothing changed");
 }
 
 #[tokio::test]

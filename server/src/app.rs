@@ -6,13 +6,15 @@
 //! | `stack.rs` | [`build_stack`] / [`build_app`]: the layers in order, one `ServiceBuilder` chain, and [`AppOptions`] |
 //! | `answers.rs` | the stack's own answers: 408 and 413 as JSON, a panic as a 500 |
 //! | `serve.rs` | [`serve_with`]: the hyper accept loop and its connection limits ([`ServeOptions`]); [`shutdown_signal`] |
+//! | `linger.rs` | [`linger::Lingering`]: a connection the server closes reads and drops what its client still sends, for a bounded time |
 //! | `sweeper.rs` | [`spawn_idempotency_sweeper`]: expired idempotency records removed in bounded steps |
 //!
-//! The layers, outermost first: request metrics, request id, header limit,
+//! The layers, outermost first: request metrics, request id, in-flight bound, header limit,
 //! bearer authentication, JSON errors, trace, catch panic, request deadline,
 //! body limit, the per-user lock, the router (each explained on [`build_stack`]).
 
 mod answers;
+pub mod linger;
 mod serve;
 mod stack;
 mod sweeper;

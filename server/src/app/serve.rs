@@ -18,6 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use super::linger::Lingering;
 use crate::body::BoxError;
 use crate::middleware::limits::{head_buffer_bytes, HEADER_LIMIT_BYTES_DEFAULT};
 
@@ -102,6 +103,10 @@ where
 /// - At most `max_connections` connections; beyond it, accepting pauses.
 /// - An accept error (out of file descriptors) pauses accepting for 50 ms
 ///   instead of spinning.
+/// - A connection the server closes first lingers: up to
+///   [`LINGER`](super::linger::LINGER) it reads and drops what the client
+///   still sends, so a client still sending a body it was refused (413) reads
+///   the answer instead of a reset ([`linger`](super::linger)).
 pub async fn serve_with<S, B>(
     listener: TcpListener,
     app: S,
@@ -173,7 +178,9 @@ where
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            // Closed by the server, a connection lingers (see `Lingering`).
+            let io = TokioIo::new(Lingering::new(stream));
+            let conn = builder.serve_connection_with_upgrades(io, service);
             if let Err(error) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
