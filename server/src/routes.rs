@@ -29,7 +29,7 @@
 mod amount;
 mod idempotency_key;
 mod ops;
-mod page;
+pub mod page;
 mod path;
 mod router;
 mod stats;
