@@ -16,7 +16,23 @@ pub(crate) type Reply<T> = oneshot::Receiver<Result<T, StoreError>>;
 /// Wait for `reply` from `writer` ("the SQLite writer", "the PostgreSQL
 /// writer"); the outcome is unknown if the writer stopped before answering.
 pub(crate) async fn received<T>(reply: Reply<T>, writer: &str) -> Result<T, StoreError> {
-    reply.await.map_err(|_| stopped_before_answering(writer))?
+    received_else(reply, writer, || {}).await
+}
+
+/// [`received`], calling `on_stopped` first when the writer stopped before
+/// answering (a store that fail-stops then: stopped before its caller hears).
+pub(crate) async fn received_else<T>(
+    reply: Reply<T>,
+    writer: &str,
+    on_stopped: impl FnOnce(),
+) -> Result<T, StoreError> {
+    match reply.await {
+        Ok(answer) => answer,
+        Err(_) => {
+            on_stopped();
+            Err(stopped_before_answering(writer))
+        }
+    }
 }
 
 /// The error of a caller whose writer stopped before answering.

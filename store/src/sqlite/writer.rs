@@ -91,7 +91,7 @@ impl FailStop {
         self.0.load(Ordering::Acquire)
     }
 
-    fn stop(&self) {
+    pub(super) fn stop(&self) {
         self.0.store(true, Ordering::Release);
     }
 }
