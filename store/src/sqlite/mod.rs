@@ -458,7 +458,7 @@ impl PointStore for SqliteStore {
                 limit,
                 reply,
             }))?;
-            self.from_writer(answer).await
+            self.writer_reply(answer).await
         })
     }
 }
@@ -516,7 +516,7 @@ impl SqliteStore {
             _queued: queued,
         };
         self.send(Work::Change(job))?;
-        self.from_writer(answer).await
+        self.writer_reply(answer).await
     }
 
     /// Check `change` against the sequenced state, hand it to the writer and
@@ -545,7 +545,7 @@ impl SqliteStore {
             // Negative control: the answer before the change is durable.
             return Ok(Box::pin(std::future::ready(Ok(early))));
         }
-        Ok(Box::pin(self.from_writer(answer)))
+        Ok(Box::pin(self.writer_reply(answer)))
     }
 
     /// Resolve once everything a read of user `id` marked `mark` showed is
@@ -569,7 +569,7 @@ impl SqliteStore {
                     mark,
                     reply,
                 }))?;
-                self.from_writer(answer).await
+                self.writer_reply(answer).await
             },
         ))
     }
@@ -578,7 +578,7 @@ impl SqliteStore {
     /// panicked) leaves the store failed stop, and the store is marked so here
     /// before the caller hears `STORE_OUTCOME_UNKNOWN`: its next request is
     /// refused, never sequenced on a state the dead batch left pending.
-    async fn from_writer<T>(&self, answer: reply::Reply<T>) -> Result<T, StoreError> {
+    async fn writer_reply<T>(&self, answer: reply::Reply<T>) -> Result<T, StoreError> {
         reply::received_else(answer, WRITER, || self.stop.stop()).await
     }
 
