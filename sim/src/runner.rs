@@ -1,0 +1,448 @@
+//! One seed, start to end: each incarnation of the process gets its own
+//! current-thread tokio runtime with paused time, the real store (the same
+//! SQLite file each time) behind the fault wrapper, the service and the
+//! stack; its clients run until they are done (then the run waits for
+//! quiescence and checks it) or until the scenario crashes the process. The
+//! checkers run after every answer and at every quiescence; after the last
+//! incarnation the durable state is reopened and checked once more.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use pointlock_core::{
+    KeyedLock, MemoryStore, Policy, PointService, PointStore, TransactionType, UserId,
+};
+use pointlock_server::routes::SharedService;
+use pointlock_store::{NegativeControl, SqliteOptions, SqliteStore};
+
+use crate::clock::SimClock;
+use crate::faults::FaultStore;
+use crate::model::{check_user, Durable, Log};
+use crate::plant::Plant;
+use crate::stack::{self, StackOptions};
+use crate::workload::{Incarnation, OpKind, Scenario, Size, StoreKind, FAILING_AMOUNT, POISON_AMOUNT};
+
+/// The most changes the simulated SQLite writer may have queued (its bound,
+/// checked after every event).
+pub const SQLITE_QUEUE_MAX: usize = 64;
+
+/// How to run seeds.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    /// The store.
+    pub store: StoreKind,
+    /// The scenario's size.
+    pub size: Size,
+    /// A bug planted on purpose (negative controls), or none.
+    pub plant: Option<Plant>,
+    /// The stack's limits.
+    pub stack: StackOptions,
+}
+
+impl RunOptions {
+    /// The default run on `store`.
+    pub fn new(store: StoreKind) -> Self {
+        Self {
+            store,
+            size: Size::DEFAULT,
+            plant: None,
+            stack: StackOptions::default(),
+        }
+    }
+}
+
+/// What one passing seed did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeedReport {
+    /// Requests sent (retries included).
+    pub requests: usize,
+    /// Incarnations that ended in a crash.
+    pub crashes: usize,
+}
+
+/// A seed a checker failed, with everything needed to replay it.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The seed.
+    pub seed: u64,
+    /// The store it ran on.
+    pub store: StoreKind,
+    /// The plant it ran with.
+    pub plant: Option<Plant>,
+    /// What the checker found.
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let store = match self.store {
+            StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+        };
+        let plant = self
+            .plant
+            .map(|plant| format!(" --plant {}", plant.name()))
+            .unwrap_or_default();
+        write!(
+            f,
+            "seed {} failed on {store}{plant}: {}\n  replay: cargo run -p pointlock-sim --features test-util -- --store {store} --seed {}{plant}",
+            self.seed, self.message, self.seed
+        )
+    }
+}
+
+/// The state one incarnation's clients and checkers share.
+pub struct Life {
+    /// Which incarnation this is.
+    pub index: usize,
+    /// Every request of the run.
+    pub log: Arc<Mutex<Log>>,
+    scenario_users: u64,
+    max_balance: u64,
+    lock: KeyedLock<UserId>,
+    lock_queue_max: usize,
+    memory: Option<Arc<MemoryStore>>,
+    sqlite: Option<Arc<SqliteStore>>,
+    violation: Mutex<Option<String>>,
+}
+
+impl Life {
+    /// Whether a checker has failed.
+    pub fn failed(&self) -> bool {
+        self.violation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    fn fail(&self, message: String) {
+        let mut slot = self.violation.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(message);
+        }
+    }
+
+    /// The checkers after every answer: the bounds of the lock table and of
+    /// the SQLite pipeline, and (on the memory store, whose state is the
+    /// durable state) every user's linearizability against the store now.
+    pub async fn after_event(&self) {
+        let users = usize::try_from(self.scenario_users).unwrap_or(usize::MAX);
+        if self.lock.len() > users {
+            self.fail(format!("the lock table holds {} keys for {users} users", self.lock.len()));
+        }
+        if self.lock.waiters() > users * self.lock_queue_max {
+            self.fail(format!("{} lock waiters, above {users} users x {}", self.lock.waiters(), self.lock_queue_max));
+        }
+        if let Some(sqlite) = &self.sqlite {
+            if sqlite.queued_ops() > SQLITE_QUEUE_MAX {
+                self.fail(format!("{} changes queued for the writer, above {SQLITE_QUEUE_MAX}", sqlite.queued_ops()));
+            }
+            if sqlite.sequenced_users() > users {
+                self.fail(format!("{} users in the sequenced state, above {users}", sqlite.sequenced_users()));
+            }
+        }
+        if let Some(memory) = &self.memory {
+            let memory: Arc<dyn PointStore> = Arc::clone(memory) as Arc<dyn PointStore>;
+            if let Err(message) = self.check_durable(&memory).await {
+                self.fail(message);
+            }
+        }
+    }
+
+    /// Every user's answers against `store`'s durable state.
+    async fn check_durable(&self, store: &Arc<dyn PointStore>) -> Result<(), String> {
+        let durable = read_durable(store, self.scenario_users).await?;
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        for (user, state) in (1..=self.scenario_users).zip(&durable) {
+            check_user(&log, user, state, self.max_balance, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// Each user's durable balance and rows in `store`.
+async fn read_durable(store: &Arc<dyn PointStore>, users: u64) -> Result<Vec<Durable>, String> {
+    let mut all = Vec::new();
+    for user in 1..=users {
+        let id = UserId::new(user).map_err(|e| format!("user id {user}: {e}"))?;
+        let point = store
+            .user_point(id)
+            .await
+            .map_err(|e| format!("reading user {user}'s balance: {e}"))?
+            .map_or(0, |p| p.point);
+        let rows = store
+            .histories(id)
+            .await
+            .map_err(|e| format!("reading user {user}'s history: {e}"))?
+            .into_iter()
+            .map(|h| {
+                let kind = match h.kind {
+                    TransactionType::Charge => OpKind::Charge,
+                    TransactionType::Use => OpKind::Use,
+                };
+                (kind, h.amount.get())
+            })
+            .collect();
+        all.push(Durable { point, rows });
+    }
+    Ok(all)
+}
+
+/// Run seed `seed`; `Err` if a checker failed (or the run could not be set up).
+pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> {
+    let failure = |message: String| Failure {
+        seed,
+        store: options.store,
+        plant: options.plant,
+        message,
+    };
+    let scenario = Scenario::generate(seed, options.store, options.size);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let dir = tempfile::tempdir().map_err(|e| failure(format!("temp dir: {e}")))?;
+    let path = dir.path().join("sim.db");
+    let memory = Arc::new(MemoryStore::new());
+    let mut report = SeedReport::default();
+    let mut wall = 1_700_000_000_000_i64;
+    for (index, incarnation) in scenario.incarnations.iter().enumerate() {
+        let runtime = runtime().map_err(|e| failure(format!("runtime: {e}")))?;
+        let fail_commits = Arc::new(AtomicBool::new(false));
+        let (store, sqlite): (Arc<dyn PointStore>, Option<Arc<SqliteStore>>) = match options.store {
+            StoreKind::Memory => (Arc::clone(&memory) as Arc<dyn PointStore>, None),
+            StoreKind::Sqlite => {
+                let sqlite = runtime
+                    .block_on(async {
+                        SqliteStore::open(&path, sqlite_options(incarnation, options.plant, &fail_commits))
+                    })
+                    .map_err(|e| failure(format!("opening SQLite (life {index}): {e}")))?;
+                let sqlite = Arc::new(sqlite);
+                (Arc::clone(&sqlite) as Arc<dyn PointStore>, Some(sqlite))
+            }
+        };
+        let weak: Option<Weak<SqliteStore>> = sqlite.as_ref().map(Arc::downgrade);
+        let setup = Setup {
+            seed,
+            index,
+            log: Arc::clone(&log),
+            memory: (options.store == StoreKind::Memory).then(|| Arc::clone(&memory)),
+            sqlite,
+            store,
+            wall,
+            fail_commits: Arc::clone(&fail_commits),
+        };
+        let outcome = runtime.block_on(live(&scenario, incarnation, options, setup));
+        // A crash: nothing queued is committed any more (every COMMIT from now
+        // on fails), and dropping the runtime drops every request in flight.
+        fail_commits.store(true, Ordering::SeqCst);
+        drop(runtime);
+        if weak.is_some_and(|weak| weak.strong_count() > 0) {
+            return Err(failure(format!("life {index}: the SQLite store outlived its process")));
+        }
+        let ended = outcome.map_err(failure)?;
+        report.crashes += usize::from(ended.crashed);
+        wall += ended.elapsed_millis + 1_000;
+    }
+    report.requests = log.lock().unwrap_or_else(PoisonError::into_inner).entries.len();
+    let runtime = runtime().map_err(|e| failure(format!("runtime: {e}")))?;
+    // The durable state after the last life, reopened: every acknowledged
+    // change and every value shown must still be explained by it.
+    let store: Arc<dyn PointStore> = match options.store {
+        StoreKind::Memory => memory,
+        StoreKind::Sqlite => Arc::new(
+            runtime
+                .block_on(async { SqliteStore::open(&path, SqliteOptions::default()) })
+                .map_err(|e| failure(format!("reopening SQLite: {e}")))?,
+        ),
+    };
+    let durable = runtime
+        .block_on(read_durable(&store, scenario.users))
+        .map_err(failure)?;
+    drop(store);
+    drop(runtime);
+    let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+    for (user, state) in (1..=scenario.users).zip(&durable) {
+        check_user(&log, user, state, scenario.max_balance, true)
+            .map_err(|message| failure(format!("after the last restart: {message}")))?;
+    }
+    Ok(report)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+}
+
+fn sqlite_options(incarnation: &Incarnation, plant: Option<Plant>, fail_commits: &Arc<AtomicBool>) -> SqliteOptions {
+    SqliteOptions {
+        queue_ops_max: SQLITE_QUEUE_MAX,
+        readers: 2,
+        quick_check: false,
+        negative_control: match plant {
+            Some(Plant::AnswerBeforeDurable) => Some(NegativeControl::AnswerAtSequencing),
+            Some(Plant::ReadSequencedState) => Some(NegativeControl::DirtyReads),
+            _ => None,
+        },
+        fail_commits: Some(Arc::clone(fail_commits)),
+        panic_amount: incarnation.poison.then_some(POISON_AMOUNT),
+        fail_amount: incarnation
+            .failing_statement
+            .then(|| Arc::new(AtomicU64::new(FAILING_AMOUNT))),
+        ..SqliteOptions::default()
+    }
+}
+
+
+/// How an incarnation ended.
+struct Ended {
+    crashed: bool,
+    elapsed_millis: i64,
+}
+
+/// What one incarnation starts from.
+struct Setup {
+    seed: u64,
+    index: usize,
+    log: Arc<Mutex<Log>>,
+    memory: Option<Arc<MemoryStore>>,
+    sqlite: Option<Arc<SqliteStore>>,
+    store: Arc<dyn PointStore>,
+    wall: i64,
+    fail_commits: Arc<AtomicBool>,
+}
+
+/// One incarnation, inside its runtime.
+async fn live(
+    scenario: &Scenario,
+    incarnation: &Incarnation,
+    options: &RunOptions,
+    setup: Setup,
+) -> Result<Ended, String> {
+    let Setup { seed, index, log, memory, sqlite, store, wall, fail_commits } = setup;
+    let clock = Arc::new(SimClock::new(wall));
+    let life_seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let faulty = Arc::new(FaultStore::new(Arc::clone(&store), scenario.rates, life_seed));
+    let in_flight = faulty.in_flight();
+    let lock = if options.plant == Some(Plant::LostUpdate) {
+        KeyedLock::unsynchronized()
+    } else {
+        KeyedLock::with_clock(Arc::clone(&clock))
+    };
+    let life = Arc::new(Life {
+        index,
+        log,
+        scenario_users: scenario.users,
+        max_balance: scenario.max_balance,
+        lock: lock.clone(),
+        lock_queue_max: options.stack.lock_queue_max,
+        memory,
+        sqlite,
+        violation: Mutex::new(None),
+    });
+    let mut service = PointService::with_lock(
+        Arc::clone(&faulty) as Arc<dyn PointStore>,
+        Policy::new(scenario.max_balance),
+        Arc::clone(&clock) as Arc<dyn pointlock_core::Clock>,
+        lock,
+    );
+    if options.plant == Some(Plant::LostUpdate) {
+        service = service.without_commit_condition();
+    }
+    let service: SharedService = Arc::new(service);
+    let stack = stack::build(Arc::clone(&service), options.stack, options.plant, life_seed);
+    // Keep simulated time still while the SQLite writer thread works.
+    let pump = life.sqlite.clone().map(|sqlite| {
+        let in_flight = Arc::clone(&in_flight);
+        tokio::spawn(pump(sqlite, in_flight))
+    });
+    if let Some(at) = incarnation.fail_commits_at_millis {
+        let fail_commits = Arc::clone(&fail_commits);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(at)).await;
+            fail_commits.store(true, Ordering::SeqCst);
+        });
+    }
+    let clients: Vec<_> = incarnation
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(n, script)| {
+            let client_seed = life_seed ^ (n as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            tokio::spawn(crate::client::run(Arc::clone(&life), script.clone(), stack.clone(), client_seed))
+        })
+        .collect();
+    let all_done = async {
+        for client in clients {
+            if client.await.is_err() {
+                return Err("a client panicked".to_owned());
+            }
+        }
+        Ok(())
+    };
+    let crashed = match incarnation.crash_at_millis {
+        None => {
+            all_done.await?;
+            false
+        }
+        Some(at) => {
+            tokio::select! {
+                biased;
+                done = all_done => { done?; false }
+                () = tokio::time::sleep(Duration::from_millis(at)) => true,
+            }
+        }
+    };
+    let elapsed_millis = clock.elapsed_millis();
+    if let Some(message) = life.violation.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        return Err(message);
+    }
+    if crashed {
+        if let Some(pump) = pump {
+            pump.abort();
+        }
+        return Ok(Ended { crashed, elapsed_millis });
+    }
+    // Quiescence: every timeout has passed, every dropped request finished.
+    tokio::time::sleep(options.stack.request_timeout * 4).await;
+    if !life.lock.is_empty() {
+        return Err(format!(
+            "life {}: at quiescence the lock table still holds {} key(s) (a leaked guard)",
+            life.index,
+            life.lock.len()
+        ));
+    }
+    if let Some(sqlite) = &life.sqlite {
+        if sqlite.sequenced_users() != 0 {
+            return Err(format!(
+                "life {}: at quiescence {} user(s) remain in the sequenced state",
+                life.index,
+                sqlite.sequenced_users()
+            ));
+        }
+    }
+    life.check_durable(&store)
+        .await
+        .map_err(|message| format!("life {} at quiescence: {message}", life.index))?;
+    if let Some(pump) = pump {
+        pump.abort();
+    }
+    drop((stack, service, faulty));
+    Ok(Ended { crashed, elapsed_millis })
+}
+
+/// While the SQLite store has work under way (a call through the fault
+/// wrapper, or changes queued for its writer thread), keep the runtime busy
+/// so that tokio's paused clock does not jump ahead while an OS thread
+/// works; otherwise look again after a simulated millisecond.
+async fn pump(sqlite: Arc<SqliteStore>, in_flight: Arc<AtomicUsize>) {
+    loop {
+        if in_flight.load(Ordering::SeqCst) > 0 || sqlite.queued_ops() > 0 {
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
