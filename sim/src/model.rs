@@ -72,6 +72,10 @@ pub struct Entry {
     pub key: Option<String>,
     /// What it was answered.
     pub answer: Answer,
+    /// When it arrived, on the log's clock (arrivals and answers, counted).
+    pub arrived_at: u64,
+    /// When it was answered, on the log's clock.
+    pub answered_at: Option<u64>,
 }
 
 /// Every request of a run, in arrival order.
@@ -79,13 +83,18 @@ pub struct Entry {
 pub struct Log {
     /// The entries, indexed by arrival.
     pub entries: Vec<Entry>,
+    /// The log's clock: one tick per arrival and per answer.
+    pub ticks: u64,
 }
 
 impl Log {
     /// Record a request arriving now; answer its index.
     pub fn arrive(&mut self, life: usize, user: u64, kind: OpKind, amount: u64, key: Option<String>) -> usize {
         let index = self.entries.len();
+        self.ticks += 1;
         self.entries.push(Entry {
+            arrived_at: self.ticks,
+            answered_at: None,
             arrival: index as u64,
             life,
             user,
@@ -99,8 +108,10 @@ impl Log {
 
     /// Record the answer of request `index`.
     pub fn answer(&mut self, index: usize, answer: Answer) {
+        self.ticks += 1;
         if let Some(entry) = self.entries.get_mut(index) {
             entry.answer = answer;
+            entry.answered_at = Some(self.ticks);
         }
     }
 }
@@ -137,7 +148,7 @@ fn verdict(answer: &Answer) -> Verdict {
         Answer::Applied { point, replayed: true } => Verdict::Replayed(*point),
         Answer::Point(_) | Answer::History(_) => Verdict::Impossible,
         Answer::Error { status, code } => match (status, code.as_str()) {
-            (422, "INSUFFICIENT_BALANCE") => Verdict::Policy("INSUFFICIENT_BALANCE"),
+            (_, "INSUFFICIENT_BALANCE") => Verdict::Policy("INSUFFICIENT_BALANCE"),
             (_, "MAX_BALANCE_EXCEEDED") => Verdict::Policy("MAX_BALANCE_EXCEEDED"),
             (503, "LOCK_TIMEOUT" | "LOCK_QUEUE_FULL" | "STORE_UNAVAILABLE" | "STORE_OVERLOADED")
             | (_, "WRITE_CONFLICT" | "STORE_ERROR") => Verdict::Nothing,
@@ -154,6 +165,38 @@ struct State {
     balance: u64,
     /// Logical operations applied so far, with the balance after each.
     applied: HashMap<(OpKind, u64), u64>,
+    /// Reads on a pipelined store whose answer is not the model's state at
+    /// their place: each must be the state after some change that arrived
+    /// before the read was answered.
+    open: Vec<OpenRead>,
+}
+
+/// A read still to be matched by a later state.
+#[derive(Clone, Copy, Debug)]
+struct OpenRead {
+    /// The read's index among the user's events.
+    event: usize,
+    /// Until when (log clock) a change may still explain it.
+    until: u64,
+    /// The balance shown, or the number of rows shown.
+    shows: Shown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shown {
+    Balance(u64),
+    Rows(usize),
+}
+
+impl State {
+    /// Drop the open reads the state now explains.
+    fn close_reads(&mut self) {
+        let (balance, row) = (self.balance, self.row);
+        self.open.retain(|read| match read.shows {
+            Shown::Balance(shown) => shown != balance,
+            Shown::Rows(shown) => shown != row,
+        });
+    }
 }
 
 /// The search over the unknown outcomes of one user.
@@ -162,6 +205,7 @@ struct Search<'a> {
     durable: &'a Durable,
     max_balance: u64,
     complete: bool,
+    reads_in_window: bool,
     steps: u64,
     /// The furthest event the search got to, and why it could go no further.
     deepest: (usize, String),
@@ -199,12 +243,23 @@ impl Search<'_> {
             let Some(event) = self.events.get(at).copied() else {
                 return self.finish(at, &state);
             };
+            if let Some(read) = state.open.iter().find(|read| read.until < event.arrived_at) {
+                let read = *read;
+                return self.unexplained_read(at, read);
+            }
             let here = describe(event);
             match event.kind {
                 OpKind::ReadPoint => {
                     if let Answer::Point(shown) = event.answer {
                         if shown != state.balance {
-                            return self.fail(at, format!("{here}: the model's balance there is {}", state.balance));
+                            if !self.reads_in_window || shown > self.max_balance {
+                                return self.fail(at, format!("{here}: the model's balance there is {}", state.balance));
+                            }
+                            state.open.push(OpenRead {
+                                event: at,
+                                until: event.answered_at.unwrap_or(u64::MAX),
+                                shows: Shown::Balance(shown),
+                            });
                         }
                     }
                 }
@@ -212,7 +267,15 @@ impl Search<'_> {
                     if let Answer::History(shown) = &event.answer {
                         let model = self.durable.rows.get(..state.row).unwrap_or_default();
                         if shown.as_slice() != model {
-                            return self.fail(at, format!("{here}: the model's history there is {model:?}"));
+                            let prefix = self.durable.rows.get(..shown.len()) == Some(shown.as_slice());
+                            if !self.reads_in_window || !prefix || shown.len() < state.row {
+                                return self.fail(at, format!("{here}: the model's history there is {model:?}"));
+                            }
+                            state.open.push(OpenRead {
+                                event: at,
+                                until: event.answered_at.unwrap_or(u64::MAX),
+                                shows: Shown::Rows(shown.len()),
+                            });
                         }
                     }
                 }
@@ -268,7 +331,19 @@ impl Search<'_> {
         }
     }
 
+    fn unexplained_read(&mut self, at: usize, read: OpenRead) -> bool {
+        let here = self.events.get(read.event).map(|e| describe(e)).unwrap_or_default();
+        self.fail(
+            at.max(read.event),
+            format!("{here}: no state between its place and its answer shows {:?}", read.shows),
+        )
+    }
+
     fn finish(&mut self, at: usize, state: &State) -> bool {
+        if let Some(read) = state.open.first() {
+            let read = *read;
+            return self.unexplained_read(at, read);
+        }
         if state.row != self.durable.rows.len() {
             return self.fail(at, format!(
                 "durable rows from {} on ({:?}) belong to no request in arrival order (an update from nowhere, or out of order)",
@@ -290,6 +365,7 @@ fn apply(mut state: State, op: (OpKind, u64), next: u64) -> State {
     state.row += 1;
     state.balance = next;
     state.applied.insert(op, next);
+    state.close_reads();
     state
 }
 
@@ -311,13 +387,27 @@ fn describe(event: &Entry) -> String {
 /// changes may still be in flight to a store that writes balance and row at
 /// different moments: never, for these stores, but a mid-run check stays
 /// conservative). `Err` says why no sequence explains what was seen.
-pub fn check_user(log: &Log, user: u64, durable: &Durable, max_balance: u64, complete: bool) -> Result<(), String> {
+///
+/// With `reads_in_window` (a pipelined store) a read may also show the state
+/// after changes that arrived after it but before its answer (it waits for
+/// earlier changes without the lock, and then reads durable state, see
+/// `PointService::point_in_order`); otherwise it must show the state at its
+/// place exactly.
+pub fn check_user(
+    log: &Log,
+    user: u64,
+    durable: &Durable,
+    max_balance: u64,
+    complete: bool,
+    reads_in_window: bool,
+) -> Result<(), String> {
     let events: Vec<&Entry> = log.entries.iter().filter(|e| e.user == user).collect();
     let mut search = Search {
         events,
         durable,
         max_balance,
         complete,
+        reads_in_window,
         steps: 0,
         deepest: (0, String::new()),
     };
@@ -325,13 +415,19 @@ pub fn check_user(log: &Log, user: u64, durable: &Durable, max_balance: u64, com
         row: 0,
         balance: 0,
         applied: HashMap::new(),
+        open: Vec::new(),
     };
     if search.explain(0, start) {
         Ok(())
     } else {
+        let mut trace = String::new();
+        for event in &search.events {
+            trace.push_str("\n    ");
+            trace.push_str(&describe(event));
+        }
         Err(format!(
-            "user {user}: no sequential history explains what clients saw; furthest: {}",
-            search.deepest.1
+            "user {user}: no sequential history explains what clients saw; furthest: {}\n  the user's requests in arrival order:{trace}\n  durable: balance {}, rows {:?}",
+            search.deepest.1, durable.point, durable.rows
         ))
     }
 }

@@ -156,7 +156,7 @@ impl Life {
         let durable = read_durable(store, self.scenario_users).await?;
         let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         for (user, state) in (1..=self.scenario_users).zip(&durable) {
-            check_user(&log, user, state, self.max_balance, true)?;
+            check_user(&log, user, state, self.max_balance, true, self.sqlite.is_some())?;
         }
         Ok(())
     }
@@ -262,7 +262,7 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
     drop(runtime);
     let log = log.lock().unwrap_or_else(PoisonError::into_inner);
     for (user, state) in (1..=scenario.users).zip(&durable) {
-        check_user(&log, user, state, scenario.max_balance, true)
+        check_user(&log, user, state, scenario.max_balance, true, options.store == StoreKind::Sqlite)
             .map_err(|message| failure(format!("after the last restart: {message}")))?;
     }
     Ok(report)
