@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pointlock_sim::plant::Plant;
-use pointlock_sim::runner::RunOptions;
+use pointlock_sim::runner::{run_seed, RunOptions};
 use pointlock_sim::sweep::sweep;
 use pointlock_sim::workload::StoreKind;
 
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(message) => {
             eprintln!("pointlock-sim: {message}");
-            eprintln!("usage: pointlock-sim [--store memory|sqlite] [--seeds N] [--first N] [--seed N] [--plant NAME] [--budget-secs S]");
+            eprintln!("usage: pointlock-sim [--store memory|sqlite] [--seeds N] [--first N] [--seed N] [--plant NAME] [--budget-secs S] [--replay-check]");
             ExitCode::from(2)
         }
     }
@@ -27,6 +27,7 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
     let (mut first, mut count) = (0_u64, 1_000_u64);
     let mut plant = None;
     let mut budget = None;
+    let mut replay_check = false;
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -49,6 +50,7 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 plant = Some(Plant::from_name(&name).ok_or_else(|| format!("unknown plant {name}"))?);
             }
             "--budget-secs" => budget = Some(Duration::from_secs(number(&value()?)?)),
+            "--replay-check" => replay_check = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -56,6 +58,9 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
         plant,
         ..RunOptions::new(store)
     };
+    if replay_check {
+        return Ok(check_replays(first, count, &options));
+    }
     let result = sweep(first, count, &options, budget);
     println!(
         "{} seeds from {first} on {store:?}{}: {} requests, {} crashes, {:.1} s, {:.1} seeds/s",
@@ -66,6 +71,13 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
         result.elapsed.as_secs_f64(),
         result.seeds_per_second()
     );
+    println!(
+        "  injected by the store wrapper: {} delays, {} errors before the store, {} durable changes answered outcome-unknown",
+        result.injected[0], result.injected[1], result.injected[2]
+    );
+    for (kind, count) in &result.answers {
+        println!("  {count:>8}  {kind}");
+    }
     Ok(match result.failure {
         Some(failure) => {
             println!("{failure}");
@@ -73,6 +85,31 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
         }
         None => ExitCode::SUCCESS,
     })
+}
+
+/// Run every seed twice and count the seeds whose two runs differ (in any
+/// request or answer).
+fn check_replays(first: u64, count: u64, options: &RunOptions) -> ExitCode {
+    let (mut same, mut differ) = (0_u64, Vec::new());
+    for seed in first..first.saturating_add(count) {
+        let digests: Vec<Option<u64>> = (0..2)
+            .map(|_| run_seed(seed, options).ok().map(|report| report.digest))
+            .collect();
+        if digests[0].is_some() && digests[0] == digests[1] {
+            same += 1;
+        } else {
+            differ.push(seed);
+        }
+    }
+    println!(
+        "{same} of {count} seeds replayed identically; differing (or failing): {:?}",
+        differ.get(..differ.len().min(20)).unwrap_or_default()
+    );
+    if differ.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn number(raw: &str) -> Result<u64, String> {

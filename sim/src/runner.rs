@@ -6,7 +6,9 @@
 //! checkers run after every answer and at every quiescence; after the last
 //! incarnation the durable state is reopened and checked once more.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -19,7 +21,7 @@ use pointlock_store::{NegativeControl, SqliteOptions, SqliteStore};
 
 use crate::clock::SimClock;
 use crate::faults::FaultStore;
-use crate::model::{check_user, Durable, Log};
+use crate::model::{check_user, Answer, Durable, Log};
 use crate::plant::Plant;
 use crate::stack::{self, StackOptions};
 use crate::workload::{Incarnation, OpKind, Scenario, Size, StoreKind, FAILING_AMOUNT, POISON_AMOUNT};
@@ -54,12 +56,21 @@ impl RunOptions {
 }
 
 /// What one passing seed did.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SeedReport {
     /// Requests sent (retries included).
     pub requests: usize,
     /// Incarnations that ended in a crash.
     pub crashes: usize,
+    /// How many answers of each kind the clients got (`200`, `dropped`,
+    /// `in flight at a crash`, or the error code).
+    pub answers: BTreeMap<String, usize>,
+    /// Faults the wrapper injected: delays, errors before the store, durable
+    /// changes answered "outcome unknown".
+    pub injected: [usize; 3],
+    /// A digest of every request and answer, in arrival order: two runs of a
+    /// seed that behave alike have the same digest.
+    pub digest: u64,
 }
 
 /// A seed a checker failed, with everything needed to replay it.
@@ -198,6 +209,7 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
         plant: options.plant,
         message,
     };
+    quiet_planted_writer_panics();
     let scenario = Scenario::generate(seed, options.store, options.size);
     let log = Arc::new(Mutex::new(Log::default()));
     let dir = tempfile::tempdir().map_err(|e| failure(format!("temp dir: {e}")))?;
@@ -241,9 +253,12 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
         }
         let ended = outcome.map_err(failure)?;
         report.crashes += usize::from(ended.crashed);
+        for (total, count) in report.injected.iter_mut().zip(ended.injected) {
+            *total += count;
+        }
         wall += ended.elapsed_millis + 1_000;
     }
-    report.requests = log.lock().unwrap_or_else(PoisonError::into_inner).entries.len();
+    summarize(&log.lock().unwrap_or_else(PoisonError::into_inner), &mut report);
     let runtime = runtime().map_err(|e| failure(format!("runtime: {e}")))?;
     // The durable state after the last life, reopened: every acknowledged
     // change and every value shown must still be explained by it.
@@ -299,6 +314,25 @@ fn sqlite_options(incarnation: &Incarnation, plant: Option<Plant>, fail_commits:
 struct Ended {
     crashed: bool,
     elapsed_millis: i64,
+    injected: [usize; 3],
+}
+
+/// The answers' counts and the digest of `log`.
+fn summarize(log: &Log, report: &mut SeedReport) {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for entry in &log.entries {
+        let kind = match &entry.answer {
+            Answer::Pending => "in flight at a crash".to_owned(),
+            Answer::Dropped => "dropped (disconnect)".to_owned(),
+            Answer::Applied { replayed: true, .. } => "200 replayed".to_owned(),
+            Answer::Applied { .. } | Answer::Point(_) | Answer::History(_) => "200".to_owned(),
+            Answer::Error { status, code } => format!("{status} {code}"),
+        };
+        *report.answers.entry(kind).or_default() += 1;
+        format!("{entry:?}").hash(&mut hasher);
+    }
+    report.requests = log.entries.len();
+    report.digest = hasher.finish();
 }
 
 /// What one incarnation starts from.
@@ -395,6 +429,11 @@ async fn live(
         }
     };
     let elapsed_millis = clock.elapsed_millis();
+    let injected = [
+        faulty.injected.delays.load(Ordering::Relaxed),
+        faulty.injected.errors_before.load(Ordering::Relaxed),
+        faulty.injected.unknown_after.load(Ordering::Relaxed),
+    ];
     if let Some(message) = life.violation.lock().unwrap_or_else(PoisonError::into_inner).take() {
         return Err(message);
     }
@@ -402,7 +441,11 @@ async fn live(
         if let Some(pump) = pump {
             pump.abort();
         }
-        return Ok(Ended { crashed, elapsed_millis });
+        return Ok(Ended {
+            crashed,
+            elapsed_millis,
+            injected,
+        });
     }
     // Quiescence: every timeout has passed, every dropped request finished.
     tokio::time::sleep(options.stack.request_timeout * 4).await;
@@ -429,7 +472,11 @@ async fn live(
         pump.abort();
     }
     drop((stack, service, faulty));
-    Ok(Ended { crashed, elapsed_millis })
+    Ok(Ended {
+        crashed,
+        elapsed_millis,
+        injected,
+    })
 }
 
 /// While the SQLite store has work under way (a call through the fault
@@ -445,4 +492,23 @@ async fn pump(sqlite: Arc<SqliteStore>, in_flight: Arc<AtomicUsize>) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+}
+
+/// The SQLite writer's planted panic (a seeded fault) is expected: keep its
+/// message and backtrace out of the output; every other panic is reported
+/// as before.
+fn quiet_planted_writer_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let planted = info
+                .payload()
+                .downcast_ref::<String>()
+                .is_some_and(|message| message.contains("(a planted fault)"));
+            if !planted {
+                previous(info);
+            }
+        }));
+    });
 }

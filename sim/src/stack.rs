@@ -50,7 +50,7 @@ impl Default for StackOptions {
     fn default() -> Self {
         Self {
             lock_timeout: Duration::from_millis(150),
-            request_timeout: Duration::from_millis(400),
+            request_timeout: Duration::from_millis(220),
             lock_queue_max: 4,
         }
     }

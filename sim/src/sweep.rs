@@ -1,6 +1,7 @@
 //! Many seeds in a row: the CI slice, the long mode and the negative
 //! controls all run through [`sweep`].
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::runner::{run_seed, Failure, RunOptions};
@@ -14,6 +15,11 @@ pub struct Sweep {
     pub requests: usize,
     /// Incarnations that ended in a crash.
     pub crashes: usize,
+    /// Answers of each kind over all seeds.
+    pub answers: BTreeMap<String, usize>,
+    /// Faults the wrapper injected over all seeds: delays, errors before
+    /// the store, durable changes answered "outcome unknown".
+    pub injected: [usize; 3],
     /// Wall-clock time taken.
     pub elapsed: Duration,
     /// The first failing seed, if any.
@@ -35,6 +41,8 @@ pub fn sweep(first: u64, count: u64, options: &RunOptions, budget: Option<Durati
         seeds: 0,
         requests: 0,
         crashes: 0,
+        answers: BTreeMap::new(),
+        injected: [0; 3],
         elapsed: Duration::ZERO,
         failure: None,
     };
@@ -47,6 +55,12 @@ pub fn sweep(first: u64, count: u64, options: &RunOptions, budget: Option<Durati
             Ok(report) => {
                 result.requests += report.requests;
                 result.crashes += report.crashes;
+                for (kind, count) in report.answers {
+                    *result.answers.entry(kind).or_default() += count;
+                }
+                for (total, count) in result.injected.iter_mut().zip(report.injected) {
+                    *total += count;
+                }
             }
             Err(failure) => {
                 result.failure = Some(failure);
