@@ -85,10 +85,22 @@ async fn send(life: &Life, op: &ClientOp, stack: Stack) -> Answer {
 /// The HTTP request of `op`.
 fn request(op: &ClientOp) -> Request<Full<Bytes>> {
     let (method, path, body) = match op.kind {
-        OpKind::Charge => (Method::PATCH, format!("/point/{}/charge", op.user), amount_body(op)),
-        OpKind::Use => (Method::PATCH, format!("/point/{}/use", op.user), amount_body(op)),
+        OpKind::Charge => (
+            Method::PATCH,
+            format!("/point/{}/charge", op.user),
+            amount_body(op),
+        ),
+        OpKind::Use => (
+            Method::PATCH,
+            format!("/point/{}/use", op.user),
+            amount_body(op),
+        ),
         OpKind::ReadPoint => (Method::GET, format!("/point/{}", op.user), Bytes::new()),
-        OpKind::ReadHistory => (Method::GET, format!("/point/{}/histories", op.user), Bytes::new()),
+        OpKind::ReadHistory => (
+            Method::GET,
+            format!("/point/{}/histories", op.user),
+            Bytes::new(),
+        ),
     };
     let mut builder = Request::builder()
         .method(method)
@@ -131,13 +143,23 @@ async fn read_answer(kind: OpKind, response: SimResponse) -> Answer {
         (OpKind::ReadPoint, Some(point)) => Answer::Point(point),
         (OpKind::ReadHistory, _) => match json.as_array() {
             Some(rows) => Answer::History(rows.iter().map(history_row).collect()),
-            None => Answer::Error { status, code: "UNREADABLE_200".into() },
+            None => Answer::Error {
+                status,
+                code: "UNREADABLE_200".into(),
+            },
         },
-        _ => Answer::Error { status, code: "UNREADABLE_200".into() },
+        _ => Answer::Error {
+            status,
+            code: "UNREADABLE_200".into(),
+        },
     }
 }
 
 fn history_row(row: &serde_json::Value) -> (OpKind, u64) {
-    let kind = if row["type"] == "CHARGE" { OpKind::Charge } else { OpKind::Use };
+    let kind = if row["type"] == "CHARGE" {
+        OpKind::Charge
+    } else {
+        OpKind::Use
+    };
     (kind, row["amount"].as_u64().unwrap_or_default())
 }

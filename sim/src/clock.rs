@@ -30,8 +30,7 @@ impl SimClock {
 
 impl pointlock_core::Clock for SimClock {
     fn now_millis(&self) -> i64 {
-        self.wall_start_millis
-            .saturating_add(self.elapsed_millis())
+        self.wall_start_millis.saturating_add(self.elapsed_millis())
     }
 }
 

@@ -3,7 +3,8 @@
 //! (nothing changed) or after a change was durable (the answer must then be
 //! "outcome unknown", never "nothing changed"). The SQLite faults that live
 //! in the store itself (a failed COMMIT, a writer panic, a failing statement)
-//! are switched on through [`SqliteOptions`]' test fields by the runner.
+//! are switched on through the test fields of
+//! [`SqliteOptions`](pointlock_store::SqliteOptions) by the runner.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -33,17 +33,20 @@
 //!
 //! # Modules
 //!
+//! (Built only with `test-util`; `cargo doc -p pointlock-sim --features
+//! test-util` documents them.)
+//!
 //! | module | holds |
 //! |---|---|
-//! | [`workload`] | the [`Scenario`](workload::Scenario) drawn from a seed: clients' scripts, crashes, faults |
-//! | [`faults`] | [`FaultStore`](faults::FaultStore): seeded store delays and errors |
-//! | [`stack`] | the simulated HTTP stack (deadline, lock layer, router) |
-//! | [`client`] | a client: sends, records, disconnects, retries |
-//! | [`model`] | the log of requests and the per-user linearizability checker |
-//! | [`plant`] | the planted bugs the checkers must find |
-//! | [`runner`] | one seed: lives, crashes, restarts, quiescence checks |
-//! | [`clock`] | the service's clock from tokio's paused clock |
-//! | [`sweep`] | many seeds, with seeds per second |
+//! | `workload` | the `Scenario` drawn from a seed: clients' scripts, crashes, faults |
+//! | `faults` | `FaultStore`: seeded store delays and errors |
+//! | `stack` | the simulated HTTP stack (deadline, lock layer, router) |
+//! | `client` | a client: sends, records, disconnects, retries |
+//! | `model` | the log of requests and the per-user linearizability checker |
+//! | `plant` | the planted bugs the checkers must find |
+//! | `runner` | one seed: lives, crashes, restarts, quiescence checks |
+//! | `clock` | the service's clock from tokio's paused clock |
+//! | `sweep` | many seeds, with seeds per second |
 
 #[cfg(feature = "test-util")]
 pub mod client;

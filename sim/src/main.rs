@@ -47,7 +47,8 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
             }
             "--plant" => {
                 let name = value()?;
-                plant = Some(Plant::from_name(&name).ok_or_else(|| format!("unknown plant {name}"))?);
+                plant =
+                    Some(Plant::from_name(&name).ok_or_else(|| format!("unknown plant {name}"))?);
             }
             "--budget-secs" => budget = Some(Duration::from_secs(number(&value()?)?)),
             "--replay-check" => replay_check = true,
@@ -65,7 +66,9 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
     println!(
         "{} seeds from {first} on {store:?}{}: {} requests, {} crashes, {:.1} s, {:.1} seeds/s",
         result.seeds,
-        plant.map(|p| format!(" with plant {}", p.name())).unwrap_or_default(),
+        plant
+            .map(|p| format!(" with plant {}", p.name()))
+            .unwrap_or_default(),
         result.requests,
         result.crashes,
         result.elapsed.as_secs_f64(),

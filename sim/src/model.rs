@@ -89,7 +89,14 @@ pub struct Log {
 
 impl Log {
     /// Record a request arriving now; answer its index.
-    pub fn arrive(&mut self, life: usize, user: u64, kind: OpKind, amount: u64, key: Option<String>) -> usize {
+    pub fn arrive(
+        &mut self,
+        life: usize,
+        user: u64,
+        kind: OpKind,
+        amount: u64,
+        key: Option<String>,
+    ) -> usize {
         let index = self.entries.len();
         self.ticks += 1;
         self.entries.push(Entry {
@@ -144,13 +151,22 @@ enum Verdict {
 fn verdict(answer: &Answer) -> Verdict {
     match answer {
         Answer::Pending | Answer::Dropped => Verdict::Unknown,
-        Answer::Applied { point, replayed: false } => Verdict::Applied(*point),
-        Answer::Applied { point, replayed: true } => Verdict::Replayed(*point),
+        Answer::Applied {
+            point,
+            replayed: false,
+        } => Verdict::Applied(*point),
+        Answer::Applied {
+            point,
+            replayed: true,
+        } => Verdict::Replayed(*point),
         Answer::Point(_) | Answer::History(_) => Verdict::Impossible,
         Answer::Error { status, code } => match (status, code.as_str()) {
             (_, "INSUFFICIENT_BALANCE") => Verdict::Policy("INSUFFICIENT_BALANCE"),
             (_, "MAX_BALANCE_EXCEEDED") => Verdict::Policy("MAX_BALANCE_EXCEEDED"),
-            (503, "LOCK_TIMEOUT" | "LOCK_QUEUE_FULL" | "STORE_UNAVAILABLE" | "STORE_OVERLOADED")
+            (
+                503,
+                "LOCK_TIMEOUT" | "LOCK_QUEUE_FULL" | "STORE_UNAVAILABLE" | "STORE_OVERLOADED",
+            )
             | (_, "WRITE_CONFLICT" | "STORE_ERROR") => Verdict::Nothing,
             (408, _) | (500, _) | (_, "STORE_OUTCOME_UNKNOWN") => Verdict::Unknown,
             _ => Verdict::Impossible,
@@ -253,7 +269,13 @@ impl Search<'_> {
                     if let Answer::Point(shown) = event.answer {
                         if shown != state.balance {
                             if !self.reads_in_window || shown > self.max_balance {
-                                return self.fail(at, format!("{here}: the model's balance there is {}", state.balance));
+                                return self.fail(
+                                    at,
+                                    format!(
+                                        "{here}: the model's balance there is {}",
+                                        state.balance
+                                    ),
+                                );
                             }
                             state.open.push(OpenRead {
                                 event: at,
@@ -267,9 +289,13 @@ impl Search<'_> {
                     if let Answer::History(shown) = &event.answer {
                         let model = self.durable.rows.get(..state.row).unwrap_or_default();
                         if shown.as_slice() != model {
-                            let prefix = self.durable.rows.get(..shown.len()) == Some(shown.as_slice());
+                            let prefix =
+                                self.durable.rows.get(..shown.len()) == Some(shown.as_slice());
                             if !self.reads_in_window || !prefix || shown.len() < state.row {
-                                return self.fail(at, format!("{here}: the model's history there is {model:?}"));
+                                return self.fail(
+                                    at,
+                                    format!("{here}: the model's history there is {model:?}"),
+                                );
                             }
                             state.open.push(OpenRead {
                                 event: at,
@@ -332,10 +358,17 @@ impl Search<'_> {
     }
 
     fn unexplained_read(&mut self, at: usize, read: OpenRead) -> bool {
-        let here = self.events.get(read.event).map(|e| describe(e)).unwrap_or_default();
+        let here = self
+            .events
+            .get(read.event)
+            .map(|e| describe(e))
+            .unwrap_or_default();
         self.fail(
             at.max(read.event),
-            format!("{here}: no state between its place and its answer shows {:?}", read.shows),
+            format!(
+                "{here}: no state between its place and its answer shows {:?}",
+                read.shows
+            ),
         )
     }
 
@@ -352,10 +385,13 @@ impl Search<'_> {
             ));
         }
         if self.complete && state.balance != self.durable.point {
-            return self.fail(at, format!(
-                "the durable balance is {} but its history sums to {} (a lost update)",
-                self.durable.point, state.balance
-            ));
+            return self.fail(
+                at,
+                format!(
+                    "the durable balance is {} but its history sums to {} (a lost update)",
+                    self.durable.point, state.balance
+                ),
+            );
         }
         true
     }
@@ -377,7 +413,11 @@ fn describe(event: &Entry) -> String {
         event.user,
         event.kind,
         event.amount,
-        event.key.as_ref().map(|k| format!(", key {k}")).unwrap_or_default(),
+        event
+            .key
+            .as_ref()
+            .map(|k| format!(", key {k}"))
+            .unwrap_or_default(),
         event.answer
     )
 }

@@ -156,10 +156,22 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let leak = self.rng.lock().unwrap_or_else(PoisonError::into_inner).u8(..25) == 0;
+        let leak = self
+            .rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .u8(..25)
+            == 0;
         if leak {
-            if let Some(guard) = req.extensions().get::<HeldLock<UserId>>().and_then(HeldLock::guard) {
-                self.kept.lock().unwrap_or_else(PoisonError::into_inner).push(guard);
+            if let Some(guard) = req
+                .extensions()
+                .get::<HeldLock<UserId>>()
+                .and_then(HeldLock::guard)
+            {
+                self.kept
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(guard);
             }
         }
         self.inner.call(req)

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use pointlock_core::{
-    KeyedLock, MemoryStore, Policy, PointService, PointStore, TransactionType, UserId,
+    KeyedLock, MemoryStore, PointService, PointStore, Policy, TransactionType, UserId,
 };
 use pointlock_server::routes::SharedService;
 use pointlock_store::{NegativeControl, SqliteOptions, SqliteStore};
@@ -24,7 +24,9 @@ use crate::faults::FaultStore;
 use crate::model::{check_user, Answer, Durable, Log};
 use crate::plant::Plant;
 use crate::stack::{self, StackOptions};
-use crate::workload::{Incarnation, OpKind, Scenario, Size, StoreKind, FAILING_AMOUNT, POISON_AMOUNT};
+use crate::workload::{
+    Incarnation, OpKind, Scenario, Size, StoreKind, FAILING_AMOUNT, POISON_AMOUNT,
+};
 
 /// The most changes the simulated SQLite writer may have queued (its bound,
 /// checked after every event).
@@ -129,7 +131,10 @@ impl Life {
     }
 
     fn fail(&self, message: String) {
-        let mut slot = self.violation.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self
+            .violation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             *slot = Some(message);
         }
@@ -141,17 +146,30 @@ impl Life {
     pub async fn after_event(&self) {
         let users = usize::try_from(self.scenario_users).unwrap_or(usize::MAX);
         if self.lock.len() > users {
-            self.fail(format!("the lock table holds {} keys for {users} users", self.lock.len()));
+            self.fail(format!(
+                "the lock table holds {} keys for {users} users",
+                self.lock.len()
+            ));
         }
         if self.lock.waiters() > users * self.lock_queue_max {
-            self.fail(format!("{} lock waiters, above {users} users x {}", self.lock.waiters(), self.lock_queue_max));
+            self.fail(format!(
+                "{} lock waiters, above {users} users x {}",
+                self.lock.waiters(),
+                self.lock_queue_max
+            ));
         }
         if let Some(sqlite) = &self.sqlite {
             if sqlite.queued_ops() > SQLITE_QUEUE_MAX {
-                self.fail(format!("{} changes queued for the writer, above {SQLITE_QUEUE_MAX}", sqlite.queued_ops()));
+                self.fail(format!(
+                    "{} changes queued for the writer, above {SQLITE_QUEUE_MAX}",
+                    sqlite.queued_ops()
+                ));
             }
             if sqlite.sequenced_users() > users {
-                self.fail(format!("{} users in the sequenced state, above {users}", sqlite.sequenced_users()));
+                self.fail(format!(
+                    "{} users in the sequenced state, above {users}",
+                    sqlite.sequenced_users()
+                ));
             }
         }
         if let Some(memory) = &self.memory {
@@ -167,7 +185,14 @@ impl Life {
         let durable = read_durable(store, self.scenario_users).await?;
         let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         for (user, state) in (1..=self.scenario_users).zip(&durable) {
-            check_user(&log, user, state, self.max_balance, true, self.sqlite.is_some())?;
+            check_user(
+                &log,
+                user,
+                state,
+                self.max_balance,
+                true,
+                self.sqlite.is_some(),
+            )?;
         }
         Ok(())
     }
@@ -225,7 +250,10 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
             StoreKind::Sqlite => {
                 let sqlite = runtime
                     .block_on(async {
-                        SqliteStore::open(&path, sqlite_options(incarnation, options.plant, &fail_commits))
+                        SqliteStore::open(
+                            &path,
+                            sqlite_options(incarnation, options.plant, &fail_commits),
+                        )
                     })
                     .map_err(|e| failure(format!("opening SQLite (life {index}): {e}")))?;
                 let sqlite = Arc::new(sqlite);
@@ -249,7 +277,9 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
         fail_commits.store(true, Ordering::SeqCst);
         drop(runtime);
         if weak.is_some_and(|weak| weak.strong_count() > 0) {
-            return Err(failure(format!("life {index}: the SQLite store outlived its process")));
+            return Err(failure(format!(
+                "life {index}: the SQLite store outlived its process"
+            )));
         }
         let ended = outcome.map_err(failure)?;
         report.crashes += usize::from(ended.crashed);
@@ -258,7 +288,10 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
         }
         wall += ended.elapsed_millis + 1_000;
     }
-    summarize(&log.lock().unwrap_or_else(PoisonError::into_inner), &mut report);
+    summarize(
+        &log.lock().unwrap_or_else(PoisonError::into_inner),
+        &mut report,
+    );
     let runtime = runtime().map_err(|e| failure(format!("runtime: {e}")))?;
     // The durable state after the last life, reopened: every acknowledged
     // change and every value shown must still be explained by it.
@@ -277,8 +310,15 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
     drop(runtime);
     let log = log.lock().unwrap_or_else(PoisonError::into_inner);
     for (user, state) in (1..=scenario.users).zip(&durable) {
-        check_user(&log, user, state, scenario.max_balance, true, options.store == StoreKind::Sqlite)
-            .map_err(|message| failure(format!("after the last restart: {message}")))?;
+        check_user(
+            &log,
+            user,
+            state,
+            scenario.max_balance,
+            true,
+            options.store == StoreKind::Sqlite,
+        )
+        .map_err(|message| failure(format!("after the last restart: {message}")))?;
     }
     Ok(report)
 }
@@ -290,7 +330,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn sqlite_options(incarnation: &Incarnation, plant: Option<Plant>, fail_commits: &Arc<AtomicBool>) -> SqliteOptions {
+fn sqlite_options(
+    incarnation: &Incarnation,
+    plant: Option<Plant>,
+    fail_commits: &Arc<AtomicBool>,
+) -> SqliteOptions {
     SqliteOptions {
         queue_ops_max: SQLITE_QUEUE_MAX,
         readers: 2,
@@ -308,7 +352,6 @@ fn sqlite_options(incarnation: &Incarnation, plant: Option<Plant>, fail_commits:
         ..SqliteOptions::default()
     }
 }
-
 
 /// How an incarnation ended.
 struct Ended {
@@ -354,10 +397,23 @@ async fn live(
     options: &RunOptions,
     setup: Setup,
 ) -> Result<Ended, String> {
-    let Setup { seed, index, log, memory, sqlite, store, wall, fail_commits } = setup;
+    let Setup {
+        seed,
+        index,
+        log,
+        memory,
+        sqlite,
+        store,
+        wall,
+        fail_commits,
+    } = setup;
     let clock = Arc::new(SimClock::new(wall));
     let life_seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let faulty = Arc::new(FaultStore::new(Arc::clone(&store), scenario.rates, life_seed));
+    let faulty = Arc::new(FaultStore::new(
+        Arc::clone(&store),
+        scenario.rates,
+        life_seed,
+    ));
     let in_flight = faulty.in_flight();
     let lock = if options.plant == Some(Plant::LostUpdate) {
         KeyedLock::unsynchronized()
@@ -385,7 +441,12 @@ async fn live(
         service = service.without_commit_condition();
     }
     let service: SharedService = Arc::new(service);
-    let stack = stack::build(Arc::clone(&service), options.stack, options.plant, life_seed);
+    let stack = stack::build(
+        Arc::clone(&service),
+        options.stack,
+        options.plant,
+        life_seed,
+    );
     // Keep simulated time still while the SQLite writer thread works.
     let pump = life.sqlite.clone().map(|sqlite| {
         let in_flight = Arc::clone(&in_flight);
@@ -404,7 +465,12 @@ async fn live(
         .enumerate()
         .map(|(n, script)| {
             let client_seed = life_seed ^ (n as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-            tokio::spawn(crate::client::run(Arc::clone(&life), script.clone(), stack.clone(), client_seed))
+            tokio::spawn(crate::client::run(
+                Arc::clone(&life),
+                script.clone(),
+                stack.clone(),
+                client_seed,
+            ))
         })
         .collect();
     let all_done = async {
@@ -434,7 +500,12 @@ async fn live(
         faulty.injected.errors_before.load(Ordering::Relaxed),
         faulty.injected.unknown_after.load(Ordering::Relaxed),
     ];
-    if let Some(message) = life.violation.lock().unwrap_or_else(PoisonError::into_inner).take() {
+    if let Some(message) = life
+        .violation
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
         return Err(message);
     }
     if crashed {

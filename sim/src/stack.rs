@@ -58,7 +58,12 @@ impl Default for StackOptions {
 
 /// Build the stack over `service`, with `plant`'s layer if it has one
 /// (`seed` draws the plant's choices).
-pub fn build(service: SharedService, options: StackOptions, plant: Option<Plant>, seed: u64) -> Stack {
+pub fn build(
+    service: SharedService,
+    options: StackOptions,
+    plant: Option<Plant>,
+    seed: u64,
+) -> Stack {
     let router = Router::new(
         Arc::clone(&service),
         RouterOptions {
@@ -83,11 +88,15 @@ pub fn build(service: SharedService, options: StackOptions, plant: Option<Plant>
         .layer(inner);
     let request_timeout = options.request_timeout;
     let with_deadline = locked.map_future(move |future| {
-        deadline::within(tokio::time::Instant::now() + request_timeout, future, || {
-            let mut res = Response::new(KeyedLockBody::default());
-            *res.status_mut() = StatusCode::REQUEST_TIMEOUT;
-            Ok(res)
-        })
+        deadline::within(
+            tokio::time::Instant::now() + request_timeout,
+            future,
+            || {
+                let mut res = Response::new(KeyedLockBody::default());
+                *res.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                Ok(res)
+            },
+        )
     });
     if plant == Some(Plant::FifoInversion) {
         BoxCloneSyncService::new(Reorder::new(with_deadline, seed))

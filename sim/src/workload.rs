@@ -140,9 +140,7 @@ impl Scenario {
                 let mut clients: Vec<Vec<ClientOp>> = (0..size.clients)
                     .map(|_| {
                         (0..size.ops_per_client)
-                            .map(|_| {
-                                client_op(&mut rng, size.users, &mut amounts, &mut keys)
-                            })
+                            .map(|_| client_op(&mut rng, size.users, &mut amounts, &mut keys))
                             .collect()
                     })
                     .collect();
@@ -188,7 +186,12 @@ impl Scenario {
 }
 
 /// One random request.
-fn client_op(rng: &mut fastrand::Rng, users: u64, amounts: &mut Amounts, keys: &mut u64) -> ClientOp {
+fn client_op(
+    rng: &mut fastrand::Rng,
+    users: u64,
+    amounts: &mut Amounts,
+    keys: &mut u64,
+) -> ClientOp {
     let user = rng.u64(1..=users);
     let kind = match rng.u8(..100) {
         0..=39 => OpKind::Charge,
@@ -226,7 +229,8 @@ impl Amounts {
         let top = if kind == OpKind::Charge { 3_000 } else { 2_500 };
         loop {
             let amount = rng.u64(1..=top);
-            if amount != POISON_AMOUNT && amount != FAILING_AMOUNT && self.take(user, kind, amount) {
+            if amount != POISON_AMOUNT && amount != FAILING_AMOUNT && self.take(user, kind, amount)
+            {
                 return amount;
             }
         }

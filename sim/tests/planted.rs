@@ -36,7 +36,12 @@ fn found(plant: Plant, store: StoreKind, within: u64, expect: &str) {
 
 #[test]
 fn an_answer_before_durable_is_found() {
-    found(Plant::AnswerBeforeDurable, StoreKind::Sqlite, 25, "acknowledged");
+    found(
+        Plant::AnswerBeforeDurable,
+        StoreKind::Sqlite,
+        25,
+        "acknowledged",
+    );
 }
 
 #[test]
@@ -51,7 +56,12 @@ fn a_lost_update_is_found() {
 
 #[test]
 fn a_fifo_inversion_is_found() {
-    found(Plant::FifoInversion, StoreKind::Memory, 10, "out of arrival order");
+    found(
+        Plant::FifoInversion,
+        StoreKind::Memory,
+        10,
+        "out of arrival order",
+    );
 }
 
 #[test]
