@@ -6,8 +6,10 @@
 //! are switched on through the test fields of
 //! [`SqliteOptions`](pointlock_store::SqliteOptions) by the runner.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use pointlock_core::{
@@ -15,6 +17,7 @@ use pointlock_core::{
     PipelinedStore, PointHistory, PointStore, SequencedRead, StoreError, StoreErrorKind,
     Unsequenced, UserId, UserPoint,
 };
+use pointlock_store::SqliteStore;
 
 /// How often the wrapper injects each fault (drawn per seed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +72,7 @@ pub struct Injected {
 /// pipelined through it.
 pub struct FaultStore {
     inner: Arc<dyn PointStore>,
+    lockstep: Option<Arc<SqliteStore>>,
     rates: FaultRates,
     rng: Mutex<fastrand::Rng>,
     in_flight: Arc<AtomicUsize>,
@@ -81,11 +85,22 @@ impl FaultStore {
     pub fn new(inner: Arc<dyn PointStore>, rates: FaultRates, seed: u64) -> Self {
         Self {
             inner,
+            lockstep: None,
             rates,
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             in_flight: Arc::new(AtomicUsize::new(0)),
             injected: Injected::default(),
         }
+    }
+
+    /// The same wrapper in **lockstep** with `sqlite` (the store it wraps):
+    /// every call of the inner store is driven to its end on the spot, the
+    /// runtime's thread waiting (spinning) while the store's writer thread
+    /// and blocking readers work, and after each call the writer's queue is
+    /// waited empty. Each change is then committed alone (no group commit).
+    pub fn in_lockstep(mut self, sqlite: Arc<SqliteStore>) -> Self {
+        self.lockstep = Some(sqlite);
+        self
     }
 
     /// Calls of the inner store under way (the runner keeps simulated time
@@ -131,16 +146,40 @@ impl FaultStore {
         hit
     }
 
-    /// `future`, counted as in flight while it runs.
-    async fn counted<T>(&self, future: impl std::future::Future<Output = T>) -> T {
+    /// `future`, counted as in flight while it runs; in lockstep, driven to
+    /// its end at once.
+    async fn counted<T>(&self, future: impl Future<Output = T>) -> T {
         let _counted = Counted::new(&self.in_flight);
-        future.await
+        match &self.lockstep {
+            None => future.await,
+            Some(sqlite) => {
+                let value = drive(future);
+                while sqlite.queued_ops() > 0 {
+                    std::thread::yield_now();
+                }
+                value
+            }
+        }
     }
 
     fn inner_pipelined(&self) -> Result<&dyn PipelinedStore, StoreError> {
         self.inner
             .pipelined()
             .ok_or_else(|| StoreError::new("the store is no longer pipelined"))
+    }
+}
+
+/// Poll `future` until it is done, on this thread, without yielding to the
+/// runtime: what it waits for is done by other threads (the SQLite writer,
+/// the blocking pool), which need no help from the runtime's thread.
+fn drive<T>(future: impl Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
+        }
+        std::thread::yield_now();
     }
 }
 

@@ -24,12 +24,32 @@
 //! # What is deterministic
 //!
 //! On the memory store, everything: a seed replays the same requests, the
-//! same interleaving and the same answers (`--seed N`). The SQLite store
-//! writes on an OS thread and reads on tokio's blocking pool; the runtime is
-//! kept busy while that work is under way (`runner::pump`), so simulated
-//! time does not run ahead of it, but which changes share a batch, and so
-//! the exact interleaving, depends on the OS. A SQLite seed replays the same
-//! workload and fault schedule, not bit for bit the same run.
+//! same interleaving and the same answers (`--seed N`; checked by the CI
+//! slice, which runs seeds twice and compares digests of every request and
+//! answer).
+//!
+//! The SQLite store writes on an OS thread and reads on tokio's blocking
+//! pool, so it runs in one of two modes:
+//!
+//! - **free-running** (the default): group commit as in production. The
+//!   runtime is kept busy while the store's threads work (`runner::pump`),
+//!   so simulated time does not run ahead of them and timeouts do not fire
+//!   for real-time delays; but which changes share a batch, and when an
+//!   answer wakes its task, depend on the OS. A seed replays the same
+//!   workload and fault schedule, not bit for bit the same run (about 70% of
+//!   seeds replay identically). This is the mode that can see the pipeline's
+//!   own bugs: the window between a change's place and its durability is
+//!   open.
+//! - **lockstep** (`--lockstep`): the fault wrapper drives each store call
+//!   to its end on the runtime's thread and waits until the writer's queue
+//!   is empty, so nothing the store's threads do overlaps the tasks; each
+//!   change is committed alone. Seeds replay bit for bit. The window between
+//!   sequencing and durability is closed, so a bug that needs it (a read of
+//!   the sequenced state) cannot show here.
+//!
+//! A failure prints its seed, the command that replays it and the failing
+//! user's requests and answers in arrival order with the durable rows, so a
+//! free-running SQLite failure that does not recur is still diagnosable.
 //!
 //! # Modules
 //!

@@ -1,7 +1,9 @@
 //! `pointlock-sim`: the simulation by hand. `--seeds N` runs seeds
 //! `--first..--first+N` (the long mode), `--seed N` replays one seed,
 //! `--store memory|sqlite` picks the store, `--plant NAME` plants a bug,
-//! `--budget-secs S` bounds the run's wall-clock time.
+//! `--budget-secs S` bounds the run's wall-clock time, `--lockstep` runs
+//! SQLite in lockstep with the runtime (bit-exact replay, no group commit),
+//! `--replay-check` runs each seed twice and compares the two runs.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,7 +18,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(message) => {
             eprintln!("pointlock-sim: {message}");
-            eprintln!("usage: pointlock-sim [--store memory|sqlite] [--seeds N] [--first N] [--seed N] [--plant NAME] [--budget-secs S] [--replay-check]");
+            eprintln!("usage: pointlock-sim [--store memory|sqlite] [--seeds N] [--first N] [--seed N] [--plant NAME] [--budget-secs S] [--lockstep] [--replay-check]");
             ExitCode::from(2)
         }
     }
@@ -28,6 +30,7 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
     let mut plant = None;
     let mut budget = None;
     let mut replay_check = false;
+    let mut lockstep = false;
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -52,11 +55,13 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
             }
             "--budget-secs" => budget = Some(Duration::from_secs(number(&value()?)?)),
             "--replay-check" => replay_check = true,
+            "--lockstep" => lockstep = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let options = RunOptions {
         plant,
+        lockstep,
         ..RunOptions::new(store)
     };
     if replay_check {

@@ -43,6 +43,11 @@ pub struct RunOptions {
     pub plant: Option<Plant>,
     /// The stack's limits.
     pub stack: StackOptions,
+    /// SQLite only: run the store in lockstep with the runtime (each change
+    /// committed alone, the runtime's thread waiting while the store's
+    /// threads work; see [`FaultStore::in_lockstep`]) instead of
+    /// free-running (group commit on its own OS thread).
+    pub lockstep: bool,
 }
 
 impl RunOptions {
@@ -53,6 +58,7 @@ impl RunOptions {
             size: Size::DEFAULT,
             plant: None,
             stack: StackOptions::default(),
+            lockstep: false,
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct Failure {
     pub store: StoreKind,
     /// The plant it ran with.
     pub plant: Option<Plant>,
+    /// Whether SQLite ran in lockstep.
+    pub lockstep: bool,
     /// What the checker found.
     pub message: String,
 }
@@ -94,10 +102,13 @@ impl fmt::Display for Failure {
             StoreKind::Memory => "memory",
             StoreKind::Sqlite => "sqlite",
         };
-        let plant = self
+        let mut plant = self
             .plant
             .map(|plant| format!(" --plant {}", plant.name()))
             .unwrap_or_default();
+        if self.lockstep {
+            plant.push_str(" --lockstep");
+        }
         write!(
             f,
             "seed {} failed on {store}{plant}: {}\n  replay: cargo run -p pointlock-sim --features test-util -- --store {store} --seed {}{plant}",
@@ -232,6 +243,7 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
         seed,
         store: options.store,
         plant: options.plant,
+        lockstep: options.lockstep,
         message,
     };
     quiet_planted_writer_panics();
@@ -252,7 +264,7 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
                     .block_on(async {
                         SqliteStore::open(
                             &path,
-                            sqlite_options(incarnation, options.plant, &fail_commits),
+                            sqlite_options(incarnation, options, &fail_commits),
                         )
                     })
                     .map_err(|e| failure(format!("opening SQLite (life {index}): {e}")))?;
@@ -332,9 +344,16 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn sqlite_options(
     incarnation: &Incarnation,
-    plant: Option<Plant>,
+    options: &RunOptions,
     fail_commits: &Arc<AtomicBool>,
 ) -> SqliteOptions {
+    let plant = options.plant;
+    let base = if options.lockstep {
+        // One change at a time reaches the writer: nothing to wait for.
+        SqliteOptions::default().without_group_commit()
+    } else {
+        SqliteOptions::default()
+    };
     SqliteOptions {
         queue_ops_max: SQLITE_QUEUE_MAX,
         readers: 2,
@@ -349,7 +368,7 @@ fn sqlite_options(
         fail_amount: incarnation
             .failing_statement
             .then(|| Arc::new(AtomicU64::new(FAILING_AMOUNT))),
-        ..SqliteOptions::default()
+        ..base
     }
 }
 
@@ -409,11 +428,11 @@ async fn live(
     } = setup;
     let clock = Arc::new(SimClock::new(wall));
     let life_seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let faulty = Arc::new(FaultStore::new(
-        Arc::clone(&store),
-        scenario.rates,
-        life_seed,
-    ));
+    let mut faulty = FaultStore::new(Arc::clone(&store), scenario.rates, life_seed);
+    if let (true, Some(sqlite)) = (options.lockstep, &sqlite) {
+        faulty = faulty.in_lockstep(Arc::clone(sqlite));
+    }
+    let faulty = Arc::new(faulty);
     let in_flight = faulty.in_flight();
     let lock = if options.plant == Some(Plant::LostUpdate) {
         KeyedLock::unsynchronized()
@@ -450,7 +469,7 @@ async fn live(
     // Keep simulated time still while the SQLite writer thread works.
     let pump = life.sqlite.clone().map(|sqlite| {
         let in_flight = Arc::clone(&in_flight);
-        tokio::spawn(pump(sqlite, in_flight))
+        tokio::spawn(pump(sqlite, in_flight, options.lockstep))
     });
     if let Some(at) = incarnation.fail_commits_at_millis {
         let fail_commits = Arc::clone(&fail_commits);
@@ -530,9 +549,11 @@ async fn live(
     if let Some(sqlite) = &life.sqlite {
         if sqlite.sequenced_users() != 0 {
             return Err(format!(
-                "life {}: at quiescence {} user(s) remain in the sequenced state",
+                "life {}: at quiescence {} user(s) remain in the sequenced state (store stopped: {}, changes queued: {})",
                 life.index,
-                sqlite.sequenced_users()
+                sqlite.sequenced_users(),
+                sqlite.is_stopped(),
+                sqlite.queued_ops()
             ));
         }
     }
@@ -554,9 +575,18 @@ async fn live(
 /// wrapper, or changes queued for its writer thread), keep the runtime busy
 /// so that tokio's paused clock does not jump ahead while an OS thread
 /// works; otherwise look again after a simulated millisecond.
-async fn pump(sqlite: Arc<SqliteStore>, in_flight: Arc<AtomicUsize>) {
+///
+/// In lockstep the wrapper already waits for every change it hands over;
+/// what remains (a settling barrier a marked read sends to the writer by
+/// itself) is waited for with the runtime's thread blocked.
+async fn pump(sqlite: Arc<SqliteStore>, in_flight: Arc<AtomicUsize>, lockstep: bool) {
     loop {
-        if in_flight.load(Ordering::SeqCst) > 0 || sqlite.queued_ops() > 0 {
+        if lockstep {
+            while sqlite.queued_ops() > 0 {
+                std::thread::yield_now();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        } else if in_flight.load(Ordering::SeqCst) > 0 || sqlite.queued_ops() > 0 {
             std::thread::yield_now();
             tokio::task::yield_now().await;
         } else {
