@@ -172,7 +172,7 @@ impl FaultStore {
 /// Poll `future` until it is done, on this thread, without yielding to the
 /// runtime: what it waits for is done by other threads (the SQLite writer,
 /// the blocking pool), which need no help from the runtime's thread.
-fn drive<T>(future: impl Future<Output = T>) -> T {
+pub fn drive<T>(future: impl Future<Output = T>) -> T {
     let mut future = std::pin::pin!(future);
     let mut cx = Context::from_waker(Waker::noop());
     loop {

@@ -79,7 +79,7 @@ pub struct Entry {
 }
 
 /// Every request of a run, in arrival order.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Log {
     /// The entries, indexed by arrival.
     pub entries: Vec<Entry>,

@@ -20,7 +20,7 @@ use pointlock_server::routes::SharedService;
 use pointlock_store::{NegativeControl, SqliteOptions, SqliteStore};
 
 use crate::clock::SimClock;
-use crate::faults::FaultStore;
+use crate::faults::{drive, FaultStore};
 use crate::model::{check_user, Answer, Durable, Log};
 use crate::plant::Plant;
 use crate::stack::{self, StackOptions};
@@ -129,6 +129,7 @@ pub struct Life {
     lock_queue_max: usize,
     memory: Option<Arc<MemoryStore>>,
     sqlite: Option<Arc<SqliteStore>>,
+    lockstep: bool,
     violation: Mutex<Option<String>>,
 }
 
@@ -152,8 +153,9 @@ impl Life {
     }
 
     /// The checkers after every answer: the bounds of the lock table and of
-    /// the SQLite pipeline, and (on the memory store, whose state is the
-    /// durable state) every user's linearizability against the store now.
+    /// the SQLite pipeline, and every user's linearizability against the
+    /// store's durable state now (requests not yet answered count as
+    /// outcome unknown).
     pub async fn after_event(&self) {
         let users = usize::try_from(self.scenario_users).unwrap_or(usize::MAX);
         if self.lock.len() > users {
@@ -183,25 +185,63 @@ impl Life {
                 ));
             }
         }
-        if let Some(memory) = &self.memory {
-            let memory: Arc<dyn PointStore> = Arc::clone(memory) as Arc<dyn PointStore>;
-            if let Err(message) = self.check_durable(&memory).await {
+        let store: Option<Arc<dyn PointStore>> = match (&self.memory, &self.sqlite) {
+            (Some(memory), _) => Some(Arc::clone(memory) as Arc<dyn PointStore>),
+            (None, Some(sqlite)) => Some(Arc::clone(sqlite) as Arc<dyn PointStore>),
+            (None, None) => None,
+        };
+        if let Some(store) = store {
+            if let Err(message) = self.check_durable(&store, false).await {
                 self.fail(message);
             }
         }
     }
 
-    /// Every user's answers against `store`'s durable state.
-    async fn check_durable(&self, store: &Arc<dyn PointStore>) -> Result<(), String> {
-        let durable = read_durable(store, self.scenario_users).await?;
-        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Every user's answers against `store`'s durable state. The answers are
+    /// those given before the store was read (one given while it is read is
+    /// unknown to the check, never acknowledged before its row was read);
+    /// the requests, those that arrived before the read ended.
+    /// The balance is checked against the rows only where the two are read
+    /// from one state: the memory store, SQLite in lockstep, or a store at
+    /// rest (`at_rest`: nothing in flight, not even a dropped request).
+    async fn check_durable(
+        &self,
+        store: &Arc<dyn PointStore>,
+        at_rest: bool,
+    ) -> Result<(), String> {
+        let before = self
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let durable = if self.lockstep {
+            drive(read_durable(store, self.scenario_users))?
+        } else {
+            read_durable(store, self.scenario_users).await?
+        };
+        // Requests that arrived while the store was read may have rows in
+        // it: they are in the check, with their outcome unknown.
+        let mut log = self
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (entry, seen) in log.entries.iter_mut().zip(before.entries.iter()) {
+            entry.answer = seen.answer.clone();
+            entry.answered_at = seen.answered_at;
+        }
+        for entry in log.entries.iter_mut().skip(before.entries.len()) {
+            entry.answer = Answer::Pending;
+            entry.answered_at = None;
+        }
+        let complete = self.sqlite.is_none() || self.lockstep || at_rest;
         for (user, state) in (1..=self.scenario_users).zip(&durable) {
             check_user(
                 &log,
                 user,
                 state,
                 self.max_balance,
-                true,
+                complete,
                 self.sqlite.is_some(),
             )?;
         }
@@ -448,6 +488,7 @@ async fn live(
         lock_queue_max: options.stack.lock_queue_max,
         memory,
         sqlite,
+        lockstep: options.lockstep,
         violation: Mutex::new(None),
     });
     let mut service = PointService::with_lock(
@@ -557,7 +598,7 @@ async fn live(
             ));
         }
     }
-    life.check_durable(&store)
+    life.check_durable(&store, true)
         .await
         .map_err(|message| format!("life {} at quiescence: {message}", life.index))?;
     if let Some(pump) = pump {

@@ -11,9 +11,9 @@ use pointlock_sim::workload::StoreKind;
 /// Seeds of the memory store in the slice.
 const MEMORY_SEEDS: u64 = 1_500;
 /// Seeds of the free-running SQLite store in the slice.
-const SQLITE_SEEDS: u64 = 250;
+const SQLITE_SEEDS: u64 = 200;
 /// Seeds of the SQLite store in lockstep in the slice.
-const LOCKSTEP_SEEDS: u64 = 250;
+const LOCKSTEP_SEEDS: u64 = 200;
 /// Seeds run twice to compare.
 const REPLAYED_SEEDS: u64 = 25;
 
