@@ -36,8 +36,8 @@
 //!   so simulated time does not run ahead of them and timeouts do not fire
 //!   for real-time delays; but which changes share a batch, and when an
 //!   answer wakes its task, depend on the OS. A seed replays the same
-//!   workload and fault schedule, not bit for bit the same run (about 70% of
-//!   seeds replay identically). This is the mode that can see the pipeline's
+//!   workload and fault schedule, not bit for bit the same run (about half
+//!   of the seeds replay identically; measured with `--replay-check`). This is the mode that can see the pipeline's
 //!   own bugs: the window between a change's place and its durability is
 //!   open.
 //! - **lockstep** (`--lockstep`): the fault wrapper drives each store call
@@ -67,6 +67,18 @@
 //! | `runner` | one seed: lives, crashes, restarts, quiescence checks |
 //! | `clock` | the service's clock from tokio's paused clock |
 //! | `sweep` | many seeds, with seeds per second |
+//!
+//! # Running it
+//!
+//! - The CI slice: `cargo test -p pointlock-sim` (part of `cargo test
+//!   --workspace`): fixed seed ranges on every store and mode, bit-exact
+//!   replay where promised, and one negative control per planted bug.
+//! - The long mode: `cargo run -p pointlock-sim --release --features
+//!   test-util -- --seeds 100000` (`--store sqlite`, `--lockstep`,
+//!   `--first N`, `--budget-secs S`); it prints seeds per second, the
+//!   answers by kind and the faults injected.
+//! - A failure prints `--seed N` (with its store, plant and mode): the same
+//!   command with that flag replays it.
 
 #[cfg(feature = "test-util")]
 pub mod client;
