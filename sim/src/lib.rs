@@ -37,9 +37,9 @@
 //!   for real-time delays; but which changes share a batch, and when an
 //!   answer wakes its task, depend on the OS. A seed replays the same
 //!   workload and fault schedule, not bit for bit the same run (about half
-//!   of the seeds replay identically; measured with `--replay-check`). This is the mode that can see the pipeline's
-//!   own bugs: the window between a change's place and its durability is
-//!   open.
+//!   of the seeds replay identically; measured with `--replay-check`).
+//!   This is the mode that can see the pipeline's own bugs: the window
+//!   between a change's place and its durability is open.
 //! - **lockstep** (`--lockstep`): the fault wrapper drives each store call
 //!   to its end on the runtime's thread and waits until the writer's queue
 //!   is empty, so nothing the store's threads do overlaps the tasks; each
