@@ -13,8 +13,8 @@ use pointlock_server::routes::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::life::Life;
 use crate::model::Answer;
-use crate::runner::Life;
 use crate::stack::{SimResponse, Stack};
 use crate::workload::{ClientOp, OpKind};
 

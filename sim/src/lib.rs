@@ -65,6 +65,7 @@
 //! | `model` | the log of requests and the per-user linearizability checker |
 //! | `plant` | the planted bugs the checkers must find |
 //! | `runner` | one seed: lives, crashes, restarts, quiescence checks |
+//! | `life` | what one life's clients share; the checkers after every answer |
 //! | `clock` | the service's clock from tokio's paused clock |
 //! | `sweep` | many seeds, with seeds per second |
 //!
@@ -86,6 +87,8 @@ pub mod client;
 pub mod clock;
 #[cfg(feature = "test-util")]
 pub mod faults;
+#[cfg(feature = "test-util")]
+pub mod life;
 #[cfg(feature = "test-util")]
 pub mod model;
 #[cfg(feature = "test-util")]

@@ -80,6 +80,10 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
         result.seeds_per_second()
     );
     println!(
+        "  incarnations whose SQLite store failed stop (failed COMMIT or writer panic): {}",
+        result.fail_stops
+    );
+    println!(
         "  injected by the store wrapper: {} delays, {} errors before the store, {} durable changes answered outcome-unknown",
         result.injected[0], result.injected[1], result.injected[2]
     );

@@ -13,20 +13,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use pointlock_core::{
-    KeyedLock, MemoryStore, PointService, PointStore, Policy, TransactionType, UserId,
-};
+use pointlock_core::{KeyedLock, MemoryStore, PointService, PointStore, Policy};
 use pointlock_server::routes::SharedService;
 use pointlock_store::{NegativeControl, SqliteOptions, SqliteStore};
 
 use crate::clock::SimClock;
-use crate::faults::{drive, FaultStore};
-use crate::model::{check_user, Answer, Durable, Log};
+use crate::faults::FaultStore;
+use crate::life::{read_durable, Life};
+use crate::model::{check_user, Answer, Log};
 use crate::plant::Plant;
 use crate::stack::{self, StackOptions};
-use crate::workload::{
-    Incarnation, OpKind, Scenario, Size, StoreKind, FAILING_AMOUNT, POISON_AMOUNT,
-};
+use crate::workload::{Incarnation, Scenario, Size, StoreKind, FAILING_AMOUNT, POISON_AMOUNT};
 
 /// The most changes the simulated SQLite writer may have queued (its bound,
 /// checked after every event).
@@ -70,6 +67,9 @@ pub struct SeedReport {
     pub requests: usize,
     /// Incarnations that ended in a crash.
     pub crashes: usize,
+    /// Incarnations in which the SQLite store failed stop (a failed COMMIT
+    /// or a writer panic) before they ended.
+    pub fail_stops: usize,
     /// How many answers of each kind the clients got (`200`, `dropped`,
     /// `in flight at a crash`, or the error code).
     pub answers: BTreeMap<String, usize>,
@@ -115,166 +115,6 @@ impl fmt::Display for Failure {
             self.seed, self.message, self.seed
         )
     }
-}
-
-/// The state one incarnation's clients and checkers share.
-pub struct Life {
-    /// Which incarnation this is.
-    pub index: usize,
-    /// Every request of the run.
-    pub log: Arc<Mutex<Log>>,
-    scenario_users: u64,
-    max_balance: u64,
-    lock: KeyedLock<UserId>,
-    lock_queue_max: usize,
-    memory: Option<Arc<MemoryStore>>,
-    sqlite: Option<Arc<SqliteStore>>,
-    lockstep: bool,
-    violation: Mutex<Option<String>>,
-}
-
-impl Life {
-    /// Whether a checker has failed.
-    pub fn failed(&self) -> bool {
-        self.violation
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
-    fn fail(&self, message: String) {
-        let mut slot = self
-            .violation
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() {
-            *slot = Some(message);
-        }
-    }
-
-    /// The checkers after every answer: the bounds of the lock table and of
-    /// the SQLite pipeline, and every user's linearizability against the
-    /// store's durable state now (requests not yet answered count as
-    /// outcome unknown).
-    pub async fn after_event(&self) {
-        let users = usize::try_from(self.scenario_users).unwrap_or(usize::MAX);
-        if self.lock.len() > users {
-            self.fail(format!(
-                "the lock table holds {} keys for {users} users",
-                self.lock.len()
-            ));
-        }
-        if self.lock.waiters() > users * self.lock_queue_max {
-            self.fail(format!(
-                "{} lock waiters, above {users} users x {}",
-                self.lock.waiters(),
-                self.lock_queue_max
-            ));
-        }
-        if let Some(sqlite) = &self.sqlite {
-            if sqlite.queued_ops() > SQLITE_QUEUE_MAX {
-                self.fail(format!(
-                    "{} changes queued for the writer, above {SQLITE_QUEUE_MAX}",
-                    sqlite.queued_ops()
-                ));
-            }
-            if sqlite.sequenced_users() > users {
-                self.fail(format!(
-                    "{} users in the sequenced state, above {users}",
-                    sqlite.sequenced_users()
-                ));
-            }
-        }
-        let store: Option<Arc<dyn PointStore>> = match (&self.memory, &self.sqlite) {
-            (Some(memory), _) => Some(Arc::clone(memory) as Arc<dyn PointStore>),
-            (None, Some(sqlite)) => Some(Arc::clone(sqlite) as Arc<dyn PointStore>),
-            (None, None) => None,
-        };
-        if let Some(store) = store {
-            if let Err(message) = self.check_durable(&store, false).await {
-                self.fail(message);
-            }
-        }
-    }
-
-    /// Every user's answers against `store`'s durable state. The answers are
-    /// those given before the store was read (one given while it is read is
-    /// unknown to the check, never acknowledged before its row was read);
-    /// the requests, those that arrived before the read ended.
-    /// The balance is checked against the rows only where the two are read
-    /// from one state: the memory store, SQLite in lockstep, or a store at
-    /// rest (`at_rest`: nothing in flight, not even a dropped request).
-    async fn check_durable(
-        &self,
-        store: &Arc<dyn PointStore>,
-        at_rest: bool,
-    ) -> Result<(), String> {
-        let before = self
-            .log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let durable = if self.lockstep {
-            drive(read_durable(store, self.scenario_users))?
-        } else {
-            read_durable(store, self.scenario_users).await?
-        };
-        // Requests that arrived while the store was read may have rows in
-        // it: they are in the check, with their outcome unknown.
-        let mut log = self
-            .log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for (entry, seen) in log.entries.iter_mut().zip(before.entries.iter()) {
-            entry.answer = seen.answer.clone();
-            entry.answered_at = seen.answered_at;
-        }
-        for entry in log.entries.iter_mut().skip(before.entries.len()) {
-            entry.answer = Answer::Pending;
-            entry.answered_at = None;
-        }
-        let complete = self.sqlite.is_none() || self.lockstep || at_rest;
-        for (user, state) in (1..=self.scenario_users).zip(&durable) {
-            check_user(
-                &log,
-                user,
-                state,
-                self.max_balance,
-                complete,
-                self.sqlite.is_some(),
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Each user's durable balance and rows in `store`.
-async fn read_durable(store: &Arc<dyn PointStore>, users: u64) -> Result<Vec<Durable>, String> {
-    let mut all = Vec::new();
-    for user in 1..=users {
-        let id = UserId::new(user).map_err(|e| format!("user id {user}: {e}"))?;
-        let point = store
-            .user_point(id)
-            .await
-            .map_err(|e| format!("reading user {user}'s balance: {e}"))?
-            .map_or(0, |p| p.point);
-        let rows = store
-            .histories(id)
-            .await
-            .map_err(|e| format!("reading user {user}'s history: {e}"))?
-            .into_iter()
-            .map(|h| {
-                let kind = match h.kind {
-                    TransactionType::Charge => OpKind::Charge,
-                    TransactionType::Use => OpKind::Use,
-                };
-                (kind, h.amount.get())
-            })
-            .collect();
-        all.push(Durable { point, rows });
-    }
-    Ok(all)
 }
 
 /// Run seed `seed`; `Err` if a checker failed (or the run could not be set up).
@@ -335,6 +175,7 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> Result<SeedReport, Failure> 
         }
         let ended = outcome.map_err(failure)?;
         report.crashes += usize::from(ended.crashed);
+        report.fail_stops += usize::from(ended.stopped);
         for (total, count) in report.injected.iter_mut().zip(ended.injected) {
             *total += count;
         }
@@ -415,6 +256,9 @@ fn sqlite_options(
 /// How an incarnation ended.
 struct Ended {
     crashed: bool,
+    /// The SQLite store had failed stop (a failed COMMIT or a writer panic)
+    /// before the life ended.
+    stopped: bool,
     elapsed_millis: i64,
     injected: [usize; 3],
 }
@@ -555,6 +399,10 @@ async fn live(
         }
     };
     let elapsed_millis = clock.elapsed_millis();
+    let stopped = life
+        .sqlite
+        .as_ref()
+        .is_some_and(|sqlite| sqlite.is_stopped());
     let injected = [
         faulty.injected.delays.load(Ordering::Relaxed),
         faulty.injected.errors_before.load(Ordering::Relaxed),
@@ -574,6 +422,7 @@ async fn live(
         }
         return Ok(Ended {
             crashed,
+            stopped,
             elapsed_millis,
             injected,
         });
@@ -607,6 +456,7 @@ async fn live(
     drop((stack, service, faulty));
     Ok(Ended {
         crashed,
+        stopped,
         elapsed_millis,
         injected,
     })

@@ -15,6 +15,8 @@ pub struct Sweep {
     pub requests: usize,
     /// Incarnations that ended in a crash.
     pub crashes: usize,
+    /// Incarnations in which the SQLite store failed stop.
+    pub fail_stops: usize,
     /// Answers of each kind over all seeds.
     pub answers: BTreeMap<String, usize>,
     /// Faults the wrapper injected over all seeds: delays, errors before
@@ -41,6 +43,7 @@ pub fn sweep(first: u64, count: u64, options: &RunOptions, budget: Option<Durati
         seeds: 0,
         requests: 0,
         crashes: 0,
+        fail_stops: 0,
         answers: BTreeMap::new(),
         injected: [0; 3],
         elapsed: Duration::ZERO,
@@ -55,6 +58,7 @@ pub fn sweep(first: u64, count: u64, options: &RunOptions, budget: Option<Durati
             Ok(report) => {
                 result.requests += report.requests;
                 result.crashes += report.crashes;
+                result.fail_stops += report.fail_stops;
                 for (kind, count) in report.answers {
                     *result.answers.entry(kind).or_default() += count;
                 }
