@@ -221,6 +221,19 @@ impl PointStore for FaultStore {
         })
     }
 
+    fn histories_page(
+        &self,
+        id: UserId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
+        Box::pin(async move {
+            self.before().await?;
+            self.counted(self.inner.histories_page(id, after, limit))
+                .await
+        })
+    }
+
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
         Box::pin(async move {
             self.before().await?;

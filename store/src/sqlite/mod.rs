@@ -76,9 +76,11 @@
 //!   change;
 //! - `stats.rs`: [`CommitStats`];
 //! - `cache.rs`: the write-through cache of committed balances;
-//! - `readers.rs`: the read-only connections.
+//! - `readers.rs`: the read-only connections;
+//! - `history.rs`: a page of a user's history, read on them.
 
 mod cache;
+mod history;
 mod open;
 mod options;
 #[cfg(any(test, feature = "test-util"))]
@@ -108,7 +110,7 @@ use rusqlite::{params, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::reply;
-use crate::rows::{corrupt_row, history_row, idempotency_row, to_i64};
+use crate::rows::{corrupt_row, idempotency_row, to_i64};
 use crate::sequenced::{self, Overlay, Sequencing};
 use cache::BalanceCache;
 pub use cache::CACHE_SHARDS;
@@ -124,11 +126,6 @@ use writer::{Barrier, Batching, FailStop, Job, Sweep, Work, Writer};
 const SELECT_POINT: &str = "SELECT point, update_millis FROM user_point WHERE id = ?1";
 const SELECT_KEY: &str = "SELECT type, amount, point, time_millis FROM idempotency
      WHERE user_id = ?1 AND key = ?2";
-/// One page of a user's history: rows after id `?2`, at most `?3` (the
-/// `(user_id, id)` index gives them in order, reading only the page).
-const SELECT_HISTORIES: &str = "SELECT id, type, amount, time_millis FROM point_history \
-     WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
-
 /// The durable SQLite store. See the [module docs](self).
 pub struct SqliteStore {
     path: PathBuf,
@@ -371,30 +368,7 @@ impl PointStore for SqliteStore {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<PointHistory>, StoreError>> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Box::pin(async move {
-            let rows = self
-                .readers
-                .read(move |conn| {
-                    let mut stmt = conn.prepare_cached(SELECT_HISTORIES)?;
-                    let rows = stmt.query_map(params![to_i64(id.get()), after, limit], |row| {
-                        Ok((
-                            row.get::<_, i64>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, i64>(2)?,
-                            row.get::<_, i64>(3)?,
-                        ))
-                    })?;
-                    rows.collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .await?;
-            rows.into_iter()
-                .map(|(hid, kind, amount, time_millis)| {
-                    history_row(STORE, id, (hid, kind.as_str(), amount, time_millis))
-                })
-                .collect()
-        })
+        Box::pin(history::read_page(&self.readers, id, after, limit))
     }
 
     fn commit(&self, change: Change) -> BoxFuture<'_, Result<Committed, StoreError>> {
