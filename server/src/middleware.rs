@@ -7,10 +7,13 @@
 //! - [`in_flight`]: a bound on the requests in the stack at once, 503 beyond it.
 //! - [`deadline`]: a deadline that makes no timer when the work is done in its
 //!   first poll (the whole request's and the body's).
+//! - [`refused`]: the future those that answer at once share: the inner
+//!   service's, or a refusal.
 //!
 //! Where each sits in the stack: the `app` module.
 
 pub mod deadline;
 pub mod in_flight;
 pub mod limits;
+pub mod refused;
 pub mod request_id;

@@ -3,13 +3,10 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -18,6 +15,7 @@ use super::policy::{access, Access};
 use super::verifier::JwtVerifier;
 use crate::body::AppBody;
 use crate::error::ApiError;
+use crate::middleware::refused::RefusedOr;
 
 /// The bearer authentication layer (see the [module docs](super)). Cheap to
 /// clone: the verifier is shared.
@@ -110,54 +108,16 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.auth.check(&req) {
-            Ok(()) => BearerAuthFuture::Inner {
-                future: self.inner.call(req),
-            },
+            Ok(()) => RefusedOr::inner(self.inner.call(req)),
             Err(error) => {
                 // Never the token: the reason only (the client's message too).
                 tracing::debug!(code = error.code(), %error, "refused by bearer authentication");
-                let refused = error.into_response().map(|body| {
-                    AppBody::new(http_body_util::BodyExt::map_err(
-                        body,
-                        |never| match never {},
-                    ))
-                });
-                BearerAuthFuture::Refused {
-                    response: Some(refused),
-                }
+                RefusedOr::refused(error)
             }
         }
     }
 }
 
-pin_project! {
-    /// The future of [`BearerAuthService`]: the inner service's, or the
-    /// refusal at once.
-    #[project = BearerAuthProj]
-    // pin-project-lite takes no docs on a variant's fields; the variants say
-    // what each holds.
-    #[allow(missing_docs)]
-    pub enum BearerAuthFuture<F> {
-        /// The request passed.
-        Inner { #[pin] future: F },
-        /// Refused (401 or 403): the answer, taken on the first poll.
-        Refused { response: Option<Response<AppBody>> },
-    }
-}
-
-impl<F> Future for BearerAuthFuture<F>
-where
-    F: Future<Output = Result<Response<AppBody>, Infallible>>,
-{
-    type Output = Result<Response<AppBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            BearerAuthProj::Inner { future } => future.poll(cx),
-            BearerAuthProj::Refused { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// The future of [`BearerAuthService`]: the inner service's, or the refusal
+/// (401 or 403) at once.
+pub type BearerAuthFuture<F> = RefusedOr<F>;

@@ -35,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::refused::RefusedOr;
 use crate::body::AppBody;
 use crate::error::ApiError;
 
@@ -152,70 +153,46 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if self.exempt.contains(&req.uri().path()) {
-            return InFlightFuture::Inner {
+            return RefusedOr::inner(InSlot {
                 future: self.inner.call(req),
                 permit: None,
-            };
+            });
         }
         match self.in_flight.try_enter() {
-            Some(permit) => InFlightFuture::Inner {
+            Some(permit) => RefusedOr::inner(InSlot {
                 future: self.inner.call(req),
                 permit: Some(permit),
-            },
-            None => {
-                let refused = ApiError::Overloaded {
-                    in_flight_max: self.in_flight.max(),
-                }
-                .into_response()
-                .map(|body| {
-                    AppBody::new(http_body_util::BodyExt::map_err(
-                        body,
-                        |never| match never {},
-                    ))
-                });
-                InFlightFuture::Refused {
-                    response: Some(refused),
-                }
-            }
+            }),
+            None => RefusedOr::refused(ApiError::Overloaded {
+                in_flight_max: self.in_flight.max(),
+            }),
         }
     }
 }
+
+/// The future of [`InFlightLimit`]: the inner service's, holding its slot
+/// until the response is ready, or the 503 at once.
+pub type InFlightFuture<F> = RefusedOr<InSlot<F>>;
 
 pin_project! {
-    /// The future of [`InFlightLimit`]: the inner service's, holding its slot
-    /// until the response is ready, or the 503 at once.
-    #[project = InFlightProj]
-    // pin-project-lite takes no docs on a variant's fields; the variants say
-    // what each holds.
-    #[allow(missing_docs)]
-    pub enum InFlightFuture<F> {
-        /// Admitted: the request and its slot.
-        Inner { #[pin] future: F, permit: Option<OwnedSemaphorePermit> },
-        /// Refused: the answer, taken on the first poll.
-        Refused { response: Option<Response<AppBody>> },
+    /// An admitted request's future and its slot, freed as soon as the
+    /// answer is ready (not when the connection gets round to dropping the
+    /// future).
+    pub struct InSlot<F> {
+        #[pin]
+        future: F,
+        permit: Option<OwnedSemaphorePermit>,
     }
 }
 
-impl<F> Future for InFlightFuture<F>
-where
-    F: Future<Output = Result<Response<AppBody>, Infallible>>,
-{
-    type Output = Result<Response<AppBody>, Infallible>;
+impl<F: Future> Future for InSlot<F> {
+    type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            InFlightProj::Inner { future, permit } => {
-                let response = std::task::ready!(future.poll(cx));
-                // The slot frees as soon as the answer is ready, not when the
-                // connection gets round to dropping this future.
-                drop(permit.take());
-                Poll::Ready(response)
-            }
-            InFlightProj::Refused { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => panic!("InFlightFuture polled after completion"),
-            },
-        }
+        let this = self.project();
+        let output = std::task::ready!(this.future.poll(cx));
+        drop(this.permit.take());
+        Poll::Ready(output)
     }
 }
 

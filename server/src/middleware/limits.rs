@@ -16,15 +16,13 @@
 //! connections are served (`app::ServeOptions`).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::refused::RefusedOr;
 use crate::body::AppBody;
 use crate::error::ApiError;
 
@@ -104,52 +102,15 @@ where
         } else if headers.contains_key(http::header::TRANSFER_ENCODING) {
             ApiError::LengthRequired
         } else {
-            return HeaderLimitFuture::Inner {
-                future: self.inner.call(req),
-            };
+            return RefusedOr::inner(self.inner.call(req));
         };
-        let refused = refusal.into_response().map(|body| {
-            AppBody::new(http_body_util::BodyExt::map_err(
-                body,
-                |never| match never {},
-            ))
-        });
-        HeaderLimitFuture::Refused {
-            response: Some(refused),
-        }
+        RefusedOr::refused(refusal)
     }
 }
 
-pin_project! {
-    /// The future of [`HeaderLimit`]: the inner service's, or the 431 at once.
-    #[project = HeaderLimitProj]
-    // pin-project-lite takes no docs on a variant's fields; the variants say
-    // what each holds.
-    #[allow(missing_docs)]
-    pub enum HeaderLimitFuture<F> {
-        /// The head was within the limit.
-        Inner { #[pin] future: F },
-        /// Refused: the answer, taken on the first poll.
-        Refused { response: Option<Response<AppBody>> },
-    }
-}
-
-impl<F> Future for HeaderLimitFuture<F>
-where
-    F: Future<Output = Result<Response<AppBody>, Infallible>>,
-{
-    type Output = Result<Response<AppBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            HeaderLimitProj::Inner { future } => future.poll(cx),
-            HeaderLimitProj::Refused { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// The future of [`HeaderLimit`]: the inner service's, or the 431 or 411 at
+/// once.
+pub type HeaderLimitFuture<F> = RefusedOr<F>;
 
 #[cfg(test)]
 mod tests {
