@@ -2,7 +2,7 @@
 //!
 //! Reads ([`point`](PointService::point), [`histories`](PointService::histories))
 //! need no lock; with the user's guard ([`point_in_order`](PointService::point_in_order),
-//! [`histories_in_order`](PointService::histories_in_order)) they show every
+//! [`histories_page_in_order`](PointService::histories_page_in_order)) they show every
 //! change that took the lock before them. Mutations ([`charge`](PointService::charge),
 //! [`use_points`](PointService::use_points)) take a [`KeyGuard`] of the service's
 //! own [`KeyedLock`] as proof that the caller holds that user's lock: the user id
@@ -233,19 +233,6 @@ impl<S: PointStore> PointService<S> {
         let point = self.point(id).await;
         drop(held);
         point
-    }
-
-    /// The user's history at this request's place in the user's order (see
-    /// [`point_in_order`](Self::point_in_order)).
-    pub async fn histories_in_order(
-        &self,
-        held: Arc<KeyGuard<UserId>>,
-    ) -> Result<Vec<PointHistory>, PointError> {
-        let id = *held.key();
-        let held = self.after_earlier_changes(held).await?;
-        let histories = self.histories(id).await;
-        drop(held);
-        histories
     }
 
     /// Wait until durable state shows every change of the user sequenced
