@@ -146,12 +146,19 @@ pub struct PointHistory {
     pub time_millis: i64,
 }
 
-/// `s` as a `u64` if it is 1 to 20 ASCII digits (and fits).
+/// `s` as a `u64` if it is 1 to 20 ASCII digits (and fits). One pass over
+/// the bytes: every request's path is read through it.
 fn parse_digits(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 20 {
         return None;
     }
-    s.parse().ok()
+    s.bytes().try_fold(0u64, |value, b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// `raw` as a `u64` if it is a positive integer no larger than JavaScript's safe range.
@@ -198,13 +205,35 @@ mod tests {
             "0x10",
             "9223372036854775808",
             "99999999999999999999",
+            "18446744073709551615",
+            "18446744073709551616",
             "999999999999999999999999",
+            "1/",
+            "١",
+            "1\u{0}",
         ] {
             assert_eq!(
                 bad.parse::<UserId>(),
                 Err(PointError::InvalidUserId),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn digits_are_parsed_as_the_standard_parser_does() {
+        for ok in ["7", "007", "18446744073709551615", "00000000000000000001"] {
+            assert_eq!(parse_digits(ok), ok.parse::<u64>().ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "18446744073709551616",
+            "000000000000000000001",
+            "+1",
+            "1:",
+            "/1",
+        ] {
+            assert_eq!(parse_digits(bad), None, "{bad:?}");
         }
     }
 
