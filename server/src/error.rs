@@ -91,7 +91,7 @@ pub enum ApiError {
     },
 
     /// The process already works on its most requests at once
-    /// (`--max-in-flight`, [`InFlightLimitLayer`](crate::middleware::in_flight::InFlightLimitLayer)).
+    /// (`--max-in-flight`, the stack's in-flight layer, `middleware/in_flight.rs`).
     /// Refused before anything else: nothing was queued or changed.
     #[error("the server already has {in_flight_max} requests in progress; retry later")]
     Overloaded {

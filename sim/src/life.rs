@@ -9,8 +9,11 @@ use pointlock_store::SqliteStore;
 
 use crate::faults::drive;
 use crate::model::{check_user, Answer, Durable, Log};
-use crate::runner::SQLITE_QUEUE_MAX;
 use crate::workload::OpKind;
+
+/// The most changes the simulated SQLite writer may have queued (its bound,
+/// checked after every event).
+pub const SQLITE_QUEUE_MAX: usize = 64;
 
 /// The state one incarnation's clients and checkers share.
 pub struct Life {

@@ -19,15 +19,11 @@ use pointlock_store::{NegativeControl, SqliteOptions, SqliteStore};
 
 use crate::clock::SimClock;
 use crate::faults::FaultStore;
-use crate::life::{read_durable, Life};
+use crate::life::{read_durable, Life, SQLITE_QUEUE_MAX};
 use crate::model::{check_user, Answer, Log};
 use crate::plant::Plant;
 use crate::stack::{self, StackOptions};
 use crate::workload::{Incarnation, Scenario, Size, StoreKind, FAILING_AMOUNT, POISON_AMOUNT};
-
-/// The most changes the simulated SQLite writer may have queued (its bound,
-/// checked after every event).
-pub const SQLITE_QUEUE_MAX: usize = 64;
 
 /// How to run seeds.
 #[derive(Clone, Copy, Debug)]
