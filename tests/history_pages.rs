@@ -14,6 +14,7 @@ use http::StatusCode;
 use pointlock::core::{Amount, KeyedLock, ManualClock, PointService, PointStore, Policy, UserId};
 use pointlock::server::routes::HISTORY_PAGE_MAX;
 use serde_json::Value;
+use support::http::next_link_target;
 use support::{patient, Backend, ProbeStore, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
@@ -41,8 +42,7 @@ async fn seed(store: &Arc<ProbeStore>, rows: usize) {
 /// The `next` target of a `Link` header, if the reply has one.
 fn next_of(reply: &support::app::Reply) -> Option<String> {
     let link = reply.headers.get("link")?.to_str().expect("ASCII");
-    let target = link.strip_prefix('<')?.split_once(">; rel=\"next\"")?.0;
-    Some(target.to_owned())
+    next_link_target(link).map(str::to_owned)
 }
 
 /// Follow `next` from `first` to the end: the rows and the pages' sizes.

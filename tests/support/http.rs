@@ -88,16 +88,10 @@ pub fn get_history(addr: &str, user: u64) -> serde_json::Value {
         rows.extend(page);
         let next = head.lines().find_map(|line| {
             let (name, value) = line.split_once(':')?;
-            let value = value.trim();
-            (name.eq_ignore_ascii_case("link") && value.ends_with("rel=\"next\""))
-                .then(|| {
-                    value
-                        .trim_start_matches('<')
-                        .split('>')
-                        .next()
-                        .map(str::to_owned)
-                })
+            name.eq_ignore_ascii_case("link")
+                .then(|| next_link_target(value.trim()))
                 .flatten()
+                .map(str::to_owned)
         });
         match next {
             Some(next) => path = next,
@@ -105,6 +99,12 @@ pub fn get_history(addr: &str, user: u64) -> serde_json::Value {
         }
     }
     panic!("user {user}: more than 100 history pages")
+}
+
+/// The target of a `Link: <target>; rel="next"` header value, the one form
+/// the history's pages send; `None` for any other value.
+pub fn next_link_target(link: &str) -> Option<&str> {
+    Some(link.strip_prefix('<')?.split_once(">; rel=\"next\"")?.0)
 }
 
 /// Read from a raw connection until `needle` shows up or the peer closes; bounded
