@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use super::held::GuardSlot;
 use super::{HeldLock, KeyedLockBody, Refusal, RefusalResponse};
-use crate::Acquire;
+use crate::{Acquire, KeyGuard};
 
 /// Response future of [`KeyedLockService`](super::KeyedLockService).
 ///
@@ -35,18 +35,10 @@ where
 }
 
 enum State<S: Service<Request<B>>, B, K: Hash + Eq + Clone> {
-    /// Queued for the key's lock.
-    Waiting {
-        acquire: Acquire<K>,
-        /// `None`: no deadline (the timeout does not fit an `Instant`).
-        deadline: Option<Instant>,
-        timeout: Duration,
-        refuse: RefusalResponse,
-        /// Created only if the lock is not free at once.
-        sleep: Option<Pin<Box<Sleep>>>,
-        inner: S,
-        req: Option<Request<B>>,
-    },
+    /// Queued for the key's lock. Boxed: only a request that found its key
+    /// held waits, and the future of every other request stays small (it is
+    /// moved through every layer outside this one).
+    Waiting(Box<Waiting<S, B, K>>),
     /// The inner service is working (holding the guard, for a locked request).
     Running {
         future: Pin<Box<S::Future>>,
@@ -60,9 +52,23 @@ enum State<S: Service<Request<B>>, B, K: Hash + Eq + Clone> {
         /// future must be dropped, never resumed in a spawned task.
         polling: bool,
     },
-    /// Answered here without calling the inner service.
-    Answered(Option<Response<Full<Bytes>>>),
+    /// Answered here without calling the inner service (boxed, as `Waiting`:
+    /// the rare path).
+    Answered(Option<Box<Response<Full<Bytes>>>>),
     Done,
+}
+
+/// A request queued for its key.
+struct Waiting<S, B, K: Hash + Eq + Clone> {
+    acquire: Acquire<K>,
+    /// `None`: no deadline (the timeout does not fit an `Instant`).
+    deadline: Option<Instant>,
+    timeout: Duration,
+    refuse: RefusalResponse,
+    /// Created only if the lock is not free at once.
+    sleep: Option<Pin<Box<Sleep>>>,
+    inner: S,
+    req: Option<Request<B>>,
 }
 
 // Nothing in `ResponseFuture` is structurally pinned: the inner future is boxed.
@@ -114,7 +120,7 @@ where
         req: Request<B>,
     ) -> Self {
         Self {
-            state: State::Waiting {
+            state: State::Waiting(Box::new(Waiting {
                 acquire,
                 // A timeout too long to represent (`Duration::MAX`) never fires.
                 deadline: Instant::now().checked_add(timeout),
@@ -123,8 +129,18 @@ where
                 sleep: None,
                 inner,
                 req: Some(req),
-            },
+            })),
         }
+    }
+
+    /// Call `inner` with `req` under `guard`, held by this request now: the
+    /// request finds its [`HeldLock`] in its extensions.
+    pub(super) fn locked(guard: KeyGuard<K>, inner: &mut S, mut req: Request<B>) -> Self {
+        let key = guard.key().clone();
+        let slot: Arc<GuardSlot<K>> = Arc::new(std::sync::Mutex::new(Some(Arc::new(guard))));
+        req.extensions_mut().insert(HeldLock::new(key, &slot));
+        let future = inner.call(req);
+        Self::running(future, Some(slot))
     }
 
     /// Run the inner service's `future`, holding `guard` (if any) until it ends.
@@ -148,7 +164,7 @@ where
     /// Answer with `response`, calling nothing.
     pub(super) fn answered(response: Response<Full<Bytes>>) -> Self {
         Self {
-            state: State::Answered(Some(response)),
+            state: State::Answered(Some(Box::new(response))),
         }
     }
 }
@@ -167,15 +183,16 @@ where
         let this = self.get_mut();
         loop {
             match &mut this.state {
-                State::Waiting {
-                    acquire,
-                    deadline,
-                    timeout,
-                    refuse,
-                    sleep,
-                    inner,
-                    req,
-                } => {
+                State::Waiting(waiting) => {
+                    let Waiting {
+                        acquire,
+                        deadline,
+                        timeout,
+                        refuse,
+                        sleep,
+                        inner,
+                        req,
+                    } = &mut **waiting;
                     let guard = match Pin::new(&mut *acquire).poll(cx) {
                         Poll::Ready(guard) => guard,
                         Poll::Pending => {
@@ -188,26 +205,22 @@ where
                             ready!(sleep.as_mut().poll(cx));
                             let timeout = *timeout;
                             let response = refuse(Refusal::TimedOut { timeout });
-                            let State::Waiting { acquire, .. } =
+                            let State::Waiting(waiting) =
                                 std::mem::replace(&mut this.state, State::Done)
                             else {
                                 unreachable!("matched Waiting above");
                             };
+                            let acquire = waiting.acquire;
                             tracing::debug!(key = ?acquire.key(), ?timeout, "lock wait timed out");
                             acquire.abandon_timed_out();
-                            this.state = State::Answered(Some(response));
+                            this.state = State::Answered(Some(Box::new(response)));
                             continue;
                         }
                     };
-                    let key = guard.key().clone();
-                    let slot: Arc<GuardSlot<K>> =
-                        Arc::new(std::sync::Mutex::new(Some(Arc::new(guard))));
-                    let Some(mut req) = req.take() else {
+                    let Some(req) = req.take() else {
                         unreachable!("the request is taken once, on acquisition");
                     };
-                    req.extensions_mut().insert(HeldLock::new(key, &slot));
-                    let future = inner.call(req);
-                    *this = ResponseFuture::running(future, Some(slot));
+                    *this = ResponseFuture::locked(guard, inner, req);
                 }
                 State::Running {
                     future, polling, ..
@@ -223,7 +236,7 @@ where
                 State::Answered(response) => {
                     let response = response.take().expect("polled after completion");
                     this.state = State::Done;
-                    return Poll::Ready(Ok(response.map(|body| KeyedLockBody::Local { body })));
+                    return Poll::Ready(Ok((*response).map(|body| KeyedLockBody::Local { body })));
                 }
                 State::Done => panic!("KeyedLockService ResponseFuture polled after completion"),
             }

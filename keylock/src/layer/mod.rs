@@ -54,7 +54,9 @@
 //!
 //! - **Taken**: the request's place in its key's queue is taken in
 //!   [`Service::call`](tower_service::Service::call); driving the service to
-//!   ready takes no lock. The inner service is called once the key is held.
+//!   ready takes no lock. The inner service is called once the key is held:
+//!   within that `call` when the key is free, else from the response future
+//!   when its turn comes.
 //! - **Released**: when the inner response future resolves (the response head is
 //!   ready; the inner service has finished its work). A clone of the guard taken
 //!   through [`HeldLock::guard`] keeps the key held until it is dropped too: work

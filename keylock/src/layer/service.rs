@@ -75,6 +75,11 @@ where
                 }
             },
         };
+        // Free at once (the common case): call the service driven to ready now.
+        let acquire = match acquire.granted() {
+            Ok(guard) => return ResponseFuture::locked(guard, &mut self.inner, req),
+            Err(queued) => queued,
+        };
         // The service driven to ready is the one to call later; leave a clone here.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);

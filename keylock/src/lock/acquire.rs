@@ -71,6 +71,17 @@ impl<K: Hash + Eq + Clone> Acquire<K> {
         }
     }
 
+    /// The guard at once if the key was free when this future was made (it
+    /// waited for nothing); otherwise this future, still in its place in the
+    /// queue. A caller with work to start can skip a first poll (and a waker)
+    /// on the uncontended path.
+    pub fn granted(mut self) -> Result<KeyGuard<K>, Self> {
+        match self.state {
+            AcquireState::Granted => Ok(self.guard()),
+            AcquireState::Queued { .. } | AcquireState::Done => Err(self),
+        }
+    }
+
     /// Drop this wait because the caller's timeout fired, counting the timeout.
     pub fn abandon_timed_out(self) {
         self.shard().counters.timeouts.fetch_add(1, Relaxed);
