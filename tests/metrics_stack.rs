@@ -18,9 +18,11 @@ use pointlock::core::{
     Policy, StoreError, StoreErrorKind, UserId, UserPoint,
 };
 use pointlock::keylock::layer::{KeyDecision, KeyedLockBody, KeyedLockLayer};
+use pointlock::server::app::{AppBody, FrontLayer};
 use pointlock::server::clock::SystemClock;
 use pointlock::server::error::refusal_response;
 use pointlock::server::metrics::{Metrics, StoreSource, CONTENT_TYPE};
+use pointlock::server::middleware::in_flight::InFlight;
 use pointlock::server::routes::SharedService as Service;
 use pointlock::server::routes::{route_index, user_key, Router, RouterOptions, ROUTE_TEMPLATES};
 use pointlock::store::{SqliteOptions, SqliteStore};
@@ -28,11 +30,11 @@ use support::openmetrics::{parse, Exposition};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
-type Stack =
-    BoxCloneService<Request<Full<Bytes>>, Response<KeyedLockBody<Full<Bytes>>>, Infallible>;
+type Stack = BoxCloneService<Request<Full<Bytes>>, Response<AppBody>, Infallible>;
 
-/// The wallet's router behind its lock layer and the metrics layer, as the
-/// server stacks them (without the middleware that needs hyper's body type).
+/// The wallet's router behind its lock layer and the front layer that counts
+/// requests, as the server stacks them (without the middleware that needs
+/// hyper's body type).
 struct Fixture {
     metrics: Metrics,
     service: Service,
@@ -61,8 +63,19 @@ impl Fixture {
         let extract: fn(&Request<Full<Bytes>>) -> KeyDecision<UserId> = user_key;
         let lock_layer =
             KeyedLockLayer::new(service.lock().clone(), extract).on_refusal(refusal_response);
+        let front = FrontLayer::new(
+            InFlight::new(1_024),
+            16 * 1024,
+            std::time::Duration::from_secs(10),
+            4 * 1024,
+        )
+        .metrics(Some(metrics.request_counter(&ROUTE_TEMPLATES, route_index)));
+        let boxed = |res: Response<KeyedLockBody<Full<Bytes>>>| {
+            res.map(|body| AppBody::new(body.map_err(|never| match never {})))
+        };
         let stack = ServiceBuilder::new()
-            .layer(metrics.layer(&ROUTE_TEMPLATES, route_index))
+            .layer(front)
+            .map_response(boxed)
             .layer(lock_layer)
             .service(router);
         Self {

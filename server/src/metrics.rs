@@ -14,11 +14,11 @@
 //! What had no counter before is counted in place, cheaply:
 //!
 //! - **requests** by method, route template and status, and their duration, by
-//!   [`HttpMetricsLayer`] (outermost in the stack): a fixed table of atomics,
+//!   [`RequestCounter`] (first and last in the stack's front layer): a fixed table of atomics,
 //!   one row per (method, route), resolved from the request line without
 //!   allocating or hashing; per request that is two clock reads and three
 //!   relaxed atomic adds (see docs/performance.md for what it costs);
-//! - **store errors by kind**, by the same layer, from the error code of a
+//! - **store errors by kind**, by the same counter, from the error code of a
 //!   wallet route's 5xx answer (nothing on a 2xx);
 //! - **commit durations**, by the stores (one observation per batch
 //!   transaction: off the request path);
@@ -103,7 +103,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use self::requests::HttpTable;
-pub use self::requests::{HttpMetricsLayer, HttpMetricsService, ResponseFuture};
+pub use self::requests::{RequestCounter, Started};
 use crate::middleware::in_flight::InFlight;
 use pointlock_store::histogram::{HistogramSnapshot, DURATION_BOUNDS_NANOS};
 use pointlock_store::{CommitStats, PgStats, PostgresStore, SqliteStore};
@@ -135,7 +135,7 @@ impl StoreSource {
 }
 
 /// The server's metrics: a registry of its own, the request table the
-/// [`HttpMetricsLayer`] fills, and the sources read at scrape time. Cheap to
+/// [`RequestCounter`] fills, and the sources read at scrape time. Cheap to
 /// clone; clones share everything.
 #[derive(Clone)]
 pub struct Metrics {
@@ -198,21 +198,21 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner) = Some(in_flight);
     }
 
-    /// The request-counting layer. `routes` are the route templates (the
+    /// The request counter. `routes` are the route templates (the
     /// `route` labels) and `route_of` gives a path's position among them (the
     /// router's: `routes::ROUTE_TEMPLATES` and
     /// `routes::route_index`); a position out of range counts as the
     /// last route. The table is made by the first call; later calls share it.
-    pub fn layer(
+    pub fn request_counter(
         &self,
         routes: &'static [&'static str],
         route_of: fn(&str) -> usize,
-    ) -> HttpMetricsLayer {
+    ) -> RequestCounter {
         let table = self
             .sources
             .http
             .get_or_init(|| Arc::new(HttpTable::new(routes)));
-        HttpMetricsLayer::new(Arc::clone(table), route_of)
+        RequestCounter::new(Arc::clone(table), route_of)
     }
 
     /// Every family, in the OpenMetrics text format, ending with `# EOF`.

@@ -1,4 +1,6 @@
-//! The generic HTTP middleware of the stack: none of them knows the wallet.
+//! The generic HTTP middleware of the stack and its pieces: none of them
+//! knows the wallet. The first three are steps of the stack's front layer
+//! (`app::FrontLayer`).
 //!
 //! - [`request_id`]: `x-request-id` on every response, and the request's id on
 //!   every log line of a failed request.
@@ -7,8 +9,8 @@
 //! - [`in_flight`]: a bound on the requests in the stack at once, 503 beyond it.
 //! - [`deadline`]: a deadline that makes no timer when the work is done in its
 //!   first poll (the whole request's and the body's).
-//! - [`refused`]: the future those that answer at once share: the inner
-//!   service's, or a refusal.
+//! - [`refused`]: the future of a layer that may answer at once (the front
+//!   layer, the bearer authentication): the inner service's, or a refusal.
 //!
 //! Where each sits in the stack: the `app` module.
 

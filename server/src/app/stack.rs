@@ -18,14 +18,14 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 use tower_service::Service;
 
-use super::answers::{box_body, normalize_error, panic_response, within_request_timeout};
+use super::answers::{box_body, panic_response};
+use super::front::FrontLayer;
 use crate::auth::BearerAuth;
 use crate::body::AppBody;
 use crate::error::refusal_response;
 use crate::metrics::Metrics;
-use crate::middleware::in_flight::{InFlight, InFlightLimitLayer, MAX_IN_FLIGHT_DEFAULT};
-use crate::middleware::limits::{HeaderLimitLayer, HEADER_LIMIT_BYTES_DEFAULT};
-use crate::middleware::request_id::RequestIdLayer;
+use crate::middleware::in_flight::{InFlight, MAX_IN_FLIGHT_DEFAULT};
+use crate::middleware::limits::HEADER_LIMIT_BYTES_DEFAULT;
 use crate::routes::{
     route_index, user_key, Router, RouterOptions, SharedService, StoreStats, ROUTE_TEMPLATES,
 };
@@ -55,7 +55,7 @@ pub struct AppOptions {
     pub lock_queue_max: Option<usize>,
     /// The most requests in the stack at once, all users and connections
     /// together; beyond it 503 `SERVER_OVERLOADED` at once
-    /// ([`InFlightLimitLayer`]; at least 1).
+    /// ([`FrontLayer`]; at least 1).
     pub max_in_flight: usize,
     /// Whether to install the lock layer (negative controls turn it off; the
     /// router then takes each mutation's lock itself, reads take none).
@@ -63,7 +63,7 @@ pub struct AppOptions {
     pub lock_layer: bool,
     /// The largest request line and headers, together, in bytes: beyond it
     /// 431 `HEADERS_TOO_LARGE` and the connection closes
-    /// ([`HeaderLimitLayer`]).
+    /// ([`FrontLayer`]).
     pub header_limit_bytes: usize,
     /// The store's statistics for `GET /stats` (`null` without).
     pub store_stats: Option<StoreStats>,
@@ -114,66 +114,55 @@ pub fn build_app(service: SharedService, options: &AppOptions) -> App {
 /// Layers, outermost first (the numbers are those of the `ServiceBuilder`
 /// chain below):
 ///
-/// 0. [`HttpMetricsLayer`](crate::metrics::HttpMetricsLayer), only with
-///    [`AppOptions::metrics`]: counts every answer by method, route template
-///    ([`route_template`](crate::routes::route_template)) and status, and
-///    times it; outermost, so what it counts is what the client got, and its
-///    duration covers every layer below. The same [`Metrics`] serve
-///    `GET /metrics` through the router.
-/// 1. [`RequestIdLayer`] (`x-request-id` on every response: the client's own, or a
-///    process-wide counter; outermost, so every answer below carries it; the id
-///    is also in the request's extensions, on the log line of a failed (5xx)
-///    request, and, at DEBUG, on every event of the request)
-/// 2. [`InFlightLimitLayer`]: at most [`AppOptions::max_in_flight`] requests
-///    in the stack at once; beyond it 503 `SERVER_OVERLOADED` with
-///    `Retry-After` at once, before any other work (authentication, the body,
-///    a lock). `GET /health` and `GET /metrics` are exempt (they wait for
-///    nothing, and must answer an overloaded process's probes). Inside the
-///    metrics and the request id, so the refusal is counted and carries an
-///    id; above everything that costs more than an atomic.
-/// 3. [`HeaderLimitLayer`] (431 `HEADERS_TOO_LARGE` for a head over the limit,
-///    411 `LENGTH_REQUIRED` for a body framed by `Transfer-Encoding`; both close
-///    the connection; before any lock, inside the request id so the answer
-///    carries one). Connection-level limits (header timeout, connection cap,
-///    HTTP/2 streams) are [`ServeOptions`](super::ServeOptions), applied by
+/// 0. [`FrontLayer`]: everything done to every request before the wallet sees
+///    it, in one layer (one move of the request, one future): in `call`, the
+///    request metrics start (only with [`AppOptions::metrics`]), the request's
+///    id is chosen ([`request_id`](crate::middleware::request_id)), the
+///    in-flight bound admits it or answers 503 `SERVER_OVERLOADED` at once
+///    ([`AppOptions::max_in_flight`]; `GET /health` and `GET /metrics` are
+///    exempt: they wait for nothing, and must answer an overloaded process's
+///    probes), the head limits admit it or answer 431 `HEADERS_TOO_LARGE` /
+///    411 `LENGTH_REQUIRED` (both close the connection), and the inner
+///    service is called under the request deadline (a 408 for the whole
+///    request, default 10 s, longer than the lock timeout; the timer is only
+///    made if the request is not done in its first poll). When the answer is
+///    ready: the in-flight slot is freed, the deadline's 408 and the body
+///    limit's 413 become JSON errors, a server error is logged with the
+///    request's id, `x-request-id` is set, and the request is counted by
+///    method, route template ([`route_template`](crate::routes::route_template))
+///    and status: what the client got, every layer below included. The same
+///    [`Metrics`] serve `GET /metrics` through the router. Connection-level
+///    limits (header timeout, connection cap, HTTP/2 streams) are
+///    [`ServeOptions`](super::ServeOptions), applied by
 ///    [`serve_with`](super::serve_with).
-/// 4. [`BearerAuth`], only with [`AppOptions::auth`] (bearer JWT: 401
-///    `UNAUTHORIZED`, 403 `FORBIDDEN`). Far above the lock layer (10): a
+/// 1. [`BearerAuth`], only with [`AppOptions::auth`] (bearer JWT: 401
+///    `UNAUTHORIZED`, 403 `FORBIDDEN`). Far above the lock layer (5): a
 ///    refused request is answered here and never waits for, takes or holds a
-///    user's lock, nor has its body read. Inside the request id (its answers
-///    carry one) and the header limit (which bounds the token's size); above
-///    everything that looks at the request's content, so an anonymous client
-///    learns nothing but "authenticate". Off, there is no layer: the stack
-///    costs what it did without authentication.
-/// 5. error normalisation (`map_response` with `normalize_error`): turns the
-///    non-JSON 408 and 413 of the request deadline and the body limit into
-///    JSON errors, copying the response's headers (not its content type or
-///    length). Outermost but one, so `Trace`, inside it, logs the raw 408/413
-///    (the same status code).
-/// 6. `Trace` (a span and events per request, at DEBUG). Installed only when the
+///    user's lock, nor has its body read. Inside the front layer (its answers
+///    carry an id, the head limit bounds the token's size, the in-flight bound
+///    counts it); above everything that looks at the request's content, so an
+///    anonymous client learns nothing but "authenticate". Off, there is no
+///    layer: the stack costs what it did without authentication.
+/// 2. `Trace` (a span and events per request, at DEBUG). Installed only when the
 ///    process's log filter lets DEBUG through: at the default INFO it would emit
 ///    nothing yet cost ~1,400 instructions per request (5% of a charge; measured
 ///    with `benches/instructions.sh`). Server errors are logged either way, with
-///    the request's id, by the request-id layer (from the report
+///    the request's id, by the front layer (from the report
 ///    [`ApiError::into_response`](crate::error::ApiError::into_response)
-///    attaches to every 5xx).
-/// 7. `CatchPanic` (a panic becomes a 500 JSON answer, `panic_response`). A
+///    attaches to every 5xx). Inside the request deadline: a request the
+///    deadline ends has no `Trace` event for its answer.
+/// 3. `CatchPanic` (a panic becomes a 500 JSON answer, `panic_response`). A
 ///    panic unwinds through the lock layer's future, whose `polling` flag marks
 ///    it as panicked: it is never resumed, and when `CatchPanic`'s future is
 ///    dropped (right after the 500 is ready) it drops the handler's future and
 ///    releases the user's lock. It boxes the response body into [`AppBody`],
 ///    the one box a response body gets.
-/// 8. the request deadline (`map_future` with `within_request_timeout`: a
-///    bare 408 for the whole request, default 10 s; longer than the lock
-///    timeout). Its timer is only made if the request is not done in its
-///    first poll.
-/// 9. `RequestBodyLimit` (413, default 4 KiB)
-/// 10. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
-///     lock for the life of the request, a bounded queue per user). Its body
-///     type has an empty `Default`, which the deadline needs for its 408.
-/// 11. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
-///     counted from when the user's lock is held: a slow uploader holds its user no
-///     longer than this)
+/// 4. `RequestBodyLimit` (413, default 4 KiB)
+/// 5. [`KeyedLockLayer`] with the wallet's [`user_key`] extractor (per-user FIFO
+///    lock for the life of the request, a bounded queue per user).
+/// 6. the [`Router`] (it reads a body within `body_timeout`, 408 `BODY_TIMEOUT`,
+///    counted from when the user's lock is held: a slow uploader holds its user no
+///    longer than this)
 pub fn build_stack(
     service: SharedService,
     options: &AppOptions,
@@ -186,17 +175,24 @@ pub fn build_stack(
        + Send
        + Sync
        + 'static {
-    let limit = options.body_limit_bytes;
-    let request_timeout = options.request_timeout;
     let in_flight = InFlight::new(options.max_in_flight);
     if let Some(metrics) = &options.metrics {
         metrics.watch_service(Arc::clone(&service));
         metrics.watch_in_flight(in_flight.clone());
     }
-    let metrics = options
-        .metrics
-        .as_ref()
-        .map(|metrics| metrics.layer(&ROUTE_TEMPLATES, route_index));
+    let front = FrontLayer::new(
+        in_flight,
+        options.header_limit_bytes,
+        options.request_timeout,
+        options.body_limit_bytes,
+    )
+    .metrics(
+        options
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.request_counter(&ROUTE_TEMPLATES, route_index)),
+    )
+    .exempt(&["/health", "/metrics"]);
     let trace = trace_enabled().then(|| {
         // The trace layer wraps the body: box it again so both branches agree.
         ServiceBuilder::new()
@@ -222,18 +218,13 @@ pub fn build_stack(
         },
     );
     ServiceBuilder::new()
-        .option_layer(metrics) // 0
-        .layer(RequestIdLayer::new()) // 1
-        .layer(InFlightLimitLayer::new(in_flight).exempt(&["/health", "/metrics"])) // 2
-        .layer(HeaderLimitLayer::new(options.header_limit_bytes)) // 3
-        .option_layer(options.auth.clone()) // 4
-        .map_response(move |res| normalize_error(res, limit)) // 5
-        .option_layer(trace) // 6
-        .layer(CatchPanicLayer::custom(panic_response)) // 7
-        .map_future(move |future| within_request_timeout(future, request_timeout)) // 8
-        .layer(RequestBodyLimitLayer::new(limit)) // 9
-        .layer(lock) // 10
-        .service(router) // 11
+        .layer(front) // 0
+        .option_layer(options.auth.clone()) // 1
+        .option_layer(trace) // 2
+        .layer(CatchPanicLayer::custom(panic_response)) // 3
+        .layer(RequestBodyLimitLayer::new(options.body_limit_bytes)) // 4
+        .layer(lock) // 5
+        .service(router) // 6
 }
 
 /// Whether the trace layer's DEBUG spans and events could be recorded at all.

@@ -1,22 +1,16 @@
-//! The request metrics: [`HttpMetricsLayer`] and the table it fills.
+//! The request metrics: [`RequestCounter`] and the table it fills.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
-use pin_project_lite::pin_project;
 use pointlock_core::StoreError;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
-use tower_layer::Layer;
-use tower_service::Service;
 
 use super::{duration_buckets, STORE_ERROR_KINDS};
 use crate::error::ServerErrorReport;
@@ -251,20 +245,21 @@ impl HttpTable {
     }
 }
 
-/// Counts and times every request of the service it wraps; made by
-/// [`Metrics::layer`](super::Metrics::layer).
+/// Counts and times every request; made by
+/// [`Metrics::request_counter`](super::Metrics::request_counter), used by the
+/// stack's front layer (`app::FrontLayer`, outermost).
 ///
-/// - **Starts** in [`Service::call`], before the inner service's `call`: a
-///   request's wait in its user's lock queue is part of its duration.
-/// - **Ends** when the inner response future resolves (the response head is
-///   ready): the request is counted under its status and its duration observed.
-///   A request whose future is dropped before that (the client left) is not
+/// - **Starts** with [`start`](Self::start), before the inner service's
+///   `call`: a request's wait in its user's lock queue is part of its duration.
+/// - **Ends** with [`finish`](Self::finish) when the response head is ready:
+///   the request is counted under its status and its duration observed. A
+///   request whose future is dropped before that (the client left) is not
 ///   counted.
 /// - **Bounded labels**: the route is the router's template of the path (a
-///   function given to the layer, `routes::route_index` in the
-///   server, names its position in the router's list), never the raw path;
-///   methods outside the nine standard ones count as `OTHER`.
-/// - **Cost**: the row of a (method, route) pair is found in `call` without
+///   function given here, `routes::route_index` in the server, names its
+///   position in the router's list), never the raw path; methods outside the
+///   nine standard ones count as `OTHER`.
+/// - **Cost**: the row of a (method, route) pair is found in `start` without
 ///   allocating or hashing; at the end, one clock read, one relaxed atomic add
 ///   for the status (the common ones have a fixed slot; any other status takes
 ///   a mutex) and two for the duration histogram. Measured in
@@ -274,103 +269,43 @@ impl HttpTable {
 /// code ([`ServerErrorReport`]), and the codes of the four store error kinds are
 /// known; nothing is looked at for other statuses.
 #[derive(Clone)]
-pub struct HttpMetricsLayer {
+pub struct RequestCounter {
     table: Arc<HttpTable>,
     route_of: fn(&str) -> usize,
 }
 
-impl HttpMetricsLayer {
+/// A request being counted: its row and when it started.
+#[derive(Debug)]
+pub struct Started {
+    row: usize,
+    at: Instant,
+}
+
+impl RequestCounter {
     pub(super) fn new(table: Arc<HttpTable>, route_of: fn(&str) -> usize) -> Self {
         Self { table, route_of }
     }
+
+    /// A request enters the stack.
+    pub fn start<B>(&self, req: &Request<B>) -> Started {
+        Started {
+            row: self
+                .table
+                .row(req.method(), (self.route_of)(req.uri().path())),
+            at: Instant::now(),
+        }
+    }
+
+    /// The request `started` is answered with `response`.
+    pub fn finish<B>(&self, started: Started, response: &Response<B>) {
+        self.table
+            .record(started.row, response, started.at.elapsed());
+    }
 }
 
-impl std::fmt::Debug for HttpMetricsLayer {
+impl std::fmt::Debug for RequestCounter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpMetricsLayer").finish_non_exhaustive()
-    }
-}
-
-impl<S> Layer<S> for HttpMetricsLayer {
-    type Service = HttpMetricsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpMetricsService {
-            inner,
-            table: Arc::clone(&self.table),
-            route_of: self.route_of,
-        }
-    }
-}
-
-/// The service of [`HttpMetricsLayer`].
-#[derive(Clone)]
-pub struct HttpMetricsService<S> {
-    inner: S,
-    table: Arc<HttpTable>,
-    route_of: fn(&str) -> usize,
-}
-
-impl<S: std::fmt::Debug> std::fmt::Debug for HttpMetricsService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpMetricsService")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetricsService<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let row = self
-            .table
-            .row(req.method(), (self.route_of)(req.uri().path()));
-        let started = Instant::now();
-        ResponseFuture {
-            inner: self.inner.call(req),
-            table: Arc::clone(&self.table),
-            row,
-            started,
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`HttpMetricsService`]: counts the request when
-    /// the inner future resolves with a response.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        table: Arc<HttpTable>,
-        row: usize,
-        started: Instant,
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let output = ready!(this.inner.poll(cx));
-        if let Ok(response) = &output {
-            this.table
-                .record(*this.row, response, this.started.elapsed());
-        }
-        Poll::Ready(output)
+        f.debug_struct("RequestCounter").finish_non_exhaustive()
     }
 }
 

@@ -1,10 +1,11 @@
 //! Limits on what a client may send before its request reaches the wallet.
 //!
-//! [`HeaderLimitLayer`] answers a request whose request line and headers
-//! together exceed a limit with 431 `HEADERS_TOO_LARGE` (JSON, `Connection:
-//! close`), and one whose body is framed by `Transfer-Encoding` with 411
-//! `LENGTH_REQUIRED` (`Connection: close`: nothing after it on the connection
-//! is read), before any lock is taken. hyper, following RFC 9112, lets
+//! [`head_refusal`] (called by the stack's front layer, `app::FrontLayer`)
+//! answers a request whose request line and headers together exceed a limit
+//! with 431 `HEADERS_TOO_LARGE` (JSON, `Connection: close`), and one whose
+//! body is framed by `Transfer-Encoding` with 411 `LENGTH_REQUIRED`
+//! (`Connection: close`: nothing after it on the connection is read), before
+//! any lock is taken. hyper, following RFC 9112, lets
 //! `Transfer-Encoding` override a `Content-Length` sent with it and drops the
 //! latter, so the smuggling pattern (both) cannot be told from a plain chunked
 //! upload here: both are refused. Bodies are a few bytes; every client the
@@ -15,15 +16,8 @@
 //! (header read timeout, connection cap, HTTP/2 streams) are set where
 //! connections are served (`app::ServeOptions`).
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
+use http::Request;
 
-use http::{Request, Response};
-use tower_layer::Layer;
-use tower_service::Service;
-
-use super::refused::RefusedOr;
-use crate::body::AppBody;
 use crate::error::ApiError;
 
 /// The default limit on a request's line and headers: far above any honest
@@ -49,68 +43,19 @@ pub fn head_bytes<B>(req: &Request<B>) -> usize {
     })
 }
 
-/// Answers 431 to requests whose head is larger than the limit; see the
+/// The refusal of a request whose head exceeds `limit_bytes` (431
+/// `HEADERS_TOO_LARGE`) or whose body is framed by `Transfer-Encoding` (411
+/// `LENGTH_REQUIRED`); `None` for every other request. See the
 /// [module docs](self).
-#[derive(Clone, Copy, Debug)]
-pub struct HeaderLimitLayer {
-    limit_bytes: usize,
-}
-
-impl HeaderLimitLayer {
-    /// Refuse heads of more than `limit_bytes`.
-    pub fn new(limit_bytes: usize) -> Self {
-        Self { limit_bytes }
+pub fn head_refusal<B>(req: &Request<B>, limit_bytes: usize) -> Option<ApiError> {
+    if head_bytes(req) > limit_bytes {
+        Some(ApiError::HeadersTooLarge { limit_bytes })
+    } else if req.headers().contains_key(http::header::TRANSFER_ENCODING) {
+        Some(ApiError::LengthRequired)
+    } else {
+        None
     }
 }
-
-impl<S> Layer<S> for HeaderLimitLayer {
-    type Service = HeaderLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        HeaderLimit {
-            inner,
-            limit_bytes: self.limit_bytes,
-        }
-    }
-}
-
-/// The service of [`HeaderLimitLayer`].
-#[derive(Clone, Debug)]
-pub struct HeaderLimit<S> {
-    inner: S,
-    limit_bytes: usize,
-}
-
-impl<S, B> Service<Request<B>> for HeaderLimit<S>
-where
-    S: Service<Request<B>, Response = Response<AppBody>, Error = Infallible>,
-{
-    type Response = Response<AppBody>;
-    type Error = Infallible;
-    type Future = HeaderLimitFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let headers = req.headers();
-        let refusal = if head_bytes(&req) > self.limit_bytes {
-            ApiError::HeadersTooLarge {
-                limit_bytes: self.limit_bytes,
-            }
-        } else if headers.contains_key(http::header::TRANSFER_ENCODING) {
-            ApiError::LengthRequired
-        } else {
-            return RefusedOr::inner(self.inner.call(req));
-        };
-        RefusedOr::refused(refusal)
-    }
-}
-
-/// The future of [`HeaderLimit`]: the inner service's, or the 431 or 411 at
-/// once.
-pub type HeaderLimitFuture<F> = RefusedOr<F>;
 
 #[cfg(test)]
 mod tests {

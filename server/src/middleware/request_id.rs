@@ -1,12 +1,13 @@
 //! `x-request-id` on every response: the client's own, or a process-wide counter.
 //!
-//! What tower-http's `SetRequestId` and `PropagateRequestId` do together, in one
-//! layer and without their bookkeeping: those two store the id in the request's and
-//! the response's extensions (an `AnyMap` each: six allocations per request, the
-//! largest single cost of this server's stack over bare hyper; see
+//! What tower-http's `SetRequestId` and `PropagateRequestId` do together, as two
+//! functions the stack's front layer (`app::FrontLayer`) calls, without their
+//! bookkeeping: those two store the id in the request's and the response's
+//! extensions (an `AnyMap` each: six allocations per request, the largest
+//! single cost of this server's stack over bare hyper; see
 //! docs/performance.md). Here the id travels in the response future instead.
 //!
-//! - The work **starts** in `call`: the id is the request's `x-request-id` header if
+//! - The work **starts** with [`assign`]: the id is the request's `x-request-id` header if
 //!   present (kept as is), otherwise the next value of the counter. It goes into
 //!   the request's extensions as [`RequestId`].
 //! - Every log line of the request carries the id, in two ways. A server error (a
@@ -19,25 +20,18 @@
 //!   disconnect) names the request too. The span is not made at `INFO`: a span
 //!   per request costs ~3,000 instructions, 14 % of a charge (measured with
 //!   `benches/instructions.sh`), to decorate lines that are not written.
-//! - It **ends** when the inner response is ready: the id is set on the response
-//!   unless the inner service already set one.
+//! - It **ends** with [`finish`], when the inner response is ready: the id is
+//!   set on the response unless the inner service already set one.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::HeaderName;
 use http::{HeaderValue, Request, Response};
-use pin_project_lite::pin_project;
-use tower_layer::Layer;
-use tower_service::Service;
 use tracing::Span;
 
 use crate::error::ServerErrorReport;
 
-/// The header this layer reads and sets.
+/// The header read and set.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A request's id, in its extensions (the `x-request-id` its response carries).
@@ -51,65 +45,30 @@ impl RequestId {
     }
 }
 
-/// Puts `x-request-id` on every response (see the [module docs](self)).
-#[derive(Clone, Debug, Default)]
-pub struct RequestIdLayer {
-    next: Arc<AtomicU64>,
+/// Choose `req`'s id (its own `x-request-id` if [usable](CLIENT_ID_LEN_MAX),
+/// else the next value of `next`, counting from 1), put it in its extensions
+/// as [`RequestId`], and make the request's span (only when DEBUG is on: see
+/// the [module docs](self)). The caller runs the request inside the span and
+/// hands the id to [`finish`] with the response.
+pub fn assign<B>(req: &mut Request<B>, next: &AtomicU64) -> (HeaderValue, Span) {
+    let id = match req.headers().get(&X_REQUEST_ID) {
+        Some(theirs) if usable(theirs) => theirs.clone(),
+        _ => generated_id(next.fetch_add(1, Ordering::Relaxed) + 1),
+    };
+    // A client's id is shown as text when it is (lossy otherwise).
+    let span = tracing::debug_span!("request", id = %String::from_utf8_lossy(id.as_bytes()));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    (id, span)
 }
 
-impl RequestIdLayer {
-    /// A layer whose generated ids count from 1.
-    pub fn new() -> Self {
-        Self::default()
+/// The end of request `id`: a server error is logged with the id, and the id
+/// is set on the response unless the inner service already set one.
+pub fn finish<B>(res: &mut Response<B>, id: HeaderValue) {
+    if res.status().is_server_error() {
+        log_server_error(&id, res);
     }
-}
-
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestIdService<S>;
-
-    fn layer(&self, inner: S) -> RequestIdService<S> {
-        RequestIdService {
-            inner,
-            next: Arc::clone(&self.next),
-        }
-    }
-}
-
-/// The service of [`RequestIdLayer`].
-#[derive(Clone, Debug)]
-pub struct RequestIdService<S> {
-    inner: S,
-    next: Arc<AtomicU64>,
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestIdService<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let id = match req.headers().get(&X_REQUEST_ID) {
-            Some(theirs) if usable(theirs) => theirs.clone(),
-            _ => generated_id(self.next.fetch_add(1, Ordering::Relaxed) + 1),
-        };
-        // Made only when DEBUG is enabled (see the module docs); a client's id is
-        // shown as text when it is (lossy otherwise).
-        let span = tracing::debug_span!("request", id = %String::from_utf8_lossy(id.as_bytes()));
-        req.extensions_mut().insert(RequestId(id.clone()));
-        let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture {
-            inner,
-            id: Some(id),
-            span,
-        }
-    }
+    // One lookup: an id the inner service set wins.
+    res.headers_mut().entry(X_REQUEST_ID).or_insert(id);
 }
 
 /// The longest client id kept.
@@ -133,39 +92,6 @@ fn generated_id(n: u64) -> HeaderValue {
     HeaderValue::from_str(digits.format(n)).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
-pin_project! {
-    /// The response future of [`RequestId`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        id: Option<HeaderValue>,
-        span: Span,
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let _in_request = this.span.enter();
-        let mut res = std::task::ready!(this.inner.poll(cx))?;
-        if res.status().is_server_error() {
-            if let Some(id) = this.id.as_ref() {
-                log_server_error(id, &res);
-            }
-        }
-        if let Some(id) = this.id.take() {
-            // One lookup: an id the inner service set wins.
-            res.headers_mut().entry(X_REQUEST_ID).or_insert(id);
-        }
-        Poll::Ready(Ok(res))
-    }
-}
-
 /// The log line of a request answered with a server error.
 fn log_server_error<B>(id: &HeaderValue, res: &Response<B>) {
     let request_id = String::from_utf8_lossy(id.as_bytes());
@@ -182,31 +108,22 @@ fn log_server_error<B>(id: &HeaderValue, res: &Response<B>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-
+pub(crate) mod tests {
     use pointlock_core::{PointError, StoreError};
-    use tower::{service_fn, ServiceBuilder, ServiceExt};
 
     use super::*;
     use crate::error::ApiError;
 
-    async fn echo(req: Request<()>) -> Result<Response<()>, Infallible> {
-        let mut res = Response::new(());
-        if req.uri().path() == "/own" {
-            res.headers_mut()
-                .insert(X_REQUEST_ID, HeaderValue::from_static("inner"));
-        }
-        Ok(res)
+    fn request_with_id(id: &[u8]) -> Request<()> {
+        Request::builder()
+            .header(X_REQUEST_ID, HeaderValue::from_bytes(id).unwrap())
+            .body(())
+            .unwrap()
     }
 
-    fn id_of(res: &Response<()>) -> &str {
-        res.headers()[X_REQUEST_ID].to_str().unwrap()
-    }
-
-    #[tokio::test]
-    async fn unusable_client_ids_are_replaced_by_generated_ones() {
-        let mut svc = RequestIdLayer::new().layer(tower::service_fn(echo));
+    #[test]
+    fn unusable_client_ids_are_replaced_by_generated_ones() {
+        let next = AtomicU64::new(0);
         let long = "k".repeat(CLIENT_ID_LEN_MAX + 1);
         let kept = "k".repeat(CLIENT_ID_LEN_MAX);
         for (theirs, keep) in [
@@ -216,94 +133,69 @@ mod tests {
             (kept.as_str(), true),
             ("trace-1", true),
         ] {
-            let req = Request::builder()
-                .header(X_REQUEST_ID, theirs)
-                .body(())
-                .unwrap();
-            let res = svc.ready().await.unwrap().call(req).await.unwrap();
-            let answered = id_of(&res);
-            assert!(!answered.is_empty());
-            assert_eq!(answered == theirs, keep, "{theirs:?} -> {answered:?}");
+            let (id, _) = assign(&mut request_with_id(theirs.as_bytes()), &next);
+            assert!(!id.is_empty());
+            assert_eq!(id == theirs, keep, "{theirs:?} -> {id:?}");
         }
-        let req = Request::builder()
-            .header(
-                X_REQUEST_ID,
-                HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
-            )
-            .body(())
-            .unwrap();
-        let res = svc.ready().await.unwrap().call(req).await.unwrap();
-        assert!(id_of(&res).bytes().all(|b| b.is_ascii_digit()));
+        let (id, _) = assign(&mut request_with_id(b"caf\xc3\xa9"), &next);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_digit));
     }
 
-    #[tokio::test]
-    async fn generated_ids_count_up_and_client_ids_are_kept() {
-        let svc = ServiceBuilder::new()
-            .layer(RequestIdLayer::new())
-            .service(service_fn(echo));
-        let first = svc.clone().oneshot(Request::new(())).await.unwrap();
-        let second = svc.clone().oneshot(Request::new(())).await.unwrap();
-        assert_eq!((id_of(&first), id_of(&second)), ("1", "2"));
-
-        let theirs = Request::builder()
-            .header(X_REQUEST_ID, "trace-me")
-            .body(())
-            .unwrap();
-        let res = svc.clone().oneshot(theirs).await.unwrap();
-        assert_eq!(id_of(&res), "trace-me");
+    #[test]
+    fn generated_ids_count_up_client_ids_are_kept_and_both_reach_the_request() {
+        let next = AtomicU64::new(0);
+        let mut first = Request::new(());
+        let mut second = Request::new(());
+        assert_eq!(assign(&mut first, &next).0, "1");
+        assert_eq!(assign(&mut second, &next).0, "2");
+        assert_eq!(
+            second
+                .extensions()
+                .get::<RequestId>()
+                .map(RequestId::header_value),
+            Some(&HeaderValue::from_static("2"))
+        );
+        let mut theirs = request_with_id(b"trace-me");
+        assert_eq!(assign(&mut theirs, &next).0, "trace-me");
+        assert_eq!(
+            theirs
+                .extensions()
+                .get::<RequestId>()
+                .map(RequestId::header_value),
+            Some(&HeaderValue::from_static("trace-me"))
+        );
     }
 
-    /// A service that logs at INFO and answers with `error`'s response, after
-    /// recording the `RequestId` it was given in `x-seen`.
-    fn failing(
-        error: fn() -> ApiError,
-    ) -> impl Service<
-        Request<()>,
-        Response = Response<http_body_util::Full<bytes::Bytes>>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone {
-        service_fn(move |req: Request<()>| async move {
-            let seen = req.extensions().get::<RequestId>().cloned();
-            tracing::info!("inside the handler");
-            let mut res = error().into_response();
-            if let Some(seen) = seen {
-                res.headers_mut()
-                    .insert("x-seen", seen.header_value().clone());
-            }
-            Ok::<_, Infallible>(res)
-        })
+    #[test]
+    fn the_id_is_set_on_the_response_unless_the_inner_service_set_one() {
+        let mut res = Response::new(());
+        finish(&mut res, HeaderValue::from_static("7"));
+        assert_eq!(res.headers()[X_REQUEST_ID], "7");
+        let mut own = Response::new(());
+        own.headers_mut()
+            .insert(X_REQUEST_ID, HeaderValue::from_static("inner"));
+        finish(&mut own, HeaderValue::from_static("7"));
+        assert_eq!(own.headers()[X_REQUEST_ID], "inner");
     }
 
-    fn request_with_id(id: &'static str) -> Request<()> {
-        Request::builder()
-            .header(X_REQUEST_ID, id)
-            .body(())
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn server_errors_are_logged_with_the_request_id_and_the_id_reaches_the_request() {
+    #[test]
+    fn server_errors_are_logged_with_the_request_id() {
         let logs = Logs::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(logs.clone())
             .with_ansi(false)
             .finish();
         let _default = tracing::subscriber::set_default(subscriber);
-        let store_failed = || ApiError::Point(PointError::Store(StoreError::new("disk on fire")));
-        let res = RequestIdLayer::new()
-            .layer(failing(store_failed))
-            .oneshot(request_with_id("client-7"))
-            .await
-            .unwrap();
-        assert_eq!(res.headers()["x-seen"], "client-7");
-        let timed_out = || ApiError::Point(PointError::LockTimeout);
-        let generated = RequestIdLayer::new()
-            .layer(failing(timed_out))
-            .oneshot(Request::new(()))
-            .await
-            .unwrap();
-        assert_eq!(generated.headers()["x-seen"], "1");
+        let failed = ApiError::Point(PointError::Store(StoreError::new("disk on fire")));
+        finish(
+            &mut failed.into_response(),
+            HeaderValue::from_static("client-7"),
+        );
+        let timed_out = ApiError::Point(PointError::LockTimeout);
+        finish(
+            &mut timed_out.into_response(),
+            HeaderValue::from_static("1"),
+        );
         let text = logs.text();
         let line = |needle: &str| {
             text.lines()
@@ -323,40 +215,16 @@ mod tests {
             "{refused}"
         );
         // At INFO no span is made (it would cost every request).
-        assert!(!text.contains("request{"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn at_debug_every_line_of_the_request_names_it() {
-        let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
-        let svc = RequestIdLayer::new().layer(failing(|| ApiError::RequestTimeout));
-        svc.clone()
-            .oneshot(request_with_id("client-7"))
-            .await
-            .unwrap();
-        svc.oneshot(Request::new(())).await.unwrap();
-        let text = logs.text();
-        let handler_lines: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("inside the handler"))
-            .collect();
-        assert_eq!(handler_lines.len(), 2, "{text}");
-        assert!(handler_lines[0].contains("request{id=client-7}"), "{text}");
-        assert!(handler_lines[1].contains("request{id=1}"), "{text}");
+        let (_, span) = assign(&mut Request::new(()), &AtomicU64::new(0));
+        assert!(span.is_disabled());
     }
 
     /// A log sink the test reads back.
     #[derive(Clone, Default)]
-    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    pub(crate) struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
     impl Logs {
-        fn text(&self) -> String {
+        pub(crate) fn text(&self) -> String {
             String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
         }
     }
@@ -378,13 +246,5 @@ mod tests {
         fn make_writer(&'a self) -> Logs {
             self.clone()
         }
-    }
-
-    #[tokio::test]
-    async fn an_id_set_by_the_inner_service_wins() {
-        let svc = RequestIdLayer::new().layer(service_fn(echo));
-        let req = Request::builder().uri("/own").body(()).unwrap();
-        let res = svc.oneshot(req).await.unwrap();
-        assert_eq!(id_of(&res), "inner");
     }
 }
