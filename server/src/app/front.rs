@@ -6,7 +6,7 @@
 //! 1. the request metrics start (with [`FrontLayer::metrics`]): the route and
 //!    the clock ([`RequestCounter`]);
 //! 2. the request's id is chosen and put in its extensions
-//!    ([`request_id`](crate::middleware::request_id));
+//!    ([`request_id`]);
 //! 3. the in-flight bound admits it or answers 503 `SERVER_OVERLOADED`
 //!    ([`in_flight`](crate::middleware::in_flight); exempt paths take no slot);
 //! 4. the header limits admit it or answer 431 / 411
