@@ -131,6 +131,42 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_busy_kept_alive_connection_lives_past_its_first_heads_deadline() {
+    // One timer per connection, armed by the first head (300 ms): a head read
+    // later must get its own 300 ms, and the idle close must count from the
+    // last answer.
+    let server = start(quick()).await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..4 {
+        conn.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The answer, and the connection still open after it (about 150 ms).
+        match read_for(&mut conn, Duration::from_millis(150)).await {
+            Read::Open(bytes) => assert_eq!(status_and_body(&bytes).0, 200),
+            Read::Closed(bytes) => panic!(
+                "closed {:?} in, after {} bytes",
+                started.elapsed(),
+                bytes.len()
+            ),
+        }
+    }
+    // Four rounds of about 150 ms: past the first head's deadline.
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    let idle = Instant::now();
+    assert!(matches!(
+        read_for(&mut conn, Duration::from_secs(10)).await,
+        Read::Closed(_)
+    ));
+    assert!(
+        idle.elapsed() >= Duration::from_millis(100),
+        "closed {:?} after the last answer, not a timeout after it",
+        idle.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_head_over_the_limit_gets_431_json_and_a_closed_connection() {
     let server = start(quick()).await;
     // 16 KiB of headers in one line: the 64 KiB line is over it too.

@@ -7,6 +7,7 @@
 //! | `front.rs` | [`FrontLayer`]: the per-request work above the wallet (metrics, request id, in-flight bound, head limits, deadline, JSON errors) in one layer |
 //! | `answers.rs` | the stack's own answers: 408 and 413 as JSON, a panic as a 500 |
 //! | `serve.rs` | [`serve_with`]: the hyper accept loop and its connection limits ([`ServeOptions`]); [`shutdown_signal`] |
+//! | `head_timer.rs` | [`head_timer::ConnectionTimer`]: hyper's HTTP/1 header timeout on one tokio timer per connection |
 //! | `linger.rs` | [`linger::Lingering`]: a connection the server closes reads and drops what its client still sends, for a bounded time |
 //! | `sweeper.rs` | [`spawn_idempotency_sweeper`]: expired idempotency records removed in bounded steps |
 //!
@@ -17,6 +18,7 @@
 
 mod answers;
 pub mod front;
+pub mod head_timer;
 pub mod linger;
 mod serve;
 mod stack;

@@ -18,6 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use super::head_timer::ConnectionTimer;
 use super::linger::Lingering;
 use crate::body::BoxError;
 use crate::middleware::limits::{head_buffer_bytes, HEADER_LIMIT_BYTES_DEFAULT};
@@ -92,7 +93,8 @@ where
 /// [`serve`] with every connection limit given.
 ///
 /// - HTTP/1: headers within `header_timeout` (also the idle bound of a kept-alive
-///   connection), a read buffer of [`head_buffer_bytes`].
+///   connection; timed by one [`ConnectionTimer`] per connection), a read
+///   buffer of [`head_buffer_bytes`].
 /// - HTTP/2 (h2c): `h2_max_concurrent_streams` streams per connection, a header
 ///   list of at most `header_limit_bytes`, and h2's bounds on streams reset by
 ///   the client before the server saw them (rapid reset) and on streams the
@@ -124,9 +126,9 @@ where
     B::Error: Into<BoxError>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1's timer is set per connection (below).
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
         .max_buf_size(head_buffer_bytes(options.header_limit_bytes));
     builder
@@ -166,7 +168,9 @@ where
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
-        let builder = builder.clone();
+        let mut builder = builder.clone();
+        // One header timer per connection, re-armed lazily (`ConnectionTimer`).
+        builder.http1().timer(ConnectionTimer::default());
         let first_byte_timeout = options.header_timeout;
         tokio::spawn(async move {
             // hyper's header timer starts once it reads, after hyper-util has
