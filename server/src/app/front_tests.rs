@@ -8,7 +8,6 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::middleware::request_id::tests::Logs;
 use crate::middleware::request_id::{RequestId, X_REQUEST_ID};
 
 /// A service that answers each request when its sender fires (with the
@@ -44,13 +43,11 @@ impl Service<Request<()>> for Held {
         let seen = req.extensions().get::<RequestId>().cloned();
         Box::pin(async move {
             let status = rx.await.unwrap_or(StatusCode::OK);
-            tracing::info!("inside the handler");
             let body = Full::new(Bytes::from_static(b"ok")).map_err(|never| match never {});
             let mut res = Response::new(AppBody::new(body));
             *res.status_mut() = status;
             if let Some(seen) = seen {
-                res.headers_mut()
-                    .insert("x-seen", seen.header_value().clone());
+                res.headers_mut().insert("x-seen", seen.header_value());
             }
             Ok(res)
         })
@@ -162,37 +159,6 @@ async fn bare_413_and_the_deadline_408_become_json_with_the_request_id() {
     assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
     assert_eq!(json(res).await["code"], "REQUEST_TIMEOUT");
     assert_eq!(in_flight.current(), 0);
-}
-
-#[tokio::test]
-async fn at_debug_every_line_of_the_request_names_it() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
-    let inner = Held::default();
-    let mut service = front(&InFlight::new(4), &inner);
-    let theirs = Request::get("/point/1")
-        .header(X_REQUEST_ID, "client-7")
-        .body(())
-        .expect("request");
-    let first = service.call(theirs);
-    let second = service.call(get("/point/2"));
-    inner.answer(StatusCode::OK);
-    inner.answer(StatusCode::OK);
-    first.await.expect("infallible");
-    second.await.expect("infallible");
-    let text = logs.text();
-    let handler_lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("inside the handler"))
-        .collect();
-    assert_eq!(handler_lines.len(), 2, "{text}");
-    assert!(handler_lines[0].contains("request{id=client-7}"), "{text}");
-    assert!(handler_lines[1].contains("request{id=1}"), "{text}");
 }
 
 #[tokio::test]

@@ -36,12 +36,24 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A request's id, in its extensions (the `x-request-id` its response carries).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(HeaderValue);
+pub struct RequestId(Id);
+
+/// A generated id stays a number until it is shown: the response's header
+/// is then the only copy of its text (a shared copy would cost an allocation
+/// per request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Id {
+    Generated(u64),
+    Client(HeaderValue),
+}
 
 impl RequestId {
     /// The id as the header carries it.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
+    pub fn header_value(&self) -> HeaderValue {
+        match &self.0 {
+            Id::Generated(n) => generated_id(*n),
+            Id::Client(theirs) => theirs.clone(),
+        }
     }
 }
 
@@ -51,14 +63,18 @@ impl RequestId {
 /// the [module docs](self)). The caller runs the request inside the span and
 /// hands the id to [`finish`] with the response.
 pub fn assign<B>(req: &mut Request<B>, next: &AtomicU64) -> (HeaderValue, Span) {
-    let id = match req.headers().get(&X_REQUEST_ID) {
-        Some(theirs) if usable(theirs) => theirs.clone(),
-        _ => generated_id(next.fetch_add(1, Ordering::Relaxed) + 1),
+    let (id, value) = match req.headers().get(&X_REQUEST_ID) {
+        // A clone of a received header shares its bytes.
+        Some(theirs) if usable(theirs) => (Id::Client(theirs.clone()), theirs.clone()),
+        _ => {
+            let n = next.fetch_add(1, Ordering::Relaxed) + 1;
+            (Id::Generated(n), generated_id(n))
+        }
     };
     // A client's id is shown as text when it is (lossy otherwise).
-    let span = tracing::debug_span!("request", id = %String::from_utf8_lossy(id.as_bytes()));
-    req.extensions_mut().insert(RequestId(id.clone()));
-    (id, span)
+    let span = tracing::debug_span!("request", id = %String::from_utf8_lossy(value.as_bytes()));
+    req.extensions_mut().insert(RequestId(id));
+    (value, span)
 }
 
 /// The end of request `id`: a server error is logged with the id, and the id
@@ -108,11 +124,8 @@ fn log_server_error<B>(id: &HeaderValue, res: &Response<B>) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use pointlock_core::{PointError, StoreError};
-
+mod tests {
     use super::*;
-    use crate::error::ApiError;
 
     fn request_with_id(id: &[u8]) -> Request<()> {
         Request::builder()
@@ -153,7 +166,7 @@ pub(crate) mod tests {
                 .extensions()
                 .get::<RequestId>()
                 .map(RequestId::header_value),
-            Some(&HeaderValue::from_static("2"))
+            Some(HeaderValue::from_static("2"))
         );
         let mut theirs = request_with_id(b"trace-me");
         assert_eq!(assign(&mut theirs, &next).0, "trace-me");
@@ -162,7 +175,7 @@ pub(crate) mod tests {
                 .extensions()
                 .get::<RequestId>()
                 .map(RequestId::header_value),
-            Some(&HeaderValue::from_static("trace-me"))
+            Some(HeaderValue::from_static("trace-me"))
         );
     }
 
@@ -178,73 +191,6 @@ pub(crate) mod tests {
         assert_eq!(own.headers()[X_REQUEST_ID], "inner");
     }
 
-    #[test]
-    fn server_errors_are_logged_with_the_request_id() {
-        let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
-        let failed = ApiError::Point(PointError::Store(StoreError::new("disk on fire")));
-        finish(
-            &mut failed.into_response(),
-            HeaderValue::from_static("client-7"),
-        );
-        let timed_out = ApiError::Point(PointError::LockTimeout);
-        finish(
-            &mut timed_out.into_response(),
-            HeaderValue::from_static("1"),
-        );
-        let text = logs.text();
-        let line = |needle: &str| {
-            text.lines()
-                .find(|l| l.contains(needle))
-                .unwrap_or_else(|| panic!("no line with {needle}:\n{text}"))
-                .to_owned()
-        };
-        let failed = line("request_id=client-7");
-        assert!(
-            failed.contains("ERROR") && failed.contains("code=\"STORE_ERROR\""),
-            "{failed}"
-        );
-        assert!(failed.contains("disk on fire"), "{failed}");
-        let refused = line("request_id=1");
-        assert!(
-            refused.contains("WARN") && refused.contains("LOCK_TIMEOUT"),
-            "{refused}"
-        );
-        // At INFO no span is made (it would cost every request).
-        let (_, span) = assign(&mut Request::new(()), &AtomicU64::new(0));
-        assert!(span.is_disabled());
-    }
-
-    /// A log sink the test reads back.
-    #[derive(Clone, Default)]
-    pub(crate) struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Logs {
-        pub(crate) fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-        }
-    }
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-        type Writer = Logs;
-
-        fn make_writer(&'a self) -> Logs {
-            self.clone()
-        }
-    }
+    // The log lines (a server error's, the request's span at DEBUG):
+    // tests/request_logs.rs, a binary with one global subscriber.
 }
