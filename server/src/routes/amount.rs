@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError};
 use pointlock_core::{Amount, PointError};
@@ -34,7 +34,7 @@ where
 {
     let collected = deadline::within(
         Instant::now() + timeout,
-        async { Some(body.collect().await) },
+        async { Some(read_all(body).await) },
         || None,
     )
     .await
@@ -42,7 +42,7 @@ where
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
     })?;
     let bytes = match collected {
-        Ok(collected) => collected.to_bytes(),
+        Ok(bytes) => bytes,
         Err(error) => {
             let error = error.into();
             return Err(if error.downcast_ref::<LengthLimitError>().is_some() {
@@ -53,6 +53,31 @@ where
         }
     };
     parse_amount(&bytes)
+}
+
+/// Every data frame of `body`, joined. A body of one frame (every body sent
+/// with its headers) is that frame's bytes as they are: `collect` would make a
+/// frame list and allocate for it.
+async fn read_all<B: Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers: nothing of the amount
+        };
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut both = BytesMut::with_capacity(first.len() + data.len());
+                both.extend_from_slice(&first);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
+    }
+    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 /// `{"amount": n}` (NestJS template) or a bare `n` (Spring template), where `n` is a
@@ -280,7 +305,59 @@ impl serde::de::Visitor<'_> for IsAmountKey {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http::HeaderMap;
+    use http_body::Frame;
+
     use super::*;
+
+    /// A body that yields these frames, one per poll.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames(parts: &[&'static str], trailers: bool) -> Frames {
+        let mut frames: VecDeque<_> = parts
+            .iter()
+            .map(|part| Frame::data(Bytes::from_static(part.as_bytes())))
+            .collect();
+        if trailers {
+            frames.push_back(Frame::trailers(HeaderMap::new()));
+        }
+        Frames(frames)
+    }
+
+    #[tokio::test]
+    async fn a_body_in_any_number_of_frames_is_read_whole() {
+        for (parts, trailers) in [
+            (&[][..], false),
+            (&[r#"{"amount":7}"#][..], false),
+            (&[r#"{"amo"#, r#"unt":"#, "7}"][..], true),
+            (&["", r#"{"amount":7}"#, ""][..], false),
+            (&[r#"{"amount""#, ":7}"][..], true),
+        ] {
+            let read = read_all(frames(parts, trailers)).await.unwrap();
+            assert_eq!(read, parts.concat(), "{parts:?}");
+        }
+        let timeout = Duration::from_secs(1);
+        let split = frames(&[r#"{"amount":"#, "250}"], true);
+        let amount = read_amount(split, 4096, timeout).await.map(Amount::get);
+        assert_eq!(amount.ok(), Some(250));
+    }
 
     fn amount(body: &str) -> Result<u64, &'static str> {
         parse_amount(body.as_bytes())
