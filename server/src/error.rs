@@ -358,24 +358,21 @@ impl ApiError {
 /// `value` as a JSON response with `status`.
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut response = Response::new(Full::new(Bytes::from(bytes)));
-            *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
+        Ok(bytes) => json_bytes_response(status, Bytes::from(bytes)),
         // Our response types serialize infallibly; keep a JSON answer regardless.
-        Err(_) => {
-            let mut response = Response::new(Full::new(Bytes::from_static(
-                br#"{"code":"INTERNAL","message":"response encoding failed"}"#,
-            )));
-            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
+        Err(_) => json_bytes_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Bytes::from_static(br#"{"code":"INTERNAL","message":"response encoding failed"}"#),
+        ),
     }
+}
+
+/// A response with `status` whose body is `json`, already JSON.
+pub fn json_bytes_response(status: StatusCode, json: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(json));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }

@@ -92,6 +92,9 @@ async fn read_all<B: Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
 /// request; see docs/performance.md), and is always read to its end, so a syntax
 /// error anywhere is `INVALID_JSON` even after a wrong amount.
 pub fn parse_amount(bytes: &[u8]) -> Result<Amount, ApiError> {
+    if let Some(raw) = canonical_amount(bytes) {
+        return Ok(Amount::new(raw)?);
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidJson("the body is empty".into()));
     }
@@ -114,6 +117,29 @@ pub fn parse_amount(bytes: &[u8]) -> Result<Amount, ApiError> {
     // numbers too large for u64 and every non-number arrive as `None`.
     let raw = found.ok_or(PointError::InvalidAmount)?;
     Ok(Amount::new(raw)?)
+}
+
+/// The amount of the body every client sends, `{"amount":n}` or a bare `n`
+/// written exactly so (no space, `n` plain digits without a leading zero,
+/// fitting a `u64`): the same value the JSON reading finds, without a
+/// deserializer (a third of a charge's body handling). `None` for any other
+/// body, which the JSON reading then decides.
+fn canonical_amount(bytes: &[u8]) -> Option<u64> {
+    let digits = bytes
+        .strip_prefix(br#"{"amount":"#)
+        .and_then(|rest| rest.strip_suffix(b"}"))
+        .unwrap_or(bytes);
+    let canonical = match digits {
+        [] => false,
+        [b'0', _, ..] => false,
+        _ => digits.len() <= 20 && digits.iter().all(u8::is_ascii_digit),
+    };
+    if !canonical {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |value, digit| {
+        value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    })
 }
 
 /// The amount `bytes` name (`None`: not a valid one), if they are one JSON document.
@@ -339,6 +365,64 @@ mod tests {
             frames.push_back(Frame::trailers(HeaderMap::new()));
         }
         Frames(frames)
+    }
+
+    #[test]
+    fn the_common_bodies_read_without_a_deserializer_as_the_json_reading_does() {
+        let mut bodies: Vec<String> = Vec::new();
+        let mut n: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut numbers = vec![
+            "0".to_owned(),
+            "1".to_owned(),
+            "00".to_owned(),
+            "01".to_owned(),
+            "9223372036854775807".to_owned(),
+            "9223372036854775808".to_owned(),
+            "18446744073709551615".to_owned(),
+            "18446744073709551616".to_owned(),
+            "99999999999999999999".to_owned(),
+            "123456789012345678901".to_owned(),
+            String::new(),
+            "-1".to_owned(),
+            "1.0".to_owned(),
+            "1e3".to_owned(),
+            "12a".to_owned(),
+        ];
+        for _ in 0..2_000 {
+            n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            numbers.push((n >> (n % 64)).to_string());
+        }
+        for number in &numbers {
+            for shape in [
+                format!(r#"{{"amount":{number}}}"#),
+                number.clone(),
+                format!(r#"{{"amount": {number}}}"#),
+                format!(r#"{{"amount":{number}}} "#),
+                format!(r#"{{"amount":{number},"amount":5}}"#),
+                format!(r#"{{"amount":"{number}"}}"#),
+            ] {
+                bodies.push(shape);
+            }
+        }
+        let mut fast = 0;
+        for body in &bodies {
+            let bytes = body.as_bytes();
+            let Some(raw) = canonical_amount(bytes) else {
+                continue;
+            };
+            fast += 1;
+            let by_json = read_body(bytes).ok().flatten();
+            assert_eq!(Some(raw), by_json, "{body}");
+        }
+        // Both plain shapes of every plain number took the fast path.
+        assert!(fast >= 2 * 2_000, "{fast}");
+        assert_eq!(canonical_amount(b"01"), None);
+        assert_eq!(canonical_amount(b"18446744073709551616"), None);
+        assert_eq!(amount("0"), Err("INVALID_AMOUNT"));
+        assert_eq!(
+            amount(r#"{"amount":9223372036854775808}"#),
+            Err("INVALID_AMOUNT")
+        );
     }
 
     #[tokio::test]
