@@ -91,7 +91,7 @@ pub enum ApiError {
     },
 
     /// The process already works on its most requests at once
-    /// (`--max-in-flight`, the stack's in-flight layer, `middleware/in_flight.rs`).
+    /// (`--max-in-flight`, checked by the stack's front layer, `middleware/in_flight.rs`).
     /// Refused before anything else: nothing was queued or changed.
     #[error("the server already has {in_flight_max} requests in progress; retry later")]
     Overloaded {
@@ -211,8 +211,8 @@ pub fn refusal_response(refusal: Refusal) -> Response<Full<Bytes>> {
 }
 
 /// What the log line of a failed request (a 5xx answer) says, attached to the
-/// response by [`ApiError::into_response`] and written by the request-id layer
-/// with the request's id.
+/// response by [`ApiError::into_response`] and written with the request's id
+/// by the stack's front layer (`middleware::request_id::finish`).
 #[derive(Clone, Debug)]
 pub struct ServerErrorReport {
     /// The error code the client got.
@@ -302,8 +302,8 @@ impl ApiError {
         };
         let mut response = json_response(status, &body);
         if status.is_server_error() {
-            // Logged, with the request's id, by the request-id layer
-            // (`request_id.rs`), the one place that knows which request this is.
+            // Logged, with the request's id, by the stack's front layer
+            // (`request_id::finish`), the one place that knows which request this is.
             response.extensions_mut().insert(ServerErrorReport {
                 code: body.code,
                 detail: body.message,

@@ -54,7 +54,7 @@ pub(super) fn panic_response(
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     let mut response = ApiError::Internal("the request failed unexpectedly".into()).into_response();
-    // The log line (written with the request's id by the request-id layer) names
+    // The log line (written with the request's id by the front layer) names
     // the panic; the client's answer does not.
     if let Some(report) = response.extensions_mut().get_mut::<ServerErrorReport>() {
         report.detail = format!("handler panicked: {detail}");
