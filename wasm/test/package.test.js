@@ -1,6 +1,7 @@
 // The installable package: the tarball wasm/build.sh packs into wasm/dist
 // (`npm pack` of wasm/pkg) holds the package and nothing else, within a size
-// bound, with the fields a registry and a TypeScript user need.
+// bound, with the fields a registry and a TypeScript user need; and the NestJS
+// example installs exactly that tarball (wasm/README.md, "NestJS").
 'use strict';
 
 const test = require('node:test');
@@ -11,6 +12,7 @@ const { execFileSync } = require('node:child_process');
 
 const wasmDir = path.join(__dirname, '..');
 const pkgDir = path.join(wasmDir, 'pkg');
+const exampleDir = path.join(wasmDir, 'examples', 'nestjs');
 
 // Bounds with room for growth, small enough to catch a stray directory (the
 // tarball is about 155 KiB: two copies of the ~150 KiB module, gzipped).
@@ -38,7 +40,7 @@ const manifest = JSON.parse(fs.readFileSync(path.join(pkgDir, 'package.json'), '
 const tarballName = `pointlock-${manifest.version}.tgz`;
 const tarball = path.join(wasmDir, 'dist', tarballName);
 
-test('the tarball exists', () => {
+test('the tarball exists where the example expects it', () => {
   assert.ok(fs.existsSync(tarball), `${tarball} is missing: run ./wasm/build.sh (it packs the package)`);
 });
 
@@ -81,4 +83,17 @@ test('the manifest carries types, license, repository and entry points that exis
   assert.match(read('LICENSE-MIT').toString('utf8'), /Permission is hereby granted/);
   assert.match(read('LICENSE-APACHE').toString('utf8'), /Apache License\s+Version 2\.0/);
   assert.match(read('node/pointlock_bindings.d.ts').toString('utf8'), /export class KeyedLock/);
+});
+test('the NestJS example depends on this tarball, with no pinned checksum', () => {
+  const spec = `file:../../dist/${tarballName}`;
+  const example = JSON.parse(fs.readFileSync(path.join(exampleDir, 'package.json'), 'utf8'));
+  assert.equal(example.dependencies.pointlock, spec, 'the example installs the packed tarball of this version');
+  const lock = JSON.parse(fs.readFileSync(path.join(exampleDir, 'package-lock.json'), 'utf8'));
+  assert.equal(lock.packages[''].dependencies.pointlock, spec);
+  const entry = lock.packages['node_modules/pointlock'];
+  assert.equal(entry.resolved, spec);
+  assert.equal(entry.version, manifest.version);
+  // The tarball changes with every build: a checksum in the lock would make
+  // `npm ci` fail (EINTEGRITY) or, from npm's cache, install an older build.
+  assert.equal(entry.integrity, undefined, 'package-lock.json must not pin the local tarball\'s integrity');
 });
