@@ -32,7 +32,7 @@ export interface ExampleOptions {
 export const DEFAULTS: ExampleOptions = {
   lock: 'keyed-lock',
   tableLatencyMs: undefined,
-  lockTimeoutMs: 3000,
+  lockTimeoutMs: 30000,
   maxBalance: 10000,
   bodyLimitBytes: 4096,
   host: '127.0.0.1',

@@ -275,3 +275,13 @@ test('npm start builds and serves on PORT, on 127.0.0.1', async () => {
     await app.stop();
   }
 });
+
+test('the README shows the interceptor exactly as src/point/user-lock.interceptor.ts has it', () => {
+  const fs = require('node:fs');
+  const path = require('node:path');
+  const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
+  const source = fs.readFileSync(path.join(__dirname, '..', 'src', 'point', 'user-lock.interceptor.ts'), 'utf8');
+  const shown = /`src\/point\/user-lock\.interceptor\.ts`, whole:\n\n```ts\n([\s\S]*?)```/.exec(readme);
+  assert.ok(shown, 'README.md has the interceptor\'s code block');
+  assert.equal(shown[1], source);
+});
