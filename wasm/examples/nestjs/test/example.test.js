@@ -285,3 +285,11 @@ test('the README shows the interceptor exactly as src/point/user-lock.intercepto
   assert.ok(shown, 'README.md has the interceptor\'s code block');
   assert.equal(shown[1], source);
 });
+
+test('the environment cannot switch the lock off (only bootstrap options can)', () => {
+  const { optionsFromEnv } = require('../dist/options');
+  assert.throws(() => optionsFromEnv({ POINT_LOCK: 'off' }), /POINT_LOCK must be one of keyed-lock, point-service, async-mutex/);
+  assert.throws(() => optionsFromEnv({ PORT: '80x' }), /PORT must be an integer/);
+  assert.equal(optionsFromEnv({}).lock, 'keyed-lock');
+  assert.equal(optionsFromEnv({}).host, '127.0.0.1');
+});
