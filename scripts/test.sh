@@ -116,7 +116,7 @@ cargo clippy -p pointlock-wasm --target wasm32-unknown-unknown --all-targets --l
 step "wasm: npm dev tools (binaryen's wasm-opt, playwright-core)"
 (cd wasm && npm ci --no-audit --no-fund)
 
-step "wasm: build the npm package (installs wasm-bindgen-cli at the locked version if needed)"
+step "wasm: build and pack the npm package (installs wasm-bindgen-cli at the locked version if needed)"
 ./wasm/build.sh
 
 step "wasm: the TypeScript declarations compile under --strict"
@@ -139,6 +139,12 @@ step "wasm: node --test on the package (Node, the V8-crash stress test, the demo
 # deoptimizations inside every kind of call: a crash (signal or non-zero exit)
 # fails it. About a minute.
 node --test wasm/test/*.test.js
+
+step "wasm: the NestJS example, installed from the packed tarball: its contract and concurrency tests over HTTP"
+# npm ci installs wasm/dist/pointlock-<version>.tgz (packed by build.sh above;
+# wasm/test/package.test.js checked it) with the example's locked dependencies;
+# the tests start the app on free 127.0.0.1 ports (~15 s).
+(cd wasm/examples/nestjs && npm ci --no-audit --no-fund && npm run -s build && npm test)
 
 echo
 echo "all checks passed"

@@ -2,7 +2,8 @@
 # Build the npm package `pointlock` at wasm/pkg from scratch:
 #   cargo build (wasm32, profile wasm-release) -> wasm-bindgen --target nodejs and --target web
 #   -> wasm-opt -Oz when available -> the entry modules (the generated bindings plus
-#   wasm/js/methods.js) -> the export check -> package.json, README.
+#   wasm/js/methods.js) -> the export check -> package.json, README, licenses
+#   -> npm pack into wasm/dist/pointlock-<version>.tgz.
 # wasm-bindgen-cli is installed at exactly the wasm-bindgen version in Cargo.lock when
 # missing or mismatched (no wasm-pack: it downloads binaries).
 set -euo pipefail
@@ -87,12 +88,14 @@ else
 fi
 
 crate_version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)
+repository=$(awk -F'"' '/^repository = / { print $2; exit }' Cargo.toml)
 cat > "$pkg/package.json" <<JSON
 {
   "name": "pointlock",
   "version": "$crate_version",
   "description": "Per-user point wallet with a FIFO keyed lock, compiled from Rust to WebAssembly",
   "license": "MIT OR Apache-2.0",
+  "repository": { "type": "git", "url": "$repository" },
   "main": "./node/pointlock.js",
   "types": "./node/pointlock.d.ts",
   "exports": {
@@ -101,12 +104,25 @@ cat > "$pkg/package.json" <<JSON
       "node": "./node/pointlock.js",
       "browser": "./web/pointlock.js",
       "default": "./web/pointlock.js"
-    }
+    },
+    "./package.json": "./package.json"
   },
-  "files": ["node", "web", "README.md"]
+  "files": ["node", "web", "README.md", "LICENSE-MIT", "LICENSE-APACHE"]
 }
 JSON
-cp wasm/README.md "$pkg/README.md" 2>/dev/null || true
+cp wasm/README.md "$pkg/README.md"
+cp LICENSE-MIT LICENSE-APACHE "$pkg/"
 
 size=$(stat -c %s "$pkg/node/pointlock_bg.wasm")
 echo "built $pkg: pointlock_bg.wasm is $size bytes ($(( (size + 1023) / 1024 )) KiB)"
+
+# The installable package: wasm/dist/pointlock-<version>.tgz, what the NestJS
+# example installs (wasm/README.md, "NestJS"); checked by wasm/test/package.test.js.
+if command -v npm >/dev/null; then
+  rm -f wasm/dist/pointlock-*.tgz
+  mkdir -p wasm/dist
+  tarball=$(cd "$pkg" && npm pack --silent --pack-destination ../dist)
+  echo "packed wasm/dist/$tarball ($(stat -c %s "wasm/dist/$tarball") bytes)"
+else
+  echo "npm not found: no tarball (wasm/dist) packed"
+fi
