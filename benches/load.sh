@@ -45,6 +45,11 @@ CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 ROUNDS=${ROUNDS:-1}
 USERS=${USERS:-10000}
+# Fresh users for every run (ratios.sh's MILLION mode): see run_wrk.
+ID_BASE_STEP=${ID_BASE_STEP:-0}
+ID_STRIDE=${ID_STRIDE:-1}
+THREAD_SPAN=${THREAD_SPAN:-7919}
+runs_done=0
 HOT_USER=${HOT_USER:-20000}
 POINTLOCK_PORT=${POINTLOCK_PORT:-18080}
 BASELINE_PORT=${BASELINE_PORT:-18081}
@@ -246,7 +251,12 @@ run_wrk() {
   if [ "$name" != baseline ]; then status_before=$(http_statuses "${port_list[@]}"); fi
   cpu_before=$(cpu_ticks "${server_pids[@]}")
   pg_before=$(pg_cpu_us)
+  # Each run of a round starts ID_BASE_STEP ids further (0: every run
+  # reuses the same users); ID_STRIDE scatters them (benches/load/wallet.lua).
+  local id_base=$((runs_done * ID_BASE_STEP))
+  runs_done=$((runs_done + 1))
   { time SCENARIO=$scenario USERS=$USERS HOT_USER=$HOT_USER ADDRS=$addrs \
+    ID_BASE=$id_base ID_STRIDE=$ID_STRIDE THREAD_SPAN=$THREAD_SPAN \
     timeout $((DURATION + 30)) "${on_client_cpu[@]}" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" \
     --timeout 5s -s benches/load/wallet.lua "http://127.0.0.1:${port_list[0]}" >"$OUT/wrk.out" 2>"$OUT/wrk.err"; } 2>"$OUT/wrk.time"
   cpu_after=$(cpu_ticks "${server_pids[@]}")

@@ -9,11 +9,13 @@
 #   MILLION=1 ./benches/ratios.sh       # also: the default store as its table grows past a million users
 #   ROUNDS=5 DURATION=10 ./benches/ratios.sh
 #
-# MILLION=1 adds one server on the default store taking RUNS (default 6) runs of
-# charges back to back, DURATION s each, to ids drawn from 100 million (nearly
-# every change makes a new user); the summary compares the rate of the first
-# run that starts with at least a million users against the spread charge rate
-# over 10,000 users of the same run.
+# MILLION=1 adds one server on the default store taking RUNS (default 8) runs of
+# charges back to back, DURATION s each, to ids scattered over 100 million,
+# every change a new user (each run starts 10 million ids further, each wrk
+# thread 5 million from the other; the ids advance by a stride of 7,919, a
+# permutation of the space); the summary
+# compares the rate of the first run that starts with at least a million
+# users against the spread charge rate over 10,000 users of the same run.
 #
 # Loopback only; every wrk run is bounded (load.sh). Nothing here asserts: the
 # figures are for docs/performance.md; CI does not assert on timing.
@@ -26,9 +28,10 @@ mkdir -p "$OUT"
 OUT="$OUT/spread" STORES="memory sqlite" BASELINE=1 ./benches/load.sh
 args=("$OUT/spread/results.jsonl")
 if [ "${MILLION:-0}" = 1 ]; then
-  runs=${RUNS:-6}
+  runs=${RUNS:-8}
   scenarios=$(for _ in $(seq "$runs"); do printf 'charge '; done)
   OUT="$OUT/million" STORES=sqlite BASELINE=0 ROUNDS=1 USERS=100000000 \
+    ID_BASE_STEP=10000000 THREAD_SPAN=5000000 ID_STRIDE=7919 \
     SCENARIOS="$scenarios" ./benches/load.sh
   args+=("$OUT/million/results.jsonl")
 fi

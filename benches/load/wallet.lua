@@ -8,13 +8,23 @@
 -- AUTHORIZATION=value  (optional) sent as the Authorization header of every
 --   request: a bearer token for a server with authentication on (an admin
 --   token, scope points:admin, acts on every user).
+-- ID_BASE, ID_STRIDE, THREAD_SPAN (optional, default 0, 1 and 7919): the n-th
+--   request of thread t goes to user
+--   ((n + t * THREAD_SPAN + ID_BASE) * ID_STRIDE) % USERS + 1. With a stride
+--   coprime with USERS that is a permutation: ids scattered over the whole
+--   space; with THREAD_SPAN above a thread's requests the threads reach
+--   different users, and a run with another ID_BASE users no earlier run did.
 -- done() prints one JSON line (prefixed "RESULT ") that load.sh collects.
 
 local scenario = os.getenv("SCENARIO") or "get"
 local users = tonumber(os.getenv("USERS") or "10000")
 local hot_user = os.getenv("HOT_USER") or "1"
 local counter = 0
-local thread_offset = 0
+local id_base = tonumber(os.getenv("ID_BASE") or "0")
+local id_stride = tonumber(os.getenv("ID_STRIDE") or "1")
+-- A global, not a local: setup() sets it in each thread's state
+-- (thread:set), which a local of the same name would hide.
+thread_offset = 0
 local threads = {}
 
 local addrs = {}
@@ -23,7 +33,7 @@ for addr in string.gmatch(os.getenv("ADDRS") or "", "[^,]+") do
 end
 
 function setup(thread)
-  thread:set("thread_offset", #threads * 7919)
+  thread:set("thread_offset", #threads * (tonumber(os.getenv("THREAD_SPAN")) or 7919))
   if #addrs > 0 then
     local host, port = string.match(addrs[(#threads % #addrs) + 1], "^(.*):(%d+)$")
     thread.addr = wrk.lookup(host, port)[1]
@@ -46,7 +56,7 @@ function request()
     local op = (counter % 2 == 1) and "charge" or "use"
     return wrk.format("PATCH", "/point/" .. hot_user .. "/" .. op, json_headers, amount_body)
   end
-  local id = ((counter + thread_offset) % users) + 1
+  local id = (((counter + thread_offset + id_base) * id_stride) % users) + 1
   if scenario == "charge" then
     return wrk.format("PATCH", "/point/" .. id .. "/charge", json_headers, amount_body)
   end
