@@ -350,7 +350,7 @@ impl Writer {
                 } else {
                     self.stats.ops_failed.fetch_add(1, Ordering::Relaxed);
                     // The caller's 5xx is logged with its request id by the
-                    // request-id layer; the store-wide failures (fail-stop, a
+                    // server's front layer; the store-wide failures (fail-stop, a
                     // failed batch) have lines of their own above.
                     tracing::debug!(%error, %user, "SQLite change failed");
                 }
