@@ -20,9 +20,8 @@
 //! is logged with the request's id, the id is set on the response, and the
 //! request is counted.
 //!
-//! Each of these was a layer of its own; as one, a request is moved, and its
-//! future wrapped, once instead of six times (measured in
-//! docs/performance.md).
+//! As one layer, a request is moved, and its future wrapped, once instead of
+//! once per step (measured in docs/performance.md).
 
 use std::convert::Infallible;
 use std::future::Future;
