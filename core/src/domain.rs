@@ -44,7 +44,7 @@ impl FromStr for UserId {
 
     /// Parse a path segment: ASCII digits only (no sign, no spaces, no exponent).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_digits(s)
+        parse_digits(s.as_bytes())
             .ok_or(PointError::InvalidUserId)
             .and_then(Self::new)
     }
@@ -146,13 +146,14 @@ pub struct PointHistory {
     pub time_millis: i64,
 }
 
-/// `s` as a `u64` if it is 1 to 20 ASCII digits (and fits). One pass over
-/// the bytes: every request's path is read through it.
-fn parse_digits(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 {
+/// `digits` as a `u64` if they are 1 to 20 ASCII digits (and fit). One pass
+/// over the bytes: every request's path, and the common charge body, are
+/// read through it.
+pub fn parse_digits(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
         return None;
     }
-    s.bytes().try_fold(0u64, |value, b| {
+    digits.iter().try_fold(0u64, |value, &b| {
         let digit = b.wrapping_sub(b'0');
         if digit > 9 {
             return None;
@@ -223,7 +224,11 @@ mod tests {
     #[test]
     fn digits_are_parsed_as_the_standard_parser_does() {
         for ok in ["7", "007", "18446744073709551615", "00000000000000000001"] {
-            assert_eq!(parse_digits(ok), ok.parse::<u64>().ok(), "{ok:?}");
+            assert_eq!(
+                parse_digits(ok.as_bytes()),
+                ok.parse::<u64>().ok(),
+                "{ok:?}"
+            );
         }
         for bad in [
             "",
@@ -233,7 +238,7 @@ mod tests {
             "1:",
             "/1",
         ] {
-            assert_eq!(parse_digits(bad), None, "{bad:?}");
+            assert_eq!(parse_digits(bad.as_bytes()), None, "{bad:?}");
         }
     }
 

@@ -41,7 +41,7 @@ pub mod store;
 mod sync;
 
 pub use clock::{Clock, ManualClock};
-pub use domain::{Amount, PointHistory, TransactionType, UserId, UserPoint};
+pub use domain::{parse_digits, Amount, PointHistory, TransactionType, UserId, UserPoint};
 pub use error::{PointError, StoreError, StoreErrorKind};
 pub use idempotency::{
     IdempotencyKey, IdempotencyRecord, IDEMPOTENCY_KEY_LEN_MAX, IDEMPOTENCY_TTL_DEFAULT,

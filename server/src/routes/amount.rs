@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError};
-use pointlock_core::{Amount, PointError};
+use pointlock_core::{parse_digits, Amount, PointError};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -129,17 +129,11 @@ fn canonical_amount(bytes: &[u8]) -> Option<u64> {
         .strip_prefix(br#"{"amount":"#)
         .and_then(|rest| rest.strip_suffix(b"}"))
         .unwrap_or(bytes);
-    let canonical = match digits {
-        [] => false,
-        [b'0', _, ..] => false,
-        _ => digits.len() <= 20 && digits.iter().all(u8::is_ascii_digit),
-    };
-    if !canonical {
+    // A leading zero is not JSON: the JSON reading refuses it.
+    if let [b'0', _, ..] = digits {
         return None;
     }
-    digits.iter().try_fold(0u64, |value, digit| {
-        value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
-    })
+    parse_digits(digits)
 }
 
 /// The amount `bytes` name (`None`: not a valid one), if they are one JSON document.
